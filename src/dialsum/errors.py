@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+A ``UserError`` is something the user can fix (bad config, bad CSV, missing file).
+The CLI prints its message without a traceback and exits with code 2.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by user input; the message says what, where, and what to do."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """Invalid configuration (unknown key, wrong type, unknown section, ...)."""
+
+
+class DataError(UserError):
+    """Invalid data file (missing column, empty dialogue, duplicate fname, ...)."""

@@ -1,0 +1,1 @@
+"""Offline GPU memory prediction (simulate), planning (plan) and run-time protection (guard)."""
