@@ -1,0 +1,222 @@
+"""Command line: one function per verb; parsing and printing only.
+
+User errors (``UserError``) print one clear message and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dialsum.errors import UserError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="dialsum",
+    help="Memory-aware fine-tuning and inference of seq2seq summarizers (T5, mT5, BART) "
+    "on Korean dialogue data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SectionOpt = Annotated[str, typer.Option("--section", "-s", help="Section of the config file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key relative to the section: training.seed=1."),
+]
+
+
+def echo(message: str) -> None:
+    console.print(message, markup=False)
+
+
+def _overrides(
+    sets: list[str] | None,
+    *,
+    max_steps: int | None = None,
+    save_steps: int | None = None,
+    train_data: Path | None = None,
+    val_data: Path | None = None,
+    test_data: Path | None = None,
+    output_dir: Path | None = None,
+) -> list[str]:
+    """Command-line flags expressed as ``--set`` overrides (one code path for both)."""
+    out = list(sets or [])
+    if max_steps is not None:
+        out.append(f"training.max_steps={max_steps}")
+    if save_steps is not None:
+        # Saving every N steps: evaluation (if on) moves to the same rhythm so the best
+        # checkpoint can be picked among the saved ones.
+        out += ["training.save_strategy=steps", f"training.save_steps={save_steps}"]
+        out.append(f"training.eval_steps={save_steps}")
+    for key, value in (
+        ("data.train", train_data),
+        ("data.dev", val_data),
+        ("data.test", test_data),
+        ("training.output_dir", output_dir),
+    ):
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def _load(config: Path, section: str, overrides: list[str]):
+    from dialsum.config import load_section
+
+    cfg = load_section(config, section, overrides)
+    if any(o.startswith("training.save_strategy=steps") for o in overrides):
+        if cfg.training.eval_strategy == "epoch":
+            cfg.training.eval_strategy = "steps"
+    return cfg
+
+
+@app.command()
+def train(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "eenzeenee",
+    set_: SetOpt = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    train_data: Annotated[Path | None, typer.Option(help="Training CSV.")] = None,
+    val_data: Annotated[Path | None, typer.Option(help="Validation CSV.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Folder for run folders.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the latest run of this section.")] = False,
+) -> None:
+    """Fine-tune a model on a config section.
+
+    Examples:
+      dialsum train -c config.yaml -s eenzeenee
+      dialsum train -s kobart --set training.learning_rate=3e-5 --max-steps 100
+      dialsum train -s eenzeenee --resume
+    """
+    from dialsum.train import run_training
+
+    overrides = _overrides(
+        set_,
+        max_steps=max_steps,
+        save_steps=save_steps,
+        train_data=train_data,
+        val_data=val_data,
+        output_dir=output_dir,
+    )
+    cfg = _load(config, section, overrides)
+    result = run_training(cfg, resume=resume, echo=echo)
+    _print_metrics("training finished", result.metrics)
+    echo(f"run folder: {result.run.path}")
+    echo(f"best model: {result.run.best}")
+
+
+@app.command()
+def predict(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "eenzeenee",
+    set_: SetOpt = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model folder; default: best model of the latest run.")
+    ] = None,
+    test_data: Annotated[Path | None, typer.Option(help="Test CSV (fname, dialogue).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Submission CSV to write.")] = None,
+) -> None:
+    """Summarize the test dialogues and write the submission CSV (fname,summary).
+
+    Examples:
+      dialsum predict -c config.yaml -s eenzeenee
+      dialsum predict -s kobart --checkpoint runs/kobart/20260101-120000/best --output sub.csv
+    """
+    from dialsum.predict import run_predict
+
+    cfg = _load(config, section, _overrides(set_, test_data=test_data))
+    path, n = run_predict(cfg, checkpoint=checkpoint, output=output, echo=echo)
+    echo(f"wrote {n} summaries to {path}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Predictions CSV (fname,summary).")],
+    ref: Annotated[Path, typer.Option(help="Reference CSV (fname,dialogue,summary[,summary1..3]).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score predictions with Korean morpheme ROUGE (multi-reference).
+
+    Example:
+      dialsum evaluate --pred runs/tiny/.../dev_predictions.csv --ref data/sample/dev.csv
+    """
+    import json
+
+    from dialsum.metrics import evaluate_files, format_scores
+
+    scores = evaluate_files(pred, ref)
+    echo(json.dumps(scores, indent=2) if json_out else format_scores(scores))
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "tiny",
+    output_dir: Annotated[Path | None, typer.Option(help="Folder for run folders.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+) -> None:
+    """Train a tiny model on the bundled data on CPU, then predict and evaluate.
+
+    Prints dev ROUGE before and after training and where everything went.
+    Example:
+      dialsum demo
+    """
+    from dialsum.demo import run_demo
+
+    cfg = _load(config, section, _overrides(None, max_steps=max_steps, output_dir=output_dir))
+    run_demo(cfg, echo=echo)
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dialsum`` script; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "accelerate", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    started = time.time()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        err_console.print("aborted")
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    finally:
+        logging.getLogger(__name__).debug("took %.1fs", time.time() - started)
+    return 0
+

@@ -1,0 +1,265 @@
+"""A Seq2SeqTrainer that survives CUDA OOM inside the optimizer step.
+
+How it sits inside the HF Trainer: the Trainer runs with ``gradient_accumulation_steps=1``
+and a per-device batch of all rows one rank processes per optimizer step
+(``effective_batch_size / world_size``). ``training_step`` cuts that batch into
+micro-batches of ``guard.micro_batch_size`` rows, runs forward/backward per micro-batch
+and lets gradients add up. If a micro-batch raises an OOM, the gradients of the partial
+step are zeroed, memory is freed, the micro-batch shrinks to the next divisor, and the
+*same* step is redone. No example is skipped or counted twice, and the loss of every
+micro-batch is a token *sum* divided by the token count of the whole step, so the
+gradient is the same whatever the micro-batch (exact loss normalisation).
+
+Evaluation and prediction batches are split the same way in ``prediction_step``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Seq2SeqTrainer
+
+from dialsum.memory.guard import (
+    GuardState,
+    OOMUnrecoverable,
+    RecoveryEvent,
+    agree_on_batch,
+    free_device_memory,
+    is_oom,
+    next_eval_batch,
+    next_micro_batch,
+)
+
+log = logging.getLogger(__name__)
+
+# Keys whose second dimension is the source / target length, used to trim padding per chunk.
+_SOURCE_KEYS = ("input_ids", "attention_mask")
+_TARGET_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask")
+
+
+def slice_rows(inputs: dict[str, Any], start: int, end: int) -> dict[str, Any]:
+    """Rows ``start:end`` of every tensor in the batch; padding beyond the chunk's longest row
+    is cut so a short micro-batch does not pay for the longest row of the whole step."""
+    out = {k: v[start:end] if torch.is_tensor(v) else v for k, v in inputs.items()}
+    if "attention_mask" in out:
+        src_len = int(out["attention_mask"].sum(dim=1).max().item()) or 1
+        for key in _SOURCE_KEYS:
+            if key in out:
+                out[key] = out[key][:, :src_len]
+    if "labels" in out:
+        tgt_len = int((out["labels"] != -100).sum(dim=1).max().item()) or 1
+        for key in _TARGET_KEYS:
+            if key in out and out[key].dim() >= 2:
+                out[key] = out[key][:, :tgt_len]
+    return out
+
+
+def token_sum_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Sum of per-token cross entropy; ``logits`` [batch, tgt_len, vocab], ``labels`` [batch, tgt_len]."""
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+
+
+class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer with micro-batching and OOM recovery (see module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        guard: GuardState,
+        guard_path: Path | None = None,
+        ladder_hint: str | None = None,
+        label_smoothing: float = 0.0,
+        fault_injector: Callable[[str, int], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+        self.guard_path = guard_path
+        self.ladder_hint = ladder_hint
+        self.label_smoothing = label_smoothing
+        # Test hook: called as (phase, batch_rows) before each micro-batch; may raise an OOM.
+        self.fault_injector = fault_injector
+        self.step_attempts: list[int] = []
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        rows = int(inputs["labels"].shape[0])
+        per_step_rows = self.args.per_device_train_batch_size
+        normalizer = self._token_normalizer(inputs["labels"])
+        while True:
+            micro = min(self.guard.micro_batch_size, rows)
+            self.step_attempts.append(micro)
+            try:
+                loss = self._forward_backward(model, inputs, rows, micro, normalizer)
+                failed = False
+            except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
+                if not is_oom(exc):
+                    raise
+                failed = True
+                error = exc
+            # All ranks agree on the smallest micro-batch any of them needs (collective).
+            new_micro = micro if not failed else (next_micro_batch(micro, per_step_rows) or 0)
+            agreed = agree_on_batch(new_micro)
+            if agreed == micro and not failed:
+                return loss.detach()
+            # Redo the step from zeroed gradients: nothing of the failed attempt is kept.
+            model.zero_grad(set_to_none=True)
+            free_device_memory()
+            if agreed < 1:
+                raise OOMUnrecoverable(self._unrecoverable_message(micro)) from (
+                    error if failed else None
+                )
+            self._record(
+                "train", micro, agreed, str(error).splitlines()[0] if failed else "peer rank OOM"
+            )
+            self.guard.micro_batch_size = agreed
+
+    def _forward_backward(
+        self, model: nn.Module, inputs: dict[str, Any], rows: int, micro: int, normalizer: float
+    ) -> torch.Tensor:
+        total = torch.zeros((), device=inputs["labels"].device)
+        starts = list(range(0, rows, micro))
+        for i, start in enumerate(starts):
+            chunk = slice_rows(inputs, start, start + micro)
+            if self.fault_injector is not None:
+                self.fault_injector("train", int(chunk["labels"].shape[0]))
+            labels = chunk.pop("labels")
+            # DDP: only the last micro-batch all-reduces gradients.
+            sync = self.accelerator.no_sync(model) if i < len(starts) - 1 else _null()
+            with sync, self.compute_loss_context_manager():
+                logits = model(**chunk).logits  # [micro, tgt_len, vocab]
+                loss = token_sum_loss(logits, labels, self.label_smoothing) / normalizer
+            self.accelerator.backward(loss)
+            total += loss.detach()
+            del logits, loss
+        return total
+
+    def _token_normalizer(self, labels: torch.Tensor) -> float:
+        """Label tokens of the whole step over all ranks, divided by the world size (DDP then
+        averages gradients over ranks, so the result is the global per-token mean)."""
+        tokens = (labels != -100).sum().float()
+        world = self.accelerator.num_processes
+        if world > 1:
+            tokens = self.accelerator.reduce(tokens, reduction="sum")
+        return max(float(tokens.item()), 1.0) / world
+
+    # ------------------------------------------------------------------ evaluation
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs: Any,
+    ):
+        rows = int(next(v for v in inputs.values() if torch.is_tensor(v)).shape[0])
+        while True:
+            size = min(self.guard.eval_batch_size or rows, rows)
+            try:
+                parts = []
+                for start in range(0, rows, size):
+                    chunk = {
+                        k: v[start : start + size] if torch.is_tensor(v) else v
+                        for k, v in inputs.items()
+                    }
+                    if self.fault_injector is not None:
+                        self.fault_injector("eval", min(size, rows - start))
+                    parts.append(
+                        super().prediction_step(
+                            model, chunk, prediction_loss_only, ignore_keys, **gen_kwargs
+                        )
+                    )
+                return _concat_predictions(parts, self._pad_id())
+            except Exception as exc:  # noqa: BLE001
+                if not is_oom(exc):
+                    raise
+                free_device_memory()
+                new = next_eval_batch(size)
+                if new is None:
+                    raise OOMUnrecoverable(
+                        "evaluation ran out of GPU memory at batch 1; lower "
+                        "inference.num_beams or tokenizer.max_source_length"
+                    ) from exc
+                self._record("eval", size, new, str(exc).splitlines()[0])
+                self.guard.eval_batch_size = new
+
+    def _pad_id(self) -> int:
+        tok = self.processing_class
+        return int(getattr(tok, "pad_token_id", 0) or 0)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _record(self, phase: str, old: int, new: int, message: str) -> None:
+        event = RecoveryEvent(
+            step=int(self.state.global_step),
+            phase=phase,
+            old_batch=old,
+            new_batch=new,
+            message=message,
+        )
+        self.guard.events.append(event)
+        log.warning(
+            "OOM during %s at step %d: batch %d -> %d (effective batch unchanged)",
+            phase,
+            event.step,
+            old,
+            new,
+        )
+        if self.guard_path is not None and self.is_world_process_zero():
+            self.guard.save(self.guard_path)
+
+    def _unrecoverable_message(self, micro: int) -> str:
+        msg = f"CUDA out of memory at micro-batch {micro}: nothing smaller is left."
+        if self.ladder_hint:
+            msg += f" Next step: {self.ladder_hint}."
+        return msg
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _pad_cat(tensors: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """Concatenate [rows_i, len_i] tensors along rows, right-padding to the longest length."""
+    width = max(t.shape[1] for t in tensors)
+    padded = [
+        F.pad(t, (0, width - t.shape[1]), value=pad) if t.shape[1] < width else t for t in tensors
+    ]
+    return torch.cat(padded, dim=0)
+
+
+def _concat_predictions(parts: list[tuple], pad_id: int) -> tuple:
+    losses = [p[0] for p in parts if p[0] is not None]
+    loss = torch.stack([torch.as_tensor(x) for x in losses]).mean() if losses else None
+    preds = [p[1] for p in parts if p[1] is not None]
+    labels = [p[2] for p in parts if p[2] is not None]
+    return (
+        loss,
+        _pad_cat(preds, pad_id) if preds else None,
+        _pad_cat(labels, -100) if labels else None,
+    )

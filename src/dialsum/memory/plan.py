@@ -1,0 +1,802 @@
+"""Plan batch settings for one GPU from simulated memory, keeping the user's effective batch.
+
+The planner asks the simulator (injected, so tests can use an exact analytic fake) how
+much a training step needs, adds the overheads a real GPU has (``overheads.py``) and picks:
+
+- precision: bf16 mixed precision where the GPU has bf16; else fp32 for T5/mT5 (they
+  overflow in fp16) and fp16 mixed precision for BART;
+- micro-batch: the largest *divisor* of the per-GPU batch that fits, so that
+  ``micro x accumulation x world_size`` is exactly the effective batch asked for;
+- when even micro-batch 1 does not fit, the fallback ladder: gradient checkpointing,
+  Adafactor, 8-bit AdamW, then halving the source length (down to 128 tokens);
+- eval and generation batch sizes from simulated generation.
+
+Memory is assumed monotone in batch size and sequence length, so searches bisect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from dialsum.errors import ConfigError
+from dialsum.memory.gpus import GPU
+from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
+from dialsum.memory.profile import (
+    OPTIMIZERS,
+    PRECISIONS,
+    GenerateShape,
+    MemoryProfile,
+    TrainOptions,
+    TrainShape,
+)
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+_GIB = 2**30
+
+FAMILIES: tuple[str, ...] = ("t5", "mt5", "bart", "other")
+FALLBACKS: tuple[str, ...] = ("gradient_checkpointing", "adafactor", "adamw8bit", "source_len")
+"""The fallback ladder, in the order it is tried (least change to training first)."""
+
+SOURCE_LEN_FLOOR = 128
+"""Shortest source length the ladder goes down to: a dialogue cut below this loses its gist."""
+
+EVAL_BATCH_CAP = 64
+"""Largest eval batch planned: past it generation gains little and padding waste grows."""
+
+GENERATION_BATCH_CAP = 256
+"""Largest prediction batch planned (same reason; length-sorted batches pad little)."""
+
+# Bytes of optimizer state per trainable parameter; orders the optimizer ladder steps.
+# Adafactor's factored second moment is O(rows + cols) per matrix, close to nothing.
+_OPTIMIZER_STATE_BYTES_PER_PARAM: dict[str, float] = {
+    "adamw": 8.0,
+    "adamw8bit": 2.0,
+    "adafactor": 0.01,
+    "sgd": 0.0,
+}
+
+_T5_FAMILIES = ("t5", "mt5")
+
+
+# --------------------------------------------------------------------------------------
+# The simulator, injectable
+
+
+def _real_train(
+    config: PretrainedConfig, shape: TrainShape, options: TrainOptions
+) -> MemoryProfile:
+    # Imported late: the simulator traces real model code and pulls in torch/transformers.
+    from dialsum.memory.simulate import simulate_train
+
+    return simulate_train(config, shape, options)
+
+
+def _real_generate(config: PretrainedConfig, shape: GenerateShape, precision: str) -> MemoryProfile:
+    from dialsum.memory.simulate import simulate_generate
+
+    return simulate_generate(config, shape, precision)
+
+
+TrainSimulation = Callable[["PretrainedConfig", TrainShape, TrainOptions], MemoryProfile]
+GenerateSimulation = Callable[["PretrainedConfig", GenerateShape, str], MemoryProfile]
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """The two memory simulations the planner needs; defaults are the real (tracing) ones."""
+
+    train: TrainSimulation = _real_train
+    generate: GenerateSimulation = _real_generate
+
+
+class _Memo:
+    """Caches simulations within one planning call: bisection revisits shapes, traces are slow."""
+
+    def __init__(self, simulator: Simulator, config: PretrainedConfig) -> None:
+        self._simulator = simulator
+        self._config = config
+        self._train: dict[tuple[TrainShape, TrainOptions], MemoryProfile] = {}
+        self._generate: dict[tuple[GenerateShape, str], MemoryProfile] = {}
+
+    def train(self, shape: TrainShape, options: TrainOptions) -> MemoryProfile:
+        key = (shape, options)
+        if key not in self._train:
+            self._train[key] = self._simulator.train(self._config, shape, options)
+        return self._train[key]
+
+    def generate(self, shape: GenerateShape, precision: str) -> MemoryProfile:
+        key = (shape, precision)
+        if key not in self._generate:
+            self._generate[key] = self._simulator.generate(self._config, shape, precision)
+        return self._generate[key]
+
+
+# --------------------------------------------------------------------------------------
+# Request
+
+
+@dataclass
+class PlanRequest:
+    """What the user wants trained; everything the planner may choose can be left "auto".
+
+    ``data_lengths`` are the tokenized (source, target) lengths of the training rows after
+    truncation; they turn "shorten the source" into "this fraction of dialogues loses tokens".
+    ``fallbacks`` lists the ladder steps the planner may take (see ``FALLBACKS``).
+    """
+
+    model_config: PretrainedConfig
+    source_len: int
+    target_len: int
+    effective_batch_size: int
+    family: str = "auto"
+    world_size: int = 1
+    precision: str = "auto"
+    optimizer: str = "adamw"
+    gradient_checkpointing: bool | str = "auto"
+    num_beams: int = 4
+    max_new_tokens: int | None = None
+    eval_batch_size: int | str = "auto"
+    micro_batch_size: int | str = "auto"
+    allow_fp16_for_t5: bool = False
+    data_lengths: Sequence[tuple[int, int]] | None = None
+    lora: bool = False
+    lora_rank: int = 8
+    fallbacks: tuple[str, ...] = FALLBACKS
+
+    @property
+    def new_tokens(self) -> int:
+        """Tokens generated per summary: ``max_new_tokens``, else the target length."""
+        return self.max_new_tokens if self.max_new_tokens is not None else self.target_len
+
+    @property
+    def per_rank_batch(self) -> int:
+        """Rows each GPU sees per optimizer step."""
+        return self.effective_batch_size // self.world_size
+
+
+def model_family(config: PretrainedConfig) -> str:
+    """``t5``, ``mt5``, ``bart`` or ``other`` from ``config.model_type``."""
+    model_type = getattr(config, "model_type", "")
+    if model_type in ("t5", "longt5"):
+        return "t5"
+    if model_type in ("mt5", "umt5"):
+        return "mt5"
+    if model_type in ("bart", "mbart"):
+        return "bart"
+    return "other"
+
+
+def max_source_positions(config: PretrainedConfig) -> int | None:
+    """Longest sequence the position embeddings allow; None for relative positions (T5)."""
+    if model_family(config) in _T5_FAMILIES:
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def _is_positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+    lower, upper = (value // step) * step, (value // step + 1) * step
+    return " or ".join(str(v) for v in (lower, upper) if v >= 1)
+
+
+def validate_request(request: PlanRequest) -> None:
+    """Raise one ``ConfigError`` listing every problem of the request (not just the first)."""
+    problems: list[str] = []
+    for name in ("source_len", "target_len", "effective_batch_size", "world_size", "num_beams"):
+        if not _is_positive_int(getattr(request, name)):
+            problems.append(f"{name} must be a positive integer, got {getattr(request, name)!r}")
+    if request.max_new_tokens is not None and not _is_positive_int(request.max_new_tokens):
+        problems.append(
+            f"max_new_tokens must be a positive integer, got {request.max_new_tokens!r}"
+        )
+    if request.family not in FAMILIES + ("auto",):
+        problems.append(
+            f"family must be one of auto, {', '.join(FAMILIES)}; got {request.family!r}"
+        )
+    if request.precision not in PRECISIONS + ("auto",):
+        problems.append(
+            f"precision must be one of auto, {', '.join(PRECISIONS)}; got {request.precision!r}"
+        )
+    if request.optimizer not in OPTIMIZERS:
+        problems.append(
+            f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {request.optimizer!r}"
+        )
+    if request.gradient_checkpointing not in (True, False, "auto"):
+        problems.append(
+            "gradient_checkpointing must be true, false or auto; "
+            f"got {request.gradient_checkpointing!r}"
+        )
+    for name in ("eval_batch_size", "micro_batch_size"):
+        value = getattr(request, name)
+        if value != "auto" and not _is_positive_int(value):
+            problems.append(f"{name} must be auto or a positive integer, got {value!r}")
+    unknown = [step for step in request.fallbacks if step not in FALLBACKS]
+    if unknown:
+        problems.append(f"fallbacks {unknown} unknown; choose from {', '.join(FALLBACKS)}")
+    if request.data_lengths is not None:
+        for row, pair in enumerate(request.data_lengths):
+            ok = isinstance(pair, (tuple, list)) and len(pair) == 2
+            if not ok or not all(isinstance(n, int) and n >= 0 for n in pair):
+                problems.append(
+                    f"data_lengths[{row}] must be a (source_len, target_len) pair of "
+                    f"non-negative integers, got {pair!r}"
+                )
+                break
+    if _is_positive_int(request.effective_batch_size) and _is_positive_int(request.world_size):
+        if request.effective_batch_size % request.world_size:
+            problems.append(
+                f"effective_batch_size {request.effective_batch_size} is not a multiple of "
+                f"world_size {request.world_size}: every GPU must get the same number of rows "
+                "per optimizer step; use "
+                f"{_nearest_multiples(request.effective_batch_size, request.world_size)}"
+            )
+        elif _is_positive_int(request.micro_batch_size):
+            per_rank = request.per_rank_batch
+            if per_rank % request.micro_batch_size:
+                problems.append(
+                    f"micro_batch_size {request.micro_batch_size} does not divide the per-GPU "
+                    f"batch {per_rank} (effective {request.effective_batch_size} / world_size "
+                    f"{request.world_size}); use one of {divisors(per_rank)} or auto"
+                )
+    limit = max_source_positions(request.model_config)
+    for name in ("source_len", "target_len"):
+        value = getattr(request, name)
+        if limit is not None and _is_positive_int(value) and value > limit:
+            problems.append(
+                f"{name} {value} is longer than the model's {limit} position embeddings; "
+                f"use at most {limit}"
+            )
+    if problems:
+        raise ConfigError("invalid plan request:\n  - " + "\n  - ".join(problems))
+
+
+def divisors(n: int) -> list[int]:
+    """Divisors of ``n`` in increasing order."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def truncated_fraction(
+    data_lengths: Sequence[tuple[int, int]] | None,
+    source_len: int,
+    target_len: int | None = None,
+) -> float | None:
+    """Fraction of rows longer than ``source_len`` (or ``target_len``); None without data."""
+    if not data_lengths:
+        return None
+    cut = sum(
+        1
+        for source, target in data_lengths
+        if source > source_len or (target_len is not None and target > target_len)
+    )
+    return cut / len(data_lengths)
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / _GIB:.2f} GiB"
+
+
+def _family_label(family: str) -> str:
+    return {"t5": "T5", "mt5": "mT5", "bart": "BART"}.get(family, "this model")
+
+
+# --------------------------------------------------------------------------------------
+# Precision
+
+
+def choose_precision(
+    request: PlanRequest, gpu: GPU, family: str
+) -> tuple[str, list[str], list[str]]:
+    """(precision, reasons, warnings). Raises ``ConfigError`` for a request the GPU can't run."""
+    cc = "{}.{}".format(*gpu.compute_capability)
+    t5_like = family in _T5_FAMILIES
+    fp16_risk = (
+        f"{_family_label(family)} overflows in fp16 (NaN losses): its activations exceed "
+        "fp16's range of 65504; watch the loss and switch to fp32 if it turns NaN"
+    )
+    if request.precision != "auto":
+        precision = request.precision
+        where = f"precision {precision!r} in the plan request"
+        if precision in ("bf16", "pure_bf16") and not gpu.bf16:
+            raise ConfigError(
+                f"{where}: {gpu.name} (compute capability {cc}) has no bf16; "
+                "use precision auto, fp32, or fp16 (BART only)"
+            )
+        if precision == "fp16" and not gpu.fp16:
+            raise ConfigError(f"{where}: {gpu.name} has no fast fp16; use fp32")
+        if precision == "fp16" and t5_like and not request.allow_fp16_for_t5:
+            raise ConfigError(
+                f"{where}: {_family_label(family)} overflows in fp16 (NaN losses); use "
+                "bf16 on Ampere or newer, fp32 otherwise, or set allow_fp16_for_t5 to insist"
+            )
+        warnings = [fp16_risk] if precision == "fp16" and t5_like else []
+        return precision, [f"precision {precision}: as requested"], warnings
+    if gpu.bf16:
+        why_not_fp16 = (
+            f"{_family_label(family)} overflows in fp16"
+            if t5_like
+            else "bf16 keeps fp32's range, so no loss scaling is needed"
+        )
+        return (
+            "bf16",
+            [f"precision bf16 (mixed): {gpu.name} supports bf16 (compute capability {cc}); "
+             f"{why_not_fp16}"],
+            [],
+        )  # fmt: skip
+    no_bf16 = f"{gpu.name} has no bf16 (compute capability {cc})"
+    if t5_like:
+        if request.allow_fp16_for_t5 and gpu.fp16:
+            return (
+                "fp16",
+                [f"precision fp16 (mixed): {no_bf16} and allow_fp16_for_t5 is set"],
+                [fp16_risk],
+            )
+        return (
+            "fp32",
+            [f"precision fp32: {no_bf16} and {_family_label(family)} overflows in fp16 "
+             "(NaN losses); set allow_fp16_for_t5 to use fp16 anyway"],
+            [],
+        )  # fmt: skip
+    if family == "bart" and gpu.fp16:
+        return (
+            "fp16",
+            [f"precision fp16 (mixed): {no_bf16}; BART trains stably in fp16 mixed "
+             "precision with loss scaling"],
+            [],
+        )  # fmt: skip
+    return (
+        "fp32",
+        [f"precision fp32: {no_bf16} and fp16 has not been checked for this architecture; "
+         "set precision fp16 to opt in"],
+        [],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------
+# The fallback ladder
+
+
+@dataclass(frozen=True)
+class LadderStep:
+    """One fallback step: ``name`` is stable ("gradient_checkpointing", "optimizer=adafactor",
+    "source_len=256"), ``description`` is a sentence for people, ``options`` and
+    ``source_len`` are the training settings once the step is taken."""
+
+    name: str
+    description: str
+    options: TrainOptions
+    source_len: int
+
+
+def ladder_steps(request: PlanRequest, options: TrainOptions, source_len: int) -> list[LadderStep]:
+    """The fallback steps still open from ``options``/``source_len``, in the order to try.
+
+    Each step starts from the given settings (not from the previous step): take the first,
+    then call again from its settings. The guard uses the first one to say what to do when
+    micro-batch 1 still runs out of memory.
+    """
+    steps: list[LadderStep] = []
+    allowed = request.fallbacks
+    if (
+        "gradient_checkpointing" in allowed
+        and not options.gradient_checkpointing
+        and request.gradient_checkpointing != False  # noqa: E712 - "auto" must pass
+    ):
+        steps.append(
+            LadderStep(
+                "gradient_checkpointing",
+                "gradient checkpointing on (recomputes activations in backward, ~30% slower)",
+                replace(options, gradient_checkpointing=True),
+                source_len,
+            )
+        )
+    current_state = _OPTIMIZER_STATE_BYTES_PER_PARAM[options.optimizer]
+    descriptions = {
+        "adafactor": "Adafactor instead of AdamW (factored second moments, almost no state; "
+        "T5 was pre-trained with it)",
+        "adamw8bit": "8-bit AdamW states (needs the bitsandbytes package)",
+    }
+    for optimizer in ("adafactor", "adamw8bit"):
+        if optimizer in allowed and _OPTIMIZER_STATE_BYTES_PER_PARAM[optimizer] < current_state:
+            steps.append(
+                LadderStep(
+                    f"optimizer={optimizer}",
+                    descriptions[optimizer],
+                    replace(options, optimizer=optimizer),
+                    source_len,
+                )
+            )
+    if "source_len" in allowed and source_len > SOURCE_LEN_FLOOR:
+        shorter = max(SOURCE_LEN_FLOOR, source_len // 2)
+        description = f"max source length {source_len} -> {shorter}"
+        cut = truncated_fraction(request.data_lengths, shorter)
+        if cut is not None:
+            count = round(cut * len(request.data_lengths or ()))
+            description += (
+                f" (truncates {cut:.1%} of dialogues: {count} of {len(request.data_lengths or ())})"
+            )
+        steps.append(LadderStep(f"source_len={shorter}", description, options, shorter))
+    return steps
+
+
+# --------------------------------------------------------------------------------------
+# Plan
+
+
+@dataclass
+class Plan:
+    """Batch settings for one GPU, with the numbers and the reasons behind them."""
+
+    gpu: GPU
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    effective_batch_size: int
+    eval_batch_size: int
+    generation_batch_size: int
+    generation_token_budget: int
+    precision: str
+    optimizer: str
+    gradient_checkpointing: bool
+    source_len: int
+    target_len: int
+    predicted_peak_bytes: int
+    required_bytes: int
+    usable_bytes: int
+    train_profile: MemoryProfile
+    generate_profile: MemoryProfile
+    fits: bool
+    world_size: int = 1
+    family: str = "other"
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    next_ladder_step: str | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON-safe dict (what the run folder's ``plan.json`` holds)."""
+        return {
+            "gpu": {
+                "slug": self.gpu.slug,
+                "name": self.gpu.name,
+                "total_bytes": self.gpu.total_bytes,
+            },
+            "family": self.family,
+            "params": self.train_profile.params,
+            "trainable_params": self.train_profile.trainable_params,
+            "micro_batch_size": self.micro_batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "world_size": self.world_size,
+            "effective_batch_size": self.effective_batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "generation_batch_size": self.generation_batch_size,
+            "generation_token_budget": self.generation_token_budget,
+            "precision": self.precision,
+            "optimizer": self.optimizer,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "source_len": self.source_len,
+            "target_len": self.target_len,
+            "predicted_peak_bytes": self.predicted_peak_bytes,
+            "peak_phase": self.train_profile.peak_phase,
+            "required_bytes": self.required_bytes,
+            "usable_bytes": self.usable_bytes,
+            "breakdown": dict(self.train_profile.breakdown),
+            "generate_peak_bytes": self.generate_profile.peak_bytes,
+            "generate_breakdown": dict(self.generate_profile.breakdown),
+            "fits": self.fits,
+            "reasons": list(self.reasons),
+            "warnings": list(self.warnings),
+            "next_ladder_step": self.next_ladder_step,
+        }
+
+
+@dataclass(frozen=True)
+class _Need:
+    profile: MemoryProfile
+    required_bytes: int
+    fits: bool
+
+
+class _Planner:
+    """The state of one planning call: request, GPU, overheads, memoized simulator."""
+
+    def __init__(
+        self,
+        request: PlanRequest,
+        gpu: GPU,
+        overheads: Overheads,
+        simulator: Simulator,
+    ) -> None:
+        self.request = request
+        self.gpu = gpu
+        self.overheads = overheads
+        self.sim = _Memo(simulator, request.model_config)
+        self.usable = usable_bytes(gpu, overheads)
+
+    def train_need(
+        self, micro: int, options: TrainOptions, source_len: int, target_len: int | None = None
+    ) -> _Need:
+        target = target_len if target_len is not None else self.request.target_len
+        profile = self.sim.train(TrainShape(micro, source_len, target), options)
+        # DDP copies gradients into its communication buckets (gradient_as_bucket_view is
+        # off by default): one more gradient-sized buffer per GPU.
+        ddp_bytes = profile.breakdown.get("gradients", 0) if self.request.world_size > 1 else 0
+        need = required_bytes(profile.peak_bytes + ddp_bytes, self.overheads)
+        return _Need(profile, need, need <= self.usable)
+
+    def generate_need(
+        self, batch: int, source_len: int, precision: str, resident_bytes: int
+    ) -> _Need:
+        shape = GenerateShape(batch, source_len, self.request.new_tokens, self.request.num_beams)
+        profile = self.sim.generate(shape, precision)
+        need = required_bytes(profile.peak_bytes + resident_bytes, self.overheads)
+        return _Need(profile, need, need <= self.usable)
+
+
+def _largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
+    """Largest candidate for which ``fits`` holds, by bisection (``fits`` is monotone)."""
+    lo, hi, best = 0, len(candidates) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if fits(candidates[mid]):
+            best, lo = candidates[mid], mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _nice_batch_sizes(cap: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, ... up to ``cap``: powers of two and 1.5x powers of two."""
+    sizes = {1}
+    power = 1
+    while power <= cap:
+        sizes.update(n for n in (power, power * 3 // 2) if n <= cap)
+        power *= 2
+    return sorted(sizes)
+
+
+def make_plan(
+    request: PlanRequest,
+    gpu: GPU,
+    overheads: Overheads | None = None,
+    simulator: Simulator | None = None,
+) -> Plan:
+    """Plan micro-batch, accumulation, precision and eval/generation batches for ``gpu``.
+
+    ``overheads`` defaults to ``Overheads()`` (pass ``default_overheads()`` to use a
+    calibration file); ``simulator`` defaults to the real tracing simulator.
+    Raises ``ConfigError`` for an invalid request or one the GPU cannot run.
+    """
+    validate_request(request)
+    overheads = overheads if overheads is not None else Overheads()
+    planner = _Planner(request, gpu, overheads, simulator or Simulator())
+    family = request.family if request.family != "auto" else model_family(request.model_config)
+    precision, reasons, warnings = choose_precision(request, gpu, family)
+    if gpu.warning:
+        warnings.append(gpu.warning)
+    options = TrainOptions(
+        precision=precision,  # type: ignore[arg-type]
+        optimizer=request.optimizer,  # type: ignore[arg-type]
+        gradient_checkpointing=request.gradient_checkpointing is True,
+        lora=request.lora,
+        lora_rank=request.lora_rank,
+    )
+    source_len = request.source_len
+    per_rank = request.per_rank_batch
+    fixed_micro = request.micro_batch_size if request.micro_batch_size != "auto" else None
+    smallest = fixed_micro or 1
+
+    # 1. The fallback ladder, only while the smallest allowed micro-batch does not fit.
+    need = planner.train_need(smallest, options, source_len)
+    tried: set[str] = set()
+    rejected: set[str] = set()
+    while not need.fits:
+        open_steps = [s for s in ladder_steps(request, options, source_len) if s.name not in tried]
+        if not open_steps:
+            break
+        step = open_steps[0]
+        tried.add(step.name)
+        trial = planner.train_need(smallest, step.options, step.source_len)
+        before = f"micro-batch {smallest} needs {_gib(need.required_bytes)}"
+        if trial.required_bytes < need.required_bytes:
+            reasons.append(
+                f"{step.description}: {before} > {_gib(planner.usable)} usable; "
+                f"with it {_gib(trial.required_bytes)}"
+            )
+            if step.name.startswith("source_len="):
+                warnings.append(f"source text is cut shorter: {step.description}")
+            if step.name == "optimizer=adamw8bit":
+                warnings.append("8-bit AdamW needs the bitsandbytes package (CUDA only)")
+            options, source_len, need = step.options, step.source_len, trial
+        else:
+            rejected.add(step.name)
+            reasons.append(
+                f"{step.description}: skipped, it does not lower the need "
+                f"({_gib(trial.required_bytes)} vs {_gib(need.required_bytes)})"
+            )
+    fits = need.fits
+
+    # 2. Micro-batch: the largest divisor of the per-GPU batch that fits.
+    if not fits:
+        micro = smallest
+        reasons.append(
+            f"does not fit: micro-batch {micro} at source length {source_len} needs "
+            f"{_gib(need.required_bytes)} but {gpu.name} leaves {_gib(planner.usable)} usable "
+            "after every fallback; use a larger GPU, LoRA, more GPUs with DeepSpeed ZeRO, "
+            "or shorter sequences"
+        )
+    elif fixed_micro is not None:
+        micro = fixed_micro
+        reasons.append(
+            f"micro-batch {micro}: as requested; needs {_gib(need.required_bytes)} of "
+            f"{_gib(planner.usable)} usable"
+        )
+    else:
+        candidates = divisors(per_rank)
+        micro = (
+            _largest_fitting(candidates, lambda m: planner.train_need(m, options, source_len).fits)
+            or 1
+        )
+        need = planner.train_need(micro, options, source_len)
+        larger = [d for d in candidates if d > micro]
+        why = f"the largest divisor of {per_rank} that fits"
+        if larger:
+            above = planner.train_need(larger[0], options, source_len)
+            why += f" ({larger[0]} would need {_gib(above.required_bytes)})"
+        reasons.append(
+            f"micro-batch {micro}: {why}; needs {_gib(need.required_bytes)} of "
+            f"{_gib(planner.usable)} usable on {gpu.name}"
+        )
+    accumulation = per_rank // micro
+    reasons.append(
+        f"effective batch {request.effective_batch_size} = micro-batch {micro} x "
+        f"{accumulation} accumulation steps x {request.world_size} GPU(s)"
+    )
+    if request.gradient_checkpointing == "auto" and not options.gradient_checkpointing:
+        reasons.append("gradient checkpointing off: not needed, it would cost ~30% more compute")
+    if request.world_size > 1:
+        reasons.append("counted one extra gradient copy per GPU for DDP's communication buckets")
+
+    # 3. Eval (generation while the optimizer state stays resident) and prediction batches.
+    resident = need.profile.breakdown.get("optimizer_state", 0)
+    if request.eval_batch_size != "auto":
+        eval_batch = int(request.eval_batch_size)
+        if not planner.generate_need(eval_batch, source_len, precision, resident).fits:
+            warnings.append(
+                f"eval batch {eval_batch} as requested is predicted not to fit "
+                f"({request.num_beams} beams, optimizer state resident)"
+            )
+    else:
+        eval_batch = (
+            _largest_fitting(
+                range(1, EVAL_BATCH_CAP + 1),
+                lambda b: planner.generate_need(b, source_len, precision, resident).fits,
+            )
+            or 1
+        )
+        reasons.append(
+            f"eval batch {eval_batch}: largest (up to {EVAL_BATCH_CAP}) whose generation with "
+            f"{request.num_beams} beams fits next to the resident optimizer state "
+            f"({_gib(resident)})"
+        )
+    if not planner.generate_need(eval_batch, source_len, precision, resident).fits:
+        warnings.append(f"evaluation at batch {eval_batch} is predicted not to fit")
+    generation_batch = _largest_fitting(
+        _nice_batch_sizes(GENERATION_BATCH_CAP),
+        lambda b: planner.generate_need(b, source_len, precision, 0).fits,
+    )
+    if generation_batch is None:
+        generation_batch = 1
+        warnings.append("prediction at batch 1 is predicted not to fit")
+    generate = planner.generate_need(generation_batch, source_len, precision, 0)
+    reasons.append(
+        f"generation batch {generation_batch} ({request.num_beams} beams, "
+        f"{request.new_tokens} new tokens): needs {_gib(generate.required_bytes)}"
+    )
+
+    open_steps = [s for s in ladder_steps(request, options, source_len) if s.name not in rejected]
+    return Plan(
+        gpu=gpu,
+        micro_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        effective_batch_size=micro * accumulation * request.world_size,
+        eval_batch_size=eval_batch,
+        generation_batch_size=generation_batch,
+        generation_token_budget=generation_batch * source_len,
+        precision=precision,
+        optimizer=options.optimizer,
+        gradient_checkpointing=options.gradient_checkpointing,
+        source_len=source_len,
+        target_len=request.target_len,
+        predicted_peak_bytes=need.profile.peak_bytes,
+        required_bytes=need.required_bytes,
+        usable_bytes=planner.usable,
+        train_profile=need.profile,
+        generate_profile=generate.profile,
+        fits=fits,
+        world_size=request.world_size,
+        family=family,
+        reasons=reasons,
+        warnings=warnings,
+        next_ladder_step=open_steps[0].name if open_steps else None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Bucketed table
+
+
+def bucket_table(
+    request: PlanRequest,
+    gpu: GPU,
+    overheads: Overheads | None = None,
+    simulator: Simulator | None = None,
+    source_lens: Sequence[int] = (128, 256, 512, 1024),
+    target_lens: Sequence[int] = (64, 128, 256),
+) -> list[dict[str, Any]]:
+    """Largest micro-batch per (source_len, target_len) bucket, for length-bucketed batching.
+
+    Uses the request's precision/optimizer/checkpointing (no fallback ladder). Lengths above
+    the model's position limit are dropped. ``micro_batch_size`` is the largest divisor of
+    the per-GPU batch that fits, 0 when none does; ``truncated_fraction`` is the share of
+    ``data_lengths`` rows longer than the bucket (None without data).
+    """
+    validate_request(request)
+    overheads = overheads if overheads is not None else Overheads()
+    planner = _Planner(request, gpu, overheads, simulator or Simulator())
+    family = request.family if request.family != "auto" else model_family(request.model_config)
+    precision, _, _ = choose_precision(request, gpu, family)
+    options = TrainOptions(
+        precision=precision,  # type: ignore[arg-type]
+        optimizer=request.optimizer,  # type: ignore[arg-type]
+        gradient_checkpointing=request.gradient_checkpointing is True,
+        lora=request.lora,
+        lora_rank=request.lora_rank,
+    )
+    limit = max_source_positions(request.model_config)
+    sources = sorted({n for n in source_lens if limit is None or n <= limit})
+    targets = sorted({n for n in target_lens if limit is None or n <= limit})
+    candidates = divisors(request.per_rank_batch)
+    # Memory grows with length, so a bucket's micro-batch is at most its shorter neighbours'.
+    best: dict[tuple[int, int], int] = {}
+    rows: list[dict[str, Any]] = []
+    for source_len in sources:
+        for target_len in targets:
+            bounds = [
+                value
+                for (shorter_source, shorter_target), value in best.items()
+                if shorter_source <= source_len and shorter_target <= target_len
+            ]
+            upper = min(bounds) if bounds else candidates[-1]
+            open_candidates = [m for m in candidates if m <= upper]
+
+            def fits(m: int, s: int = source_len, t: int = target_len) -> bool:
+                return planner.train_need(m, options, s, t).fits
+
+            micro = _largest_fitting(open_candidates, fits) or 0
+            best[(source_len, target_len)] = micro
+            need = planner.train_need(max(micro, 1), options, source_len, target_len)
+            rows.append(
+                {
+                    "source_len": source_len,
+                    "target_len": target_len,
+                    "micro_batch_size": micro,
+                    "gradient_accumulation_steps": (
+                        request.per_rank_batch // micro if micro else None
+                    ),
+                    "predicted_peak_bytes": need.profile.peak_bytes,
+                    "required_bytes": need.required_bytes,
+                    "usable_bytes": planner.usable,
+                    "fits": micro > 0,
+                    "truncated_fraction": truncated_fraction(
+                        request.data_lengths, source_len, target_len
+                    ),
+                }
+            )
+    return rows

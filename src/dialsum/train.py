@@ -1,0 +1,339 @@
+"""The training recipe: setup → train → save → report, read top-down.
+
+Each ``_setup_*`` takes only its own config block. Memory decisions (micro-batch, precision,
+checkpointing) come from ``settings.resolve_settings`` so the Trainer only ever sees
+concrete numbers, and the OOM guard can change the micro-batch at run time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments, set_seed
+
+from dialsum import data as data_mod
+from dialsum.config import SectionConfig, TrainingConfig, load_section, section_from_dict
+from dialsum.errors import UserError
+from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
+from dialsum.memory.guard import GuardState
+from dialsum.metrics import make_compute_metrics
+from dialsum.modeling import apply_lora, load_model, load_tokenizer, resolve_model
+from dialsum.runs import (
+    RunDir,
+    latest_run,
+    new_run,
+    write_json_atomic,
+    write_yaml_atomic,
+)
+from dialsum.settings import Settings, resolve_settings
+
+log = logging.getLogger(__name__)
+
+
+class ListDataset(Dataset):
+    """Tokenized rows (dicts of int lists) for the Trainer; no `datasets` dependency needed."""
+
+    def __init__(self, rows: list[dict[str, list[int]]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.rows[index]
+
+
+@dataclass
+class Prepared:
+    """Everything the train and predict paths share after setup."""
+
+    cfg: SectionConfig
+    tokenizer: Any
+    model: Any
+    train_table: data_mod.DialogueTable | None
+    dev_table: data_mod.DialogueTable | None
+
+
+@dataclass
+class TrainResult:
+    run: RunDir
+    metrics: dict[str, float]
+    settings: Settings
+
+
+def tiny_texts_from(cfg: SectionConfig):
+    """Texts a tiny tokenizer is trained on: the training dialogues and summaries."""
+
+    def texts() -> list[str]:
+        table = data_mod.read_dialogue_csv(Path(cfg.data.train), "train")
+        out: list[str] = []
+        for rec in table.records:
+            out.append(cfg.tokenizer.prefix + rec.dialogue)
+            out.extend(rec.references)
+        return out
+
+    return texts
+
+
+def tiny_cache_dir() -> Path:
+    root = os.environ.get("DIALSUM_CACHE_DIR")
+    return Path(root) / "tiny" if root else Path.home() / ".cache" / "dialsum" / "tiny"
+
+
+def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
+    """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model."""
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(str(checkpoint), tokenizer, trust_remote_code=cfg.model.trust_remote_code)
+        return model, tokenizer
+    return resolve_model(
+        cfg.model.name,
+        tiny_texts=tiny_texts_from(cfg),
+        cache_dir=tiny_cache_dir(),
+        trust_remote_code=cfg.model.trust_remote_code,
+        tokenizer_name=cfg.tokenizer.name,
+    )
+
+
+def read_tables(cfg: SectionConfig, *, train: bool = True, dev: bool = True, echo=print):
+    out = {}
+    for split, wanted, path in (("train", train, cfg.data.train), ("dev", dev, cfg.data.dev)):
+        if not wanted:
+            continue
+        table = data_mod.read_dialogue_csv(Path(path), split)
+        if table.encoding not in ("utf-8", "utf-8-sig"):
+            echo(f"note: decoded {path} as {table.encoding}")
+        limit = cfg.data.max_train_samples if split == "train" else cfg.data.max_eval_samples
+        if limit is not None:
+            table.records = table.records[:limit]
+        out[split] = table
+    return out.get("train"), out.get("dev")
+
+
+def tokenize_table(cfg: SectionConfig, table, tokenizer, *, with_labels: bool = True):
+    return ListDataset(
+        data_mod.tokenize_records(
+            table.records,
+            tokenizer,
+            prefix=cfg.tokenizer.prefix,
+            max_source_len=cfg.tokenizer.max_source_length,
+            max_target_len=cfg.tokenizer.max_target_length,
+            with_labels=with_labels,
+        )
+    )
+
+
+def length_report(cfg: SectionConfig, table, tokenizer) -> data_mod.LengthReport:
+    return data_mod.length_report(
+        table.records,
+        tokenizer,
+        prefix=cfg.tokenizer.prefix,
+        max_source_len=cfg.tokenizer.max_source_length,
+        max_target_len=cfg.tokenizer.max_target_length,
+    )
+
+
+def generation_kwargs(cfg: SectionConfig) -> dict[str, Any]:
+    inf = cfg.inference
+    kwargs: dict[str, Any] = {
+        "num_beams": inf.num_beams,
+        "max_new_tokens": cfg.max_new_tokens,
+        "min_new_tokens": inf.min_new_tokens,
+        "length_penalty": inf.length_penalty,
+        "early_stopping": inf.early_stopping if inf.num_beams > 1 else False,
+    }
+    if inf.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = inf.no_repeat_ngram_size
+    return kwargs
+
+
+def training_arguments(
+    t: TrainingConfig, settings: Settings, run: RunDir, gen: dict[str, Any]
+) -> Seq2SeqTrainingArguments:
+    """Every training key reaches the Trainer here (and only here)."""
+    evaluate = t.eval_strategy != "no"
+    best_metric = "eval_loss" if t.metric_for_best_model == "loss" else f"eval_{t.metric_for_best_model}"
+    save_strategy = t.save_strategy
+    load_best = evaluate and save_strategy != "no"
+    if load_best and save_strategy not in ("best", t.eval_strategy):
+        # load_best_model_at_end needs checkpoints at evaluation points.
+        save_strategy = t.eval_strategy
+    report_to = [r for r in t.report_to if r != "none"] or "none"
+    optim = {
+        "adamw": "adamw_torch",
+        "adafactor": "adafactor",
+        "adamw8bit": "adamw_bnb_8bit",
+        "sgd": "sgd",
+    }[settings.optimizer]
+    from transformers import GenerationConfig
+
+    return Seq2SeqTrainingArguments(
+        output_dir=str(run.checkpoints),
+        logging_dir=None,
+        # The guard micro-batches inside training_step; the Trainer sees one whole step.
+        per_device_train_batch_size=settings.per_step_rows,
+        gradient_accumulation_steps=1,
+        per_device_eval_batch_size=settings.eval_batch_size,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        weight_decay=t.weight_decay,
+        warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler_type,
+        optim=optim,
+        max_grad_norm=t.max_grad_norm,
+        bf16=settings.precision == "bf16",
+        fp16=settings.precision == "fp16",
+        gradient_checkpointing=settings.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}
+        if settings.gradient_checkpointing
+        else None,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=load_best,
+        metric_for_best_model=best_metric if load_best else None,
+        greater_is_better=t.metric_for_best_model != "loss" if load_best else None,
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        report_to=report_to,
+        seed=t.seed,
+        predict_with_generate=True,
+        generation_config=GenerationConfig(**gen),
+        dataloader_num_workers=t.dataloader_num_workers,
+        remove_unused_columns=False,
+        use_cpu=settings.device == "cpu",
+        disable_tqdm=False,
+        save_only_model=False,
+    )
+
+
+def _configure_loggers(t: TrainingConfig, run: RunDir) -> None:
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.logs)
+    if "wandb" in t.report_to:
+        if t.wandb.project:
+            os.environ.setdefault("WANDB_PROJECT", t.wandb.project)
+        os.environ.setdefault("WANDB_MODE", t.wandb.mode)
+        os.environ.setdefault("WANDB_DIR", str(run.logs))
+
+
+def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, SectionConfig]:
+    """A new run folder, or the latest one of this section when resuming."""
+    if not resume:
+        return new_run(cfg.training.output_dir, cfg.name), None, cfg
+    run = latest_run(cfg.training.output_dir, cfg.name)
+    if run is None:
+        raise UserError(
+            f"--resume: no earlier run of section '{cfg.name}' under "
+            f"{cfg.training.output_dir}; start one without --resume"
+        )
+    checkpoint = run.last_checkpoint()
+    if checkpoint is None:
+        raise UserError(
+            f"--resume: {run.path} has no checkpoint yet; set training.save_strategy "
+            "(e.g. steps with --save-steps N) or start a new run"
+        )
+    return run, checkpoint, cfg
+
+
+def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hooks) -> TrainResult:
+    set_seed(cfg.training.seed)
+    run, checkpoint, cfg = _setup_run(cfg, resume)
+    echo(f"run folder: {run.path}")
+    train_table, dev_table = read_tables(cfg, echo=echo)
+    model, tokenizer = setup_model(cfg)
+    report = length_report(cfg, train_table, tokenizer)
+    echo(report.format())
+    guard = GuardState.load(run.guard) if resume and run.guard.is_file() else None
+    settings = resolve_settings(cfg, model.config, report=report, guard=guard, echo=echo)
+    if guard is None:
+        guard = GuardState(
+            micro_batch_size=settings.micro_batch_size, eval_batch_size=settings.eval_batch_size
+        )
+    if cfg.model.lora.enabled:
+        lora = cfg.model.lora
+        model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
+    if not resume:
+        write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
+    write_json_atomic(run.plan, settings.to_json())
+    guard.save(run.guard)
+    _configure_loggers(cfg.training, run)
+
+    gen = generation_kwargs(cfg)
+    trainer = build_trainer(cfg, settings, run, model, tokenizer, train_table, dev_table, gen, guard, **hooks)
+    train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    metrics: dict[str, float] = dict(train_out.metrics)
+    if dev_table is not None and cfg.training.eval_strategy != "no":
+        metrics.update(trainer.evaluate())
+    trainer.save_model(str(run.best))
+    if trainer.state.best_model_checkpoint:
+        metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
+    metrics["micro_batch_size_final"] = guard.micro_batch_size
+    metrics["oom_recoveries"] = len(guard.events)
+    if trainer.is_world_process_zero():
+        guard.save(run.guard)
+        write_json_atomic(run.metrics, metrics)
+    return TrainResult(run=run, metrics=metrics, settings=settings)
+
+
+def build_trainer(
+    cfg: SectionConfig,
+    settings: Settings,
+    run: RunDir,
+    model,
+    tokenizer,
+    train_table,
+    dev_table,
+    gen: dict[str, Any],
+    guard: GuardState,
+    *,
+    fault_injector=None,
+    callbacks=(),
+) -> GuardedSeq2SeqTrainer:
+    args = training_arguments(cfg.training, settings, run, gen)
+    train_ds = tokenize_table(cfg, train_table, tokenizer)
+    eval_ds = tokenize_table(cfg, dev_table, tokenizer) if dev_table is not None else None
+    refs = [r.references for r in dev_table.records] if dev_table is not None else None
+    t = cfg.training
+    cbs = list(callbacks)
+    if t.early_stopping_patience and args.load_best_model_at_end:
+        cbs.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=t.early_stopping_patience,
+                early_stopping_threshold=t.early_stopping_threshold,
+            )
+        )
+    return GuardedSeq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if t.eval_strategy != "no" else None,
+        data_collator=data_mod.make_collator(tokenizer, model),
+        processing_class=tokenizer,
+        compute_metrics=make_compute_metrics(tokenizer, refs),
+        callbacks=cbs,
+        guard=guard,
+        guard_path=run.guard,
+        ladder_hint=settings.next_ladder_step,
+        label_smoothing=t.label_smoothing,
+        fault_injector=fault_injector,
+    )
+
+
+def load_run_config(run: RunDir) -> SectionConfig:
+    """The resolved section saved in a run folder."""
+    import yaml
+
+    raw = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+    name = raw.pop("section", run.path.parent.name)
+    return section_from_dict(raw, name)
+
