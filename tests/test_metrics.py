@@ -220,6 +220,10 @@ def test_evaluate_files_bad_inputs(tmp_path: Path, ref_csv: Path) -> None:
     dup = write_csv(tmp_path / "b.csv", [["fname", "summary"], ["dev_0", PRED], ["dev_0", PRED]])
     with pytest.raises(DataError, match="line 3: duplicate fname 'dev_0'"):
         evaluate_files(dup, ref_csv)
+    # Line numbers count the lines of multi-line dialogues before the row.
+    rows = [["fname", "dialogue", "summary"], ["dev_0", "a\nb\nc", REF], ["dev_0", "d", REF]]
+    with pytest.raises(DataError, match="dup_ref.csv: line 5: duplicate fname 'dev_0'"):
+        evaluate_files(ref_csv, write_csv(tmp_path / "dup_ref.csv", rows))
     with pytest.raises(DataError, match="not found"):
         evaluate_files(tmp_path / "nope.csv", ref_csv)
     no_ref = write_csv(tmp_path / "dev2.csv", [["fname", "dialogue", "summary"], ["x", "d", ""]])

@@ -97,6 +97,7 @@ def train(
 ) -> None:
     """Fine-tune a model on a config section.
 
+    \b
     Examples:
       dialsum train -c config.yaml -s eenzeenee
       dialsum train -s kobart --set training.learning_rate=3e-5 --max-steps 100
@@ -132,6 +133,7 @@ def predict(
 ) -> None:
     """Summarize the test dialogues and write the submission CSV (fname,summary).
 
+    \b
     Examples:
       dialsum predict -c config.yaml -s eenzeenee
       dialsum predict -s kobart --checkpoint runs/kobart/20260101-120000/best --output sub.csv
@@ -151,6 +153,7 @@ def evaluate(
 ) -> None:
     """Score predictions with Korean morpheme ROUGE (multi-reference).
 
+    \b
     Example:
       dialsum evaluate --pred runs/tiny/.../dev_predictions.csv --ref data/sample/dev.csv
     """
@@ -172,6 +175,7 @@ def demo(
     """Train a tiny model on the bundled data on CPU, then predict and evaluate.
 
     Prints dev ROUGE before and after training and where everything went.
+    \b
     Example:
       dialsum demo
     """
@@ -179,6 +183,41 @@ def demo(
 
     cfg = _load(config, section, _overrides(None, max_steps=max_steps, output_dir=output_dir))
     run_demo(cfg, echo=echo)
+
+
+@app.command()
+def monitor(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
+) -> None:
+    """Live GPU memory per device and per process (like `watch nvidia-smi`).
+
+    \b
+    Examples:
+      dialsum monitor
+      dialsum monitor --once
+    """
+    from rich.live import Live
+    from rich.text import Text
+
+    from dialsum.monitor import nvml_devices, render_devices
+
+    devices = nvml_devices()
+    if devices is None:
+        raise UserError(
+            "no NVIDIA GPU found (NVML could not be initialised): dialsum monitor needs an "
+            "NVIDIA driver and GPU. On this machine training runs on the CPU."
+        )
+    if once:
+        echo(render_devices(devices))
+        return
+    try:
+        with Live(Text(render_devices(devices)), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(Text(render_devices(nvml_devices() or [])))
+    except KeyboardInterrupt:
+        pass
 
 
 def _print_metrics(title: str, metrics: dict) -> None:

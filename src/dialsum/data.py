@@ -73,10 +73,15 @@ class _Problems:
     path: Path
     items: dict[str, list[str]] = field(default_factory=dict)
     hints: dict[str, str] = field(default_factory=dict)
+    line_kinds: set[str] = field(default_factory=set)
 
     def add(self, kind: str, where: str, hint: str) -> None:
         self.items.setdefault(kind, []).append(where)
         self.hints[kind] = hint
+
+    def add_line(self, kind: str, line: int, hint: str) -> None:
+        self.line_kinds.add(kind)
+        self.add(kind, str(line), hint)
 
     def raise_if_any(self) -> None:
         if not self.items:
@@ -84,7 +89,10 @@ class _Problems:
         total = sum(len(v) for v in self.items.values())
         lines = [f"{self.path}: {total} problem(s) found ({_LINE_NOTE}):"]
         for kind, wheres in self.items.items():
-            lines.append(f"  - {kind} at {_listing(wheres)}; {self.hints[kind]}")
+            where = _listing(wheres)
+            if kind in self.line_kinds:
+                where = ("line " if len(wheres) == 1 else "lines ") + where
+            lines.append(f"  - {kind}: {where}; {self.hints[kind]}")
         raise DataError("\n".join(lines))
 
 
@@ -212,9 +220,9 @@ def _check_field_count(
 ) -> None:
     # Extra non-empty fields mean an unquoted comma shifted the row: its columns are wrong.
     if len(fields) > len(header) and any(f.strip() for f in fields[len(header) :]):
-        problems.add(
+        problems.add_line(
             f"row with more fields than the {len(header)} header columns",
-            f"line {line}",
+            line,
             "quote fields that contain commas",
         )
 
@@ -264,17 +272,17 @@ def _make_record(
     changed = 0
     fname = _field(fields, header, "fname").strip()
     if not fname:
-        problems.add("empty fname", f"line {line}", "give every row a unique fname")
+        problems.add_line("empty fname", line, "give every row a unique fname")
     dialogue, flag = _clean_counted(_field(fields, header, "dialogue"))
     changed += flag
     if not dialogue:
-        problems.add("empty dialogue", f"line {line}", "fill in the dialogue or delete the row")
+        problems.add_line("empty dialogue", line, "fill in the dialogue or delete the row")
     summary, flag = _clean_counted(_field(fields, header, "summary"))
     changed += flag
     if not summary and split != "test":
-        problems.add(
+        problems.add_line(
             "empty summary",
-            f"line {line}",
+            line,
             f"a {split} file needs a reference summary in every row; fill it in or delete the row",
         )
     references = [summary] if summary else []
@@ -304,7 +312,7 @@ def read_predictions_csv(path: str | os.PathLike[str]) -> dict[str, str]:
         _check_field_count(problems, header, line, fields)
         fname = _field(fields, header, "fname").strip()
         if not fname:
-            problems.add("empty fname", f"line {line}", "give every row the fname it predicts")
+            problems.add_line("empty fname", line, "give every row the fname it predicts")
             continue
         lines_by_fname.setdefault(fname, []).append(line)
         predictions[fname] = clean_text(_field(fields, header, "summary"))

@@ -109,29 +109,29 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         while True:
             micro = min(self.guard.micro_batch_size, rows)
             self.step_attempts.append(micro)
+            error_msg = None
             try:
                 loss = self._forward_backward(model, inputs, rows, micro, normalizer)
-                failed = False
             except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
                 if not is_oom(exc):
                     raise
-                failed = True
-                error = exc
-            # All ranks agree on the smallest micro-batch any of them needs (collective).
-            new_micro = micro if not failed else (next_micro_batch(micro, per_step_rows) or 0)
+                # Keep only the message: holding the exception would keep its traceback's
+                # frames, and with them the failed attempt's activations, alive.
+                error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            failed = error_msg is not None
+            # All ranks agree on the smallest micro-batch any of them needs (a collective,
+            # run by every rank every step, so no rank waits for a peer that gave up).
+            new_micro = (next_micro_batch(micro, per_step_rows) or 0) if failed else micro
             agreed = agree_on_batch(new_micro)
             if agreed == micro and not failed:
                 return loss.detach()
             # Redo the step from zeroed gradients: nothing of the failed attempt is kept.
+            loss = None
             model.zero_grad(set_to_none=True)
             free_device_memory()
             if agreed < 1:
-                raise OOMUnrecoverable(self._unrecoverable_message(micro)) from (
-                    error if failed else None
-                )
-            self._record(
-                "train", micro, agreed, str(error).splitlines()[0] if failed else "peer rank OOM"
-            )
+                raise OOMUnrecoverable(self._unrecoverable_message(micro, error_msg))
+            self._record("train", micro, agreed, error_msg or "a peer rank ran out of memory")
             self.guard.micro_batch_size = agreed
 
     def _forward_backward(
@@ -176,6 +176,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         rows = int(next(v for v in inputs.values() if torch.is_tensor(v)).shape[0])
         while True:
             size = min(self.guard.eval_batch_size or rows, rows)
+            error_msg = None
             try:
                 parts = []
                 for start in range(0, rows, size):
@@ -194,15 +195,17 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             except Exception as exc:  # noqa: BLE001
                 if not is_oom(exc):
                     raise
-                free_device_memory()
-                new = next_eval_batch(size)
-                if new is None:
-                    raise OOMUnrecoverable(
-                        "evaluation ran out of GPU memory at batch 1; lower "
-                        "inference.num_beams or tokenizer.max_source_length"
-                    ) from exc
-                self._record("eval", size, new, str(exc).splitlines()[0])
-                self.guard.eval_batch_size = new
+                error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            parts = []
+            free_device_memory()
+            new = next_eval_batch(size)
+            if new is None:
+                raise OOMUnrecoverable(
+                    f"evaluation ran out of GPU memory at batch 1 ({error_msg}); lower "
+                    "inference.num_beams or tokenizer.max_source_length"
+                )
+            self._record("eval", size, new, error_msg)
+            self.guard.eval_batch_size = new
 
     def _pad_id(self) -> int:
         tok = self.processing_class
@@ -218,7 +221,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             new_batch=new,
             message=message,
         )
-        self.guard.events.append(event)
+        self.guard.record(event)
         log.warning(
             "OOM during %s at step %d: batch %d -> %d (effective batch unchanged)",
             phase,
@@ -229,8 +232,10 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         if self.guard_path is not None and self.is_world_process_zero():
             self.guard.save(self.guard_path)
 
-    def _unrecoverable_message(self, micro: int) -> str:
+    def _unrecoverable_message(self, micro: int, error_msg: str | None) -> str:
         msg = f"CUDA out of memory at micro-batch {micro}: nothing smaller is left."
+        if error_msg:
+            msg += f" ({error_msg})"
         if self.ladder_hint:
             msg += f" Next step: {self.ladder_hint}."
         return msg

@@ -76,6 +76,7 @@ def generate_summaries(
     bar = tqdm(total=len(rows), desc="generate", unit="dlg", disable=not progress, leave=False)
     while pending:
         indices = pending.pop(0)
+        texts = None
         try:
             if fault_injector is not None:
                 fault_injector("predict", len(indices))
@@ -83,6 +84,8 @@ def generate_summaries(
         except Exception as exc:  # noqa: BLE001 - only OOMs are handled
             if not is_oom(exc) or len(indices) == 1:
                 raise
+        if texts is None:
+            # Recover outside the except block so the failed call's tensors can be freed.
             free_device_memory()
             stats.oom_splits += 1
             log.warning("OOM while generating %d rows: splitting the batch", len(indices))

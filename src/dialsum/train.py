@@ -23,6 +23,7 @@ from dialsum.errors import UserError
 from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.memory.guard import GuardState
 from dialsum.metrics import make_compute_metrics
+from dialsum.monitor import MemoryMonitorCallback
 from dialsum.modeling import apply_lora, load_model, load_tokenizer, resolve_model
 from dialsum.runs import (
     RunDir,
@@ -305,6 +306,8 @@ def build_trainer(
     refs = [r.references for r in dev_table.records] if dev_table is not None else None
     t = cfg.training
     cbs = list(callbacks)
+    predicted = settings.plan.get("predicted_peak_bytes") if settings.plan else None
+    cbs.append(MemoryMonitorCallback(predicted_peak_bytes=predicted))
     if t.early_stopping_patience and args.load_best_model_at_end:
         cbs.append(
             EarlyStoppingCallback(

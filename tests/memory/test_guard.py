@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def test_real_host_oom_is_not_device_oom() -> None:
 
 
 def test_is_oom_follows_explicit_cause() -> None:
-    wrapped = _chained(RuntimeError("DeepSpeed engine step failed"), torch.OutOfMemoryError(CUDA_OOM), cause=True)
+    wrapped = _chained(
+        RuntimeError("DeepSpeed engine step failed"), torch.OutOfMemoryError(CUDA_OOM), cause=True
+    )
     assert is_oom(wrapped) is True
 
 
@@ -142,9 +145,9 @@ def test_is_oom_terminates_on_cyclic_chain() -> None:
 # --- batch ladders ------------------------------------------------------------------------
 
 
-def _ladder(step: partial[int | None] | object, start: int) -> list[int]:
+def _ladder(step: Callable[[int], int | None], start: int) -> list[int]:
     sizes = [start]
-    while (smaller := step(sizes[-1])) is not None:  # type: ignore[operator]
+    while (smaller := step(sizes[-1])) is not None:
         sizes.append(smaller)
     return sizes
 
@@ -214,7 +217,11 @@ def test_retry_shrinks_through_divisors_until_it_fits() -> None:
     )
     assert result == ("loss@3", 3)
     assert step.calls == [12, 6, 4, 3]
-    assert events == [(12, 6, "OutOfMemoryError"), (6, 4, "OutOfMemoryError"), (4, 3, "OutOfMemoryError")]
+    assert events == [
+        (12, 6, "OutOfMemoryError"),
+        (6, 4, "OutOfMemoryError"),
+        (4, 3, "OutOfMemoryError"),
+    ]
     # Cleanup runs once per OOM, before the retry.
     assert cleanups == [1, 2, 3]
 
@@ -249,6 +256,16 @@ def test_retry_gives_up_with_hint_and_chain() -> None:
     )
     assert isinstance(error.__cause__, torch.OutOfMemoryError)
     # An outer guard must not start another ladder on an exhausted one.
+    assert is_oom(error) is False
+
+
+def test_unrecoverable_can_be_raised_with_a_message_only() -> None:
+    error = OOMUnrecoverable("evaluation ran out of GPU memory at batch 1")
+    assert (str(error), error.tried, error.hint) == (
+        "evaluation ran out of GPU memory at batch 1",
+        [],
+        "",
+    )
     assert is_oom(error) is False
 
 

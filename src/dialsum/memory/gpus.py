@@ -167,17 +167,25 @@ def _unknown_message(spec: str) -> str:
     )
 
 
+def _name_tokens(name: str) -> list[str]:
+    # "NVIDIA GeForce RTX 3080 Ti" -> ["nvidia", "geforce", "rtx3080", "ti"];
+    # "NVIDIA A100-SXM4-80GB" -> ["nvidia", "a100", "sxm4", "80gb"].
+    text = re.sub(r"[^a-z0-9]+", " ", name.lower())
+    return re.sub(r"\brtx (\d)", r"rtx\1", text).split()
+
+
 def _catalog_match(name: str, total_bytes: int) -> GPU | None:
-    # The card family is in the device name ("NVIDIA A100-SXM4-80GB" holds "a100"); among
-    # the entries of that family take the one whose memory is closest.
-    # The family must not run on into more digits or a suffix: "L40S" is no L4 and an
-    # "RTX 3080 Ti" has more memory than a 3080.
-    squashed = _squash(name)
-    family = [
-        gpu
-        for gpu in _CATALOG
-        if re.search(re.escape(_squash(gpu.slug.split("-")[0])) + r"(?!\d|ti|super)", squashed)
-    ]
+    # The card family is a whole word of the device name, not followed by a variant
+    # ("L40S" is no L4, an "RTX 3080 Ti" has more memory than a 3080); among the entries of
+    # that family take the one whose memory is closest.
+    tokens = _name_tokens(name)
+    family = []
+    for gpu in _CATALOG:
+        model = gpu.slug.split("-")[0]
+        if model in tokens:
+            after = tokens[tokens.index(model) + 1 : tokens.index(model) + 2]
+            if after not in (["ti"], ["super"]):
+                family.append(gpu)
     if not family:
         return None
     return min(family, key=lambda gpu: abs(gpu.total_bytes - total_bytes))

@@ -67,7 +67,9 @@ _DIST_BACKEND_ERROR: Any = getattr(torch.distributed, "DistBackendError", ())
 class OOMUnrecoverable(RuntimeError):
     """Device OOM at the smallest batch: the run needs the plan's next fallback step."""
 
-    def __init__(self, message: str, *, tried: Sequence[int], hint: str = "") -> None:
+    # ``tried`` and ``hint`` are optional so a caller with its own loop can raise it with
+    # just a message; ``run_with_oom_retry`` fills both.
+    def __init__(self, message: str, *, tried: Sequence[int] = (), hint: str = "") -> None:
         super().__init__(message)
         self.tried: list[int] = list(tried)
         self.hint = hint

@@ -62,6 +62,15 @@ _OPTIMIZER_STATE_BYTES_PER_PARAM: dict[str, float] = {
 
 _T5_FAMILIES = ("t5", "mt5")
 
+_CUT_WARNING = "source text is cut shorter"
+
+_OPTIMIZER_LABELS = {
+    "adamw": "AdamW",
+    "adamw8bit": "8-bit AdamW",
+    "adafactor": "Adafactor",
+    "sgd": "SGD",
+}
+
 
 # --------------------------------------------------------------------------------------
 # The simulator, injectable
@@ -320,44 +329,36 @@ def choose_precision(
         warnings = [fp16_risk] if precision == "fp16" and t5_like else []
         return precision, [f"precision {precision}: as requested"], warnings
     if gpu.bf16:
-        why_not_fp16 = (
+        why = (
             f"{_family_label(family)} overflows in fp16"
             if t5_like
             else "bf16 keeps fp32's range, so no loss scaling is needed"
         )
-        return (
-            "bf16",
-            [f"precision bf16 (mixed): {gpu.name} supports bf16 (compute capability {cc}); "
-             f"{why_not_fp16}"],
-            [],
-        )  # fmt: skip
+        reason = (
+            f"precision bf16 (mixed): {gpu.name} supports bf16 (compute capability {cc}); {why}"
+        )
+        return "bf16", [reason], []
     no_bf16 = f"{gpu.name} has no bf16 (compute capability {cc})"
+    if t5_like and request.allow_fp16_for_t5 and gpu.fp16:
+        reason = f"precision fp16 (mixed): {no_bf16} and allow_fp16_for_t5 is set"
+        return "fp16", [reason], [fp16_risk]
     if t5_like:
-        if request.allow_fp16_for_t5 and gpu.fp16:
-            return (
-                "fp16",
-                [f"precision fp16 (mixed): {no_bf16} and allow_fp16_for_t5 is set"],
-                [fp16_risk],
-            )
-        return (
-            "fp32",
-            [f"precision fp32: {no_bf16} and {_family_label(family)} overflows in fp16 "
-             "(NaN losses); set allow_fp16_for_t5 to use fp16 anyway"],
-            [],
-        )  # fmt: skip
+        reason = (
+            f"precision fp32: {no_bf16} and {_family_label(family)} overflows in fp16 "
+            "(NaN losses); set allow_fp16_for_t5 to use fp16 anyway"
+        )
+        return "fp32", [reason], []
     if family == "bart" and gpu.fp16:
-        return (
-            "fp16",
-            [f"precision fp16 (mixed): {no_bf16}; BART trains stably in fp16 mixed "
-             "precision with loss scaling"],
-            [],
-        )  # fmt: skip
-    return (
-        "fp32",
-        [f"precision fp32: {no_bf16} and fp16 has not been checked for this architecture; "
-         "set precision fp16 to opt in"],
-        [],
-    )  # fmt: skip
+        reason = (
+            f"precision fp16 (mixed): {no_bf16}; BART trains stably in fp16 mixed precision "
+            "with loss scaling"
+        )
+        return "fp16", [reason], []
+    reason = (
+        f"precision fp32: {no_bf16} and fp16 has not been checked for this architecture; "
+        "set precision fp16 to opt in"
+    )
+    return "fp32", [reason], []
 
 
 # --------------------------------------------------------------------------------------
@@ -388,7 +389,7 @@ def ladder_steps(request: PlanRequest, options: TrainOptions, source_len: int) -
     if (
         "gradient_checkpointing" in allowed
         and not options.gradient_checkpointing
-        and request.gradient_checkpointing != False  # noqa: E712 - "auto" must pass
+        and request.gradient_checkpointing is not False  # "auto" may switch it on
     ):
         steps.append(
             LadderStep(
@@ -399,9 +400,10 @@ def ladder_steps(request: PlanRequest, options: TrainOptions, source_len: int) -
             )
         )
     current_state = _OPTIMIZER_STATE_BYTES_PER_PARAM[options.optimizer]
+    current = _OPTIMIZER_LABELS[options.optimizer]
     descriptions = {
-        "adafactor": "Adafactor instead of AdamW (factored second moments, almost no state; "
-        "T5 was pre-trained with it)",
+        "adafactor": f"Adafactor instead of {current} (factored second moments, almost no "
+        "state; T5 was pre-trained with it)",
         "adamw8bit": "8-bit AdamW states (needs the bitsandbytes package)",
     }
     for optimizer in ("adafactor", "adamw8bit"):
@@ -610,7 +612,9 @@ def make_plan(
                 f"with it {_gib(trial.required_bytes)}"
             )
             if step.name.startswith("source_len="):
-                warnings.append(f"source text is cut shorter: {step.description}")
+                # Only the final length matters to the user: replace an earlier halving.
+                warnings = [w for w in warnings if not w.startswith(_CUT_WARNING)]
+                warnings.append(f"{_CUT_WARNING}: {step.description}")
             if step.name == "optimizer=adamw8bit":
                 warnings.append("8-bit AdamW needs the bitsandbytes package (CUDA only)")
             options, source_len, need = step.options, step.source_len, trial

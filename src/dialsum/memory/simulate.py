@@ -1,0 +1,433 @@
+"""Peak GPU memory of seq2seq training and generation, predicted on a CPU.
+
+The real model code (transformers' T5/mT5/BART) runs on *fake* CPU tensors: shapes, dtypes
+and autograd are real, data is not, and no weight memory is allocated. A
+``LiveStorageTracker`` counts the bytes of every live storage, rounded as the CUDA caching
+allocator rounds them, and records the peak per phase. ``CudaEmulationMode`` makes the
+CPU trace allocate what CUDA would (fused dropout, memory-efficient attention, CUDA's
+autocast op lists).
+
+Training (``simulate_train``) runs two full steps - forward with labels, backward,
+``optimizer.step()``, ``zero_grad(set_to_none=True)`` - so the second step sees the
+optimizer state the first created. The result is the higher of the two steps (the second
+in practice). Phases: ``forward``, ``backward``, ``optimizer``. Breakdown categories:
+``weights`` (parameters and buffers), ``gradients`` (``.grad``), ``optimizer_state``,
+``activations`` (storages created during forward: what autograd saved, plus forward's
+own short-lived tensors while forward runs), ``temporaries`` (everything else).
+
+Generation (``simulate_generate``): ``generate()`` itself cannot run on fake tensors - its
+stopping and beam bookkeeping read values (``.item()``, data-dependent control flow). We
+trace its memory-relevant parts in the order ``generate()`` runs them: the encoder pass,
+one decoder step at the longest cache, and the logits processing of that step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from transformers import PretrainedConfig
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.modeling_outputs import BaseModelOutput
+
+from dialsum.memory import cache as trace_cache
+from dialsum.memory.allocator import round_allocation_bytes
+from dialsum.memory.cuda_emulation import CudaEmulationMode
+from dialsum.memory.fake_model import (
+    apply_lora,
+    fake_model_from_config,
+    trainable_params,
+    unique_params,
+)
+from dialsum.memory.optimizers import make_optimizer, state_tensors
+from dialsum.memory.profile import GenerateShape, MemoryProfile, Precision, TrainOptions, TrainShape
+from dialsum.memory.tracer import LiveStorageTracker, PeakRecord, RoundFn
+
+TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
+GENERATE_CATEGORIES = ("weights", "activations", "kv_cache", "logits", "temporaries")
+
+# fp16 AMP: the loss is scaled by GradScaler's initial scale, grads unscaled in place.
+GRAD_SCALER_INIT_SCALE = 2.0**16
+
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "pure_bf16": torch.bfloat16,
+}
+
+
+# -- small helpers ---------------------------------------------------------------------
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """Storage dtype of low-precision tensors for ``precision`` (fp32 for ``fp32``)."""
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[precision]
+
+
+def _amp_dtype(precision: str) -> torch.dtype | None:
+    # bf16/fp16 are AMP (fp32 master weights + autocast); pure_bf16 casts the model instead.
+    return _DTYPES[precision] if precision in ("bf16", "fp16") else None
+
+
+def _weights_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "pure_bf16" else None
+
+
+def weights_bytes(
+    config_or_params: PretrainedConfig | nn.Module | int,
+    dtype: torch.dtype = torch.float32,
+    round_fn: RoundFn = round_allocation_bytes,
+) -> int:
+    """Bytes the weights take on the GPU in ``dtype``.
+
+    A config or module is measured tensor by tensor (each rounded by the allocator,
+    buffers included, tied weights once); a bare parameter count gives ``count * itemsize``.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if isinstance(config_or_params, int):
+        return config_or_params * itemsize
+    module = config_or_params
+    if isinstance(config_or_params, PretrainedConfig):
+        from dialsum.architectures import model_from_config
+
+        module = model_from_config(copy.deepcopy(config_or_params), device="meta")
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()
+    return sum(
+        round_fn(t.numel() * (itemsize if t.is_floating_point() else t.element_size()))
+        for t in tensors
+    )
+
+
+def _full_breakdown(record: PeakRecord, categories: tuple[str, ...]) -> dict[str, int]:
+    breakdown = {name: record.by_category.get(name, 0) for name in categories}
+    for name, nbytes in record.by_category.items():
+        if name not in breakdown:
+            breakdown[name] = nbytes
+    return breakdown
+
+
+def _random_ids(batch: int, length: int, vocab_size: int) -> torch.Tensor:
+    # Values never matter on fake tensors; dtype/shape do (int64 like a tokenizer's output).
+    return torch.randint(0, vocab_size, (batch, length), dtype=torch.long)
+
+
+def _train_batch(config: PretrainedConfig, shape: TrainShape) -> dict[str, torch.Tensor]:
+    return {
+        "input_ids": _random_ids(shape.batch, shape.source_len, config.vocab_size),
+        "attention_mask": torch.ones(shape.batch, shape.source_len, dtype=torch.long),
+        "labels": _random_ids(shape.batch, shape.target_len, config.vocab_size),
+    }
+
+
+# -- training ----------------------------------------------------------------------------
+
+
+@dataclass
+class _TrainRig:
+    """Everything one simulated training run needs, built on fake tensors."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    params: int
+    trainable: int
+
+
+def _build_train_rig(
+    config: PretrainedConfig, options: TrainOptions, mode: FakeTensorMode
+) -> _TrainRig:
+    model = fake_model_from_config(config, mode, _weights_dtype(options.precision))
+    params = sum(p.numel() for p in unique_params(model))
+    if options.lora:
+        model = apply_lora(model, options.lora_rank, mode)
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if options.lora:
+            # What HF/peft do so checkpointed blocks of a frozen base still get gradients.
+            with mode:
+                model.enable_input_require_grads()
+    model.train()
+    trainable = trainable_params(model)
+    with mode:
+        optimizer = make_optimizer(options.optimizer, trainable)
+    return _TrainRig(model, optimizer, params, sum(p.numel() for p in trainable))
+
+
+def _forward_loss(
+    rig: _TrainRig, batch: dict, emulation: CudaEmulationMode, amp: torch.dtype | None
+) -> torch.Tensor:
+    emulation.autocast_dtype = amp
+    outputs = rig.model(**batch)
+    if amp is not None:
+        # accelerate wraps forward in ``convert_outputs_to_fp32``: a transient fp32 logits copy.
+        outputs.logits.float()
+    emulation.clear_cache()  # autocast exit
+    return outputs.loss
+
+
+def _train_step(
+    rig: _TrainRig,
+    batch: dict,
+    tracker: LiveStorageTracker,
+    emulation: CudaEmulationMode,
+    options: TrainOptions,
+) -> None:
+    amp = _amp_dtype(options.precision)
+    tracker.set_phase("forward", default_category="activations")
+    loss = _forward_loss(rig, batch, emulation, amp)
+
+    tracker.set_phase("backward")
+    # Checkpointed blocks recompute under autocast in backward; each recompute leaves its own
+    # autocast region, so nothing stays cached.
+    emulation.autocast_dtype = amp if options.gradient_checkpointing else None
+    emulation.cache_enabled = False
+    if options.precision == "fp16":
+        loss = loss * GRAD_SCALER_INIT_SCALE
+    loss.backward()
+    del loss
+    emulation.autocast_dtype, emulation.cache_enabled = None, True
+
+    tracker.set_phase("optimizer")
+    grads = [p.grad for p in trainable_params(rig.model) if p.grad is not None]
+    if options.precision == "fp16" and grads:
+        # GradScaler.unscale_: in-place on the grads, plus a one-element found_inf flag.
+        torch.zeros(1)
+        torch._foreach_mul_(grads, 1.0 / GRAD_SCALER_INIT_SCALE)
+    del grads
+    rig.optimizer.step()
+    tracker.track_all(state_tensors(rig.optimizer), "optimizer_state")
+    rig.optimizer.zero_grad(set_to_none=True)
+
+
+def _track_model(tracker: LiveStorageTracker, model: nn.Module) -> None:
+    tracker.track_all(unique_params(model), "weights")
+    tracker.track_all(model.buffers(), "weights")
+
+
+def _grad_hooks(tracker: LiveStorageTracker, params: list[nn.Parameter]) -> list:
+    def retag(param: nn.Parameter) -> None:
+        tracker.track(param.grad, "gradients")
+
+    return [p.register_post_accumulate_grad_hook(retag) for p in params]
+
+
+def _trace_train(
+    config: PretrainedConfig, shape: TrainShape, options: TrainOptions, round_fn: RoundFn
+) -> MemoryProfile:
+    config = copy.deepcopy(config)  # building unties heads on the config; keep the caller's
+    mode = FakeTensorMode()
+    rig = _build_train_rig(config, options, mode)
+    tracker = LiveStorageTracker(round_fn)
+    emulation = CudaEmulationMode()
+    hooks = _grad_hooks(tracker, trainable_params(rig.model))
+    step_peaks: list[tuple[PeakRecord, dict[str, int]]] = []
+    try:
+        with mode, tracker, emulation:
+            _track_model(tracker, rig.model)
+            for _ in range(2):
+                tracker.reset_peaks()
+                tracker.set_phase("data")
+                batch = _train_batch(config, shape)
+                _train_step(rig, batch, tracker, emulation, options)
+                del batch
+                step_peaks.append((tracker.peak, dict(tracker.phase_peaks)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return _train_profile(rig, step_peaks)
+
+
+def _train_profile(
+    rig: _TrainRig, step_peaks: list[tuple[PeakRecord, dict[str, int]]]
+) -> MemoryProfile:
+    # The second (steady-state) step decides unless the first was strictly higher.
+    best = step_peaks[-1][0]
+    for record, _ in step_peaks[:-1]:
+        if record.total_bytes > best.total_bytes:
+            best = record
+    phase_peaks: dict[str, int] = {}
+    for _, peaks in step_peaks:
+        for phase, nbytes in peaks.items():
+            if phase != "data":
+                phase_peaks[phase] = max(phase_peaks.get(phase, 0), nbytes)
+    return MemoryProfile(
+        params=rig.params,
+        trainable_params=rig.trainable,
+        peak_bytes=best.total_bytes,
+        peak_phase=best.phase,
+        breakdown=_full_breakdown(best, TRAIN_CATEGORIES),
+        phase_peaks=phase_peaks,
+    )
+
+
+def simulate_train(
+    config: PretrainedConfig,
+    shape: TrainShape,
+    options: TrainOptions = TrainOptions(),  # noqa: B008 - frozen dataclass
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    round_fn: RoundFn = round_allocation_bytes,
+) -> MemoryProfile:
+    """Peak GPU memory of one training step of ``config`` at ``shape`` with ``options``.
+
+    Results are cached on disk (see ``dialsum.memory.cache``); a custom ``round_fn`` (e.g.
+    ``allocator.exact_bytes`` to compare with a CPU run) bypasses the cache.
+    """
+    cacheable = use_cache and round_fn is round_allocation_bytes
+    cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+    key = trace_cache.cache_key("train", config, shape, options)
+    if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
+        return hit
+    profile = _trace_train(config, shape, options, round_fn)
+    if cacheable:
+        trace_cache.store(cache_path, key, profile)
+    return profile
+
+
+# -- generation --------------------------------------------------------------------------
+
+
+def _decoder_dims(config: PretrainedConfig) -> tuple[int, int, int]:
+    """(decoder layers, attention heads, head dim) for T5-style and BART-style configs."""
+    if hasattr(config, "d_kv"):
+        layers = config.num_decoder_layers or config.num_layers
+        return layers, config.num_heads, config.d_kv
+    heads = config.decoder_attention_heads
+    return config.decoder_layers, heads, config.d_model // heads
+
+
+def kv_cache_bytes(config: PretrainedConfig, shape: GenerateShape, dtype: torch.dtype) -> int:
+    """Analytic KV cache at the last step: 2 (K, V) x layers x (batch*beams) x heads x d_kv
+    x (max_new_tokens self + source_len cross) x itemsize, unrounded."""
+    layers, heads, head_dim = _decoder_dims(config)
+    rows = shape.batch * shape.num_beams
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    per_token = 2 * layers * rows * heads * head_dim * itemsize
+    return per_token * (shape.max_new_tokens + shape.source_len)
+
+
+def _prefilled_cache(
+    config: PretrainedConfig, rows: int, self_len: int, cross_len: int, dtype: torch.dtype
+) -> EncoderDecoderCache:
+    # Self-attention K/V [rows, heads, self_len, d_kv] and cross-attention K/V
+    # [rows, heads, cross_len, d_kv] per decoder layer, as after ``self_len`` steps.
+    layers, heads, head_dim = _decoder_dims(config)
+    self_cache, cross_cache = DynamicCache(), DynamicCache()
+    for layer in range(layers):
+        for cache, length in ((self_cache, self_len), (cross_cache, cross_len)):
+            key = torch.zeros(rows, heads, length, head_dim, dtype=dtype)
+            value = torch.zeros(rows, heads, length, head_dim, dtype=dtype)
+            cache.update(key, value, layer)
+    return EncoderDecoderCache(self_cache, cross_cache)
+
+
+def _cache_tensors(cache: EncoderDecoderCache) -> Iterator[torch.Tensor]:
+    for sub in (cache.self_attention_cache, cache.cross_attention_cache):
+        for layer in sub.layers:
+            yield layer.keys
+            yield layer.values
+
+
+def _process_logits(raw_logits: torch.Tensor, batch: int, num_beams: int) -> None:
+    """``generate()``'s per-step logits work on ``raw_logits`` [batch*beams, 1, vocab]."""
+    vocab = raw_logits.shape[-1]
+    # fp32 copy of the last position: [batch*beams, vocab]
+    logits = raw_logits[:, -1, :].to(copy=True, dtype=torch.float32)
+    if num_beams == 1:
+        # greedy: one processor output (e.g. masked_fill of banned tokens), then argmax.
+        scores = logits.masked_fill(torch.zeros_like(logits[:1], dtype=torch.bool), 0.0)
+        torch.argmax(scores, dim=-1)
+        return
+    # beam search: log_softmax, one processor output, + running beam scores, then topk
+    # over [batch, beams*vocab] keeping 2*beams continuations.
+    log_probs = torch.log_softmax(logits, dim=-1)
+    log_probs = log_probs.masked_fill(torch.zeros_like(log_probs[:1], dtype=torch.bool), 0.0)
+    running = torch.zeros(batch, num_beams, 1, dtype=torch.float32)
+    accumulated = (log_probs.view(batch, num_beams, vocab) + running).reshape(batch, -1)
+    torch.topk(accumulated, k=min(2 * num_beams, accumulated.shape[-1]), dim=-1)
+
+
+def _trace_generate(
+    config: PretrainedConfig, shape: GenerateShape, precision: Precision, round_fn: RoundFn
+) -> MemoryProfile:
+    config = copy.deepcopy(config)
+    dtype = dtype_of(precision)
+    mode = FakeTensorMode()
+    model = fake_model_from_config(config, mode, None if dtype == torch.float32 else dtype)
+    model.eval()
+    tracker = LiveStorageTracker(round_fn)
+    rows = shape.batch * shape.num_beams
+    with mode, tracker, CudaEmulationMode(), torch.no_grad():
+        _track_model(tracker, model)
+
+        tracker.set_phase("encoder")
+        input_ids = _random_ids(shape.batch, shape.source_len, config.vocab_size)
+        mask = torch.ones(shape.batch, shape.source_len, dtype=torch.long)
+        encoded = model.get_encoder()(input_ids=input_ids, attention_mask=mask)
+        # generate() expands encoder outputs to batch*beams rows and keeps them to the end.
+        hidden = encoded.last_hidden_state.repeat_interleave(shape.num_beams, dim=0)
+        mask = mask.repeat_interleave(shape.num_beams, dim=0)
+        del encoded, input_ids
+        tracker.track_all([hidden, mask], "activations")
+
+        tracker.set_phase("decode_step")
+        cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
+        tracker.track_all(_cache_tensors(cache), "kv_cache")
+        start = torch.zeros(rows, 1, dtype=torch.long)
+        outputs = model(
+            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+            attention_mask=mask,
+            decoder_input_ids=start,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        tracker.track_all(_cache_tensors(cache), "kv_cache")
+        tracker.track(outputs.logits, "logits")
+
+        tracker.set_phase("logits", default_category="logits")
+        _process_logits(outputs.logits, shape.batch, shape.num_beams)
+    record = tracker.peak
+    return MemoryProfile(
+        params=sum(p.numel() for p in unique_params(model)),
+        trainable_params=0,
+        peak_bytes=record.total_bytes,
+        peak_phase=record.phase,
+        breakdown=_full_breakdown(record, GENERATE_CATEGORIES),
+        phase_peaks=dict(tracker.phase_peaks),
+    )
+
+
+def simulate_generate(
+    config: PretrainedConfig,
+    shape: GenerateShape,
+    precision: Precision = "fp32",
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    round_fn: RoundFn = round_allocation_bytes,
+) -> MemoryProfile:
+    """Peak GPU memory of ``generate()`` for ``shape``; weights cast to ``precision``.
+
+    Phases: ``encoder`` (encoder pass under no_grad), ``decode_step`` (one decoder step with
+    the self-attention cache at ``max_new_tokens`` and the cross-attention cache at
+    ``source_len``, for ``batch*num_beams`` rows), ``logits`` (fp32 copy, log_softmax, beam
+    scores, top-k over ``[batch, beams*vocab]``). Breakdown: ``weights``, ``activations``
+    (encoder outputs kept through decoding), ``kv_cache``, ``logits``, ``temporaries``.
+    """
+    cacheable = use_cache and round_fn is round_allocation_bytes
+    cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+    key = trace_cache.cache_key("generate", config, shape, precision)
+    if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
+        return hit
+    profile = _trace_generate(config, shape, precision, round_fn)
+    if cacheable:
+        trace_cache.store(cache_path, key, profile)
+    return profile
