@@ -98,7 +98,9 @@ def test_duplicate_keys_are_errors(tmp_path: Path) -> None:
 
 
 def test_unknown_section_suggests(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown section 'eenzenee' \\(did you mean eenzeenee\\?\\)"):
+    with pytest.raises(
+        ConfigError, match="unknown section 'eenzenee' \\(did you mean eenzeenee\\?\\)"
+    ):
         load_section(SHIPPED, "eenzenee")
 
 

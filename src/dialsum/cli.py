@@ -148,7 +148,9 @@ def predict(
 @app.command()
 def evaluate(
     pred: Annotated[Path, typer.Option(help="Predictions CSV (fname,summary).")],
-    ref: Annotated[Path, typer.Option(help="Reference CSV (fname,dialogue,summary[,summary1..3]).")],
+    ref: Annotated[
+        Path, typer.Option(help="Reference CSV (fname,dialogue,summary[,summary1..3]).")
+    ],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Score predictions with Korean morpheme ROUGE (multi-reference).
@@ -183,6 +185,91 @@ def demo(
 
     cfg = _load(config, section, _overrides(None, max_steps=max_steps, output_dir=output_dir))
     run_demo(cfg, echo=echo)
+
+
+@app.command()
+def plan(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config.")] = None,
+    section: Annotated[str | None, typer.Option("--section", "-s", help="Config section.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local folder (config.json is enough).")
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option(help="GPU slug (a100-40gb), size (24GB); default: detected.")
+    ] = None,
+    source_len: Annotated[int | None, typer.Option(help="Encoder tokens (with --model).")] = None,
+    target_len: Annotated[int | None, typer.Option(help="Decoder tokens (with --model).")] = None,
+    effective_batch: Annotated[
+        int | None, typer.Option(help="Effective batch size to keep.")
+    ] = None,
+    num_beams: Annotated[int | None, typer.Option(help="Beams for generation.")] = None,
+    num_gpus: Annotated[int, typer.Option(help="GPUs (data-parallel ranks).")] = 1,
+    data: Annotated[
+        Path | None, typer.Option(help="Training CSV: plan with its real token lengths.")
+    ] = None,
+    buckets: Annotated[
+        bool, typer.Option(help="Also print largest micro-batch per length.")
+    ] = False,
+    set_: SetOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Predict peak GPU memory and plan batch settings for one GPU, offline.
+
+    \b
+    Examples:
+      dialsum plan -c config.yaml -s eenzeenee --gpu v100-16gb
+      dialsum plan -c config.yaml -s xlsum_mt5 --gpu 24GB --json
+      dialsum plan --model digit82/kobart-summarization --source-len 512 --target-len 100 --gpu a100-40gb
+    """
+    import json
+
+    from dialsum.plan_cli import plan_command
+
+    result = plan_command(
+        config=config,
+        section=section,
+        model=model,
+        gpu=gpu,
+        source_len=source_len,
+        target_len=target_len,
+        effective_batch=effective_batch,
+        num_beams=num_beams,
+        num_gpus=num_gpus,
+        data=data,
+        overrides=list(set_ or []),
+        buckets=buckets,
+    )
+    if json_out:
+        echo(json.dumps(result.json, indent=2))
+    else:
+        result.print(console)
+
+
+@app.command()
+def guide(
+    config: ConfigOpt = Path("config.yaml"),
+    gpus: Annotated[
+        str | None, typer.Option(help="Comma-separated GPU slugs; default: the whole catalog.")
+    ] = None,
+    sections: Annotated[
+        str | None, typer.Option(help="Comma-separated sections; default: every real model.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("docs/guide.md"),
+) -> None:
+    """Write the per-GPU guide (Markdown + YAML + PNG plot) for every model section.
+
+    \b
+    Examples:
+      dialsum guide -c config.yaml
+      dialsum guide -c config.yaml --gpus v100-16gb,a100-40gb,h100-80gb --out docs/guide.md
+    """
+    from dialsum.report import build_guide
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    result = build_guide(config, sections=split(sections), gpus=split(gpus), out=out)
+    for path in result.paths:
+        echo(f"wrote {path}")
+    echo(f"took {result.seconds:.1f}s")
 
 
 @app.command()
@@ -258,4 +345,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         logging.getLogger(__name__).debug("took %.1fs", time.time() - started)
     return 0
-

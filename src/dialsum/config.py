@@ -252,6 +252,8 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         return _build(tp, value, path, errors)
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if value is False and "no" in allowed:
+            return "no"  # YAML 1.1 reads an unquoted `no` as false
         if value in allowed and type(value) in {type(a) for a in allowed}:
             return value
         hint = _suggest(str(value), [str(a) for a in allowed])
@@ -363,7 +365,9 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
             )
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "none"):
-            errors.append(f"training.report_to: unknown logger {name!r}{_suggest(name, ['tensorboard', 'wandb', 'none'])}")
+            errors.append(
+                f"training.report_to: unknown logger {name!r}{_suggest(name, ['tensorboard', 'wandb', 'none'])}"
+            )
 
 
 # ---------------------------------------------------------------------------- merging
@@ -438,9 +442,7 @@ def list_sections(path: Path) -> list[str]:
     return sorted((read_yaml(Path(path)).get("sections") or {}).keys())
 
 
-def load_section(
-    path: str | Path, name: str, overrides: list[str] | None = None
-) -> SectionConfig:
+def load_section(path: str | Path, name: str, overrides: list[str] | None = None) -> SectionConfig:
     """Read, merge, override and validate one section; raise one ConfigError listing all problems."""
     path = Path(path)
     doc = read_yaml(path)
@@ -467,7 +469,9 @@ def section_from_dict(raw: dict[str, Any], name: str = "inline") -> SectionConfi
     if not errors:
         _check_semantics(cfg, errors)
     if errors:
-        raise ConfigError(f"[section {name}]: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors))
+        raise ConfigError(
+            f"[section {name}]: {len(errors)} problem(s):\n  - " + "\n  - ".join(errors)
+        )
     cfg.name = name
     return cfg
 

@@ -16,7 +16,9 @@ from dialsum.settings import resolve_settings
 from dialsum.train import read_tables, run_training, setup_model
 
 
-def _dev_scores(cfg: SectionConfig, model, tokenizer, dev_table, settings) -> tuple[dict, list[str]]:
+def _dev_scores(
+    cfg: SectionConfig, model, tokenizer, dev_table, settings
+) -> tuple[dict, list[str]]:
     summaries = predict_table(cfg, model, tokenizer, dev_table, settings)
     refs = [r.references for r in dev_table.records]
     return score_summaries(summaries, refs), summaries

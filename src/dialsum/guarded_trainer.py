@@ -60,7 +60,9 @@ def slice_rows(inputs: dict[str, Any], start: int, end: int) -> dict[str, Any]:
     return out
 
 
-def token_sum_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+def token_sum_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
+) -> torch.Tensor:
     """Sum of per-token cross entropy; ``logits`` [batch, tgt_len, vocab], ``labels`` [batch, tgt_len]."""
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),

@@ -121,7 +121,9 @@ def predict_table(
         rows,
         generation_kwargs(cfg),
         token_budget=budget,
-        max_batch_size=settings.generation_batch_size if settings.generation_token_budget is None else None,
+        max_batch_size=settings.generation_batch_size
+        if settings.generation_token_budget is None
+        else None,
         **kwargs,
     )
 

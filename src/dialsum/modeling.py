@@ -16,16 +16,26 @@ speaker/PII markers of the competition data must be single tokens the tokenizer 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers import processors, trainers
+from tokenizers import (
+    AddedToken,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from torch import nn
 from transformers import (
     AutoModelForSeq2SeqLM,
@@ -272,9 +282,15 @@ def train_tiny_tokenizer(
     if not any(t.strip() for t in corpus):
         raise ConfigError("train_tiny_tokenizer got no non-empty texts to learn a vocabulary from")
     base = _FAMILY_SPECIALS[family]
+    corpus = [_without_markers(unicodedata.normalize("NFKC", t), special_tokens) for t in corpus]
     tokenizer = _untrained_tokenizer(family)
-    trainer = _trainer(family, vocab_size, list(base))
-    tokenizer.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
+    if family == "t5":
+        tokenizer.model = _train_unigram(corpus, vocab_size, base)
+    else:
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=list(base), show_progress=False
+        )
+        tokenizer.train_from_iterator(corpus, trainer=trainer, length=len(corpus))
     # Markers are matched before the model sees the text, so they are never split.
     tokenizer.add_special_tokens(
         [AddedToken(t, normalized=False, special=True) for t in special_tokens]
@@ -294,6 +310,7 @@ def _check_family(family: str) -> None:
 def _untrained_tokenizer(family: str) -> Tokenizer:
     # "first": only the start of the text gets a ▁, not text after a marker such as
     # "#Person1#:", so encode→decode reproduces the input exactly.
+    # The Unigram model is replaced by the sentencepiece-trained one.
     model = models.Unigram() if family == "t5" else models.BPE(unk_token="<unk>")
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.NFKC()
@@ -302,12 +319,50 @@ def _untrained_tokenizer(family: str) -> Tokenizer:
     return tokenizer
 
 
-def _trainer(family: str, vocab_size: int, specials: list[str]) -> trainers.Trainer:
-    if family == "t5":
-        return trainers.UnigramTrainer(
-            vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False
+def _without_markers(text: str, markers: Sequence[str]) -> str:
+    # Markers become added tokens; spending vocabulary on their pieces ("#", "Person") is waste.
+    for marker in markers:
+        text = text.replace(marker, "")
+    return text
+
+
+def _train_unigram(
+    corpus: Sequence[str], vocab_size: int, specials: Sequence[str]
+) -> models.Unigram:
+    """Unigram pieces and scores from sentencepiece, the trainer real T5 vocabularies came from.
+
+    tokenizers' own UnigramTrainer orders its fill-in characters by hash-map iteration, so
+    ids change between runs on the same texts; sentencepiece with one thread does not.
+    """
+    import sentencepiece as spm  # only needed to build tiny T5 tokenizers
+
+    proto = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus),
+            model_writer=proto,
+            model_type="unigram",
+            vocab_size=vocab_size,
+            hard_vocab_limit=False,  # a small corpus yields fewer pieces instead of failing
+            num_threads=1,  # deterministic EM sums
+            character_coverage=0.9995,  # rare characters become <unk>, as in real T5 vocabularies
+            normalization_rule_name="identity",  # the tokenizer's NFKC normalizer already ran
+            remove_extra_whitespaces=False,
+            max_sentence_length=1 << 20,  # whole dialogues, not the 4 KiB default
+            pad_id=specials.index("<pad>"),
+            eos_id=specials.index("</s>"),
+            unk_id=specials.index("<unk>"),
+            bos_id=-1,
+            minloglevel=2,
         )
-    return trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"could not train a {vocab_size}-piece tiny T5 tokenizer: {exc}. "
+            "Raise vocab_size or give more varied texts."
+        ) from exc
+    processor = spm.SentencePieceProcessor(model_proto=proto.getvalue())
+    vocab = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(len(processor))]
+    return models.Unigram(vocab, unk_id=specials.index("<unk>"), byte_fallback=False)
 
 
 def _post_processor(family: str, tokenizer: Tokenizer) -> processors.PostProcessor:
@@ -520,4 +575,3 @@ def apply_lora(
         target_modules=targets,
     )
     return get_peft_model(model, config)
-

@@ -106,7 +106,11 @@ class MemoryMonitorCallback(TrainerCallback):
             self.last["memory/device_used_gib"] = dev.used_bytes / GIB
             self.last["memory/device_total_gib"] = dev.total_bytes / GIB
         predicted = self.predicted_peak_bytes
-        if predicted and not self.warned and exceeds_prediction(allocated, predicted, self.tolerance):
+        if (
+            predicted
+            and not self.warned
+            and exceeds_prediction(allocated, predicted, self.tolerance)
+        ):
             self.warned = True
             log.warning(
                 "measured peak %.2f GiB is %.0f%% above the predicted %.2f GiB at step %d; "

@@ -24,7 +24,9 @@ def run_predict(
     table = data_mod.read_dialogue_csv(Path(cfg.data.test), "test")
     if table.encoding not in ("utf-8", "utf-8-sig"):
         echo(f"note: decoded {cfg.data.test} as {table.encoding}")
-    model_dir = Path(checkpoint) if checkpoint else find_best_model(cfg.training.output_dir, cfg.name)
+    model_dir = (
+        Path(checkpoint) if checkpoint else find_best_model(cfg.training.output_dir, cfg.name)
+    )
     echo(f"model: {model_dir}")
     model, tokenizer = setup_model(cfg, checkpoint=model_dir)
     settings = resolve_settings(cfg, model.config, echo=echo)

@@ -93,7 +93,9 @@ def list_runs(output_dir: str | Path, section: str) -> list[RunDir]:
     base = Path(output_dir) / section
     if not base.is_dir():
         return []
-    return [RunDir(p) for p in sorted(base.iterdir()) if p.is_dir() and (p / "config.yaml").exists()]
+    return [
+        RunDir(p) for p in sorted(base.iterdir()) if p.is_dir() and (p / "config.yaml").exists()
+    ]
 
 
 def latest_run(output_dir: str | Path, section: str) -> RunDir | None:

@@ -134,7 +134,11 @@ def _gpu_settings(cfg: SectionConfig, model_config, rows: int, world: int, repor
     micro = plan.micro_batch_size if t.micro_batch_size == "auto" else t.micro_batch_size
     eval_bs = plan.eval_batch_size if t.eval_batch_size == "auto" else t.eval_batch_size
     gen_bs = plan.generation_batch_size if inf.batch_size == "auto" else inf.batch_size
-    gc = plan.gradient_checkpointing if t.gradient_checkpointing == "auto" else t.gradient_checkpointing
+    gc = (
+        plan.gradient_checkpointing
+        if t.gradient_checkpointing == "auto"
+        else t.gradient_checkpointing
+    )
     precision = plan.precision if t.precision == "auto" else t.precision
     return Settings(
         device="cuda",

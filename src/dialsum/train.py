@@ -13,18 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import Dataset
 from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments, set_seed
 
 from dialsum import data as data_mod
-from dialsum.config import SectionConfig, TrainingConfig, load_section, section_from_dict
+from dialsum.config import SectionConfig, TrainingConfig, section_from_dict
 from dialsum.errors import UserError
 from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.memory.guard import GuardState
 from dialsum.metrics import make_compute_metrics
-from dialsum.monitor import MemoryMonitorCallback
 from dialsum.modeling import apply_lora, load_model, load_tokenizer, resolve_model
+from dialsum.monitor import MemoryMonitorCallback
 from dialsum.runs import (
     RunDir,
     latest_run,
@@ -91,14 +90,19 @@ def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
     """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model."""
     if checkpoint is not None:
         tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=cfg.model.trust_remote_code)
-        model = load_model(str(checkpoint), tokenizer, trust_remote_code=cfg.model.trust_remote_code)
+        model = load_model(
+            str(checkpoint), tokenizer, trust_remote_code=cfg.model.trust_remote_code
+        )
         return model, tokenizer
+    remote = cfg.model.trust_remote_code
+    if cfg.tokenizer.name and not cfg.model.name.startswith("tiny:"):
+        tokenizer = load_tokenizer(cfg.tokenizer.name, trust_remote_code=remote)
+        return load_model(cfg.model.name, tokenizer, trust_remote_code=remote), tokenizer
     return resolve_model(
         cfg.model.name,
         tiny_texts=tiny_texts_from(cfg),
         cache_dir=tiny_cache_dir(),
-        trust_remote_code=cfg.model.trust_remote_code,
-        tokenizer_name=cfg.tokenizer.name,
+        trust_remote_code=remote,
     )
 
 
@@ -159,7 +163,9 @@ def training_arguments(
 ) -> Seq2SeqTrainingArguments:
     """Every training key reaches the Trainer here (and only here)."""
     evaluate = t.eval_strategy != "no"
-    best_metric = "eval_loss" if t.metric_for_best_model == "loss" else f"eval_{t.metric_for_best_model}"
+    best_metric = (
+        "eval_loss" if t.metric_for_best_model == "loss" else f"eval_{t.metric_for_best_model}"
+    )
     save_strategy = t.save_strategy
     load_best = evaluate and save_strategy != "no"
     if load_best and save_strategy not in ("best", t.eval_strategy):
@@ -176,7 +182,6 @@ def training_arguments(
 
     return Seq2SeqTrainingArguments(
         output_dir=str(run.checkpoints),
-        logging_dir=None,
         # The guard micro-batches inside training_step; the Trainer sees one whole step.
         per_device_train_batch_size=settings.per_step_rows,
         gradient_accumulation_steps=1,
@@ -191,8 +196,8 @@ def training_arguments(
         max_grad_norm=t.max_grad_norm,
         bf16=settings.precision == "bf16",
         fp16=settings.precision == "fp16",
-        gradient_checkpointing=settings.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False}
+        activation_checkpointing=settings.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False}
         if settings.gradient_checkpointing
         else None,
         train_sampling_strategy="group_by_length" if t.group_by_length else "random",
@@ -270,7 +275,9 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
     _configure_loggers(cfg.training, run)
 
     gen = generation_kwargs(cfg)
-    trainer = build_trainer(cfg, settings, run, model, tokenizer, train_table, dev_table, gen, guard, **hooks)
+    trainer = build_trainer(
+        cfg, settings, run, model, tokenizer, train_table, dev_table, gen, guard, **hooks
+    )
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics: dict[str, float] = dict(train_out.metrics)
     if dev_table is not None and cfg.training.eval_strategy != "no":
@@ -339,4 +346,3 @@ def load_run_config(run: RunDir) -> SectionConfig:
     raw = yaml.safe_load(run.config.read_text(encoding="utf-8"))
     name = raw.pop("section", run.path.parent.name)
     return section_from_dict(raw, name)
-

@@ -16,8 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from transformers import T5Config
 
 from dialsum.architectures import known_config
 from dialsum.errors import ConfigError
@@ -559,11 +561,20 @@ def test_bucket_table_drops_lengths_past_positions_and_marks_misfits() -> None:
 # --- the real simulator ---------------------------------------------------------------------
 
 
-def test_plan_with_real_simulator_smoke() -> None:
+def test_plan_with_real_simulator_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("dialsum.memory.simulate")
-    req = request(T5, source_len=128, target_len=32, effective_batch_size=4, num_beams=2)
+    from dialsum.memory.cache import CACHE_DIR_ENV
+
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))  # keep traces out of the user's cache
+    # A tiny T5 so that the dozen traces of a plan take seconds, not minutes.
+    tiny = T5Config(
+        vocab_size=512, d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    req = request(tiny, source_len=64, target_len=16, effective_batch_size=8, num_beams=2)
     plan = make_plan(req, resolve_gpu("a100-40gb"))
     assert plan.precision == "bf16"
     assert plan.fits
-    assert plan.micro_batch_size * plan.gradient_accumulation_steps == 4
-    assert plan.train_profile.params == 275_579_136
+    assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (8, 1)
+    assert plan.predicted_peak_bytes == plan.train_profile.peak_bytes > 0
+    assert plan.generate_profile.peak_bytes > 0

@@ -32,6 +32,7 @@ it changes is what autograd saves) that fixes the ones that matter for seq2seq t
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -166,17 +167,21 @@ _MEM_EFF_BIAS_ALIGNMENT = 16
 def _is_castable(value: object) -> bool:
     # Autocast only touches floating tensors that are not float64.
     return (
-        isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.float64
+        isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and value.dtype != torch.float64
     )
 
 
 class CudaEmulationMode(TorchFunctionMode):
     """CUDA kernel choices (dropout, SDPA) and, optionally, CUDA autocast on any tensor."""
 
-    def __init__(self, autocast_dtype: torch.dtype | None = None) -> None:
+    def __init__(
+        self, autocast_dtype: torch.dtype | None = None, cache_enabled: bool = True
+    ) -> None:
         super().__init__()
         self.autocast_dtype = autocast_dtype
-        self.cache_enabled = True
+        self.cache_enabled = cache_enabled
         self._weight_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def clear_cache(self) -> None:
@@ -231,6 +236,20 @@ class CudaEmulationMode(TorchFunctionMode):
         if func is F.scaled_dot_product_attention:
             return _cuda_sdpa(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+def checkpoint_context_fn(autocast_dtype: torch.dtype | None):
+    """``context_fn`` for ``torch.utils.checkpoint``: re-enter the emulation in recomputation.
+
+    Backward (where non-reentrant checkpointing recomputes) does not see the function mode
+    active at ``backward()``'s call site. The recompute gets its own autocast region, as on
+    CUDA, so nothing stays in the weight cache.
+    """
+
+    def context_fn():
+        return contextlib.nullcontext(), CudaEmulationMode(autocast_dtype, cache_enabled=False)
+
+    return context_fn
 
 
 def _with_fp32_dtype(args: tuple, kwargs: dict) -> dict:

@@ -542,8 +542,16 @@ class _Planner:
 
 
 def _largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
-    """Largest candidate for which ``fits`` holds, by bisection (``fits`` is monotone)."""
-    lo, hi, best = 0, len(candidates) - 1, None
+    """Largest candidate for which ``fits`` holds, by bisection (``fits`` is monotone).
+
+    The largest candidate is tried first: on a big GPU it often fits, and one trace then
+    replaces the whole bisection (each real trace takes seconds).
+    """
+    if not candidates:
+        return None
+    if fits(candidates[-1]):
+        return candidates[-1]
+    lo, hi, best = 0, len(candidates) - 2, None
     while lo <= hi:
         mid = (lo + hi) // 2
         if fits(candidates[mid]):

@@ -24,6 +24,7 @@ one decoder step at the longest cache, and the logits processing of that step.
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from dialsum.memory import cache as trace_cache
 from dialsum.memory.allocator import round_allocation_bytes
-from dialsum.memory.cuda_emulation import CudaEmulationMode
+from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
 from dialsum.memory.fake_model import (
     apply_lora,
     fake_model_from_config,
@@ -148,7 +149,11 @@ def _build_train_rig(
     if options.lora:
         model = apply_lora(model, options.lora_rank, mode)
     if options.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_kwargs = {
+            "use_reentrant": False,
+            "context_fn": checkpoint_context_fn(_amp_dtype(options.precision)),
+        }
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
         if options.lora:
             # What HF/peft do so checkpointed blocks of a frozen base still get gradients.
             with mode:
@@ -169,6 +174,7 @@ def _forward_loss(
         # accelerate wraps forward in ``convert_outputs_to_fp32``: a transient fp32 logits copy.
         outputs.logits.float()
     emulation.clear_cache()  # autocast exit
+    emulation.autocast_dtype = None
     return outputs.loss
 
 
@@ -184,15 +190,10 @@ def _train_step(
     loss = _forward_loss(rig, batch, emulation, amp)
 
     tracker.set_phase("backward")
-    # Checkpointed blocks recompute under autocast in backward; each recompute leaves its own
-    # autocast region, so nothing stays cached.
-    emulation.autocast_dtype = amp if options.gradient_checkpointing else None
-    emulation.cache_enabled = False
     if options.precision == "fp16":
         loss = loss * GRAD_SCALER_INIT_SCALE
     loss.backward()
     del loss
-    emulation.autocast_dtype, emulation.cache_enabled = None, True
 
     tracker.set_phase("optimizer")
     grads = [p.grad for p in trainable_params(rig.model) if p.grad is not None]
@@ -336,6 +337,11 @@ def _cache_tensors(cache: EncoderDecoderCache) -> Iterator[torch.Tensor]:
             yield layer.values
 
 
+def _cache_kwarg(model: nn.Module) -> str:
+    # transformers renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _process_logits(raw_logits: torch.Tensor, batch: int, num_beams: int) -> None:
     """``generate()``'s per-step logits work on ``raw_logits`` [batch*beams, 1, vocab]."""
     vocab = raw_logits.shape[-1]
@@ -365,6 +371,8 @@ def _trace_generate(
     model.eval()
     tracker = LiveStorageTracker(round_fn)
     rows = shape.batch * shape.num_beams
+    with mode:
+        cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
     with mode, tracker, CudaEmulationMode(), torch.no_grad():
         _track_model(tracker, model)
 
@@ -379,15 +387,16 @@ def _trace_generate(
         tracker.track_all([hidden, mask], "activations")
 
         tracker.set_phase("decode_step")
-        cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
+        # The cache was built untracked (building it has transients generate() never has);
+        # from here on it counts, as after max_new_tokens - 1 steps.
         tracker.track_all(_cache_tensors(cache), "kv_cache")
         start = torch.zeros(rows, 1, dtype=torch.long)
         outputs = model(
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
             attention_mask=mask,
             decoder_input_ids=start,
-            past_key_values=cache,
             use_cache=True,
+            **{_cache_kwarg(model): cache},
         )
         tracker.track_all(_cache_tensors(cache), "kv_cache")
         tracker.track(outputs.logits, "logits")
@@ -401,7 +410,7 @@ def _trace_generate(
         peak_bytes=record.total_bytes,
         peak_phase=record.phase,
         breakdown=_full_breakdown(record, GENERATE_CATEGORIES),
-        phase_peaks=dict(tracker.phase_peaks),
+        phase_peaks={k: v for k, v in tracker.phase_peaks.items() if k != "setup"},
     )
 
 

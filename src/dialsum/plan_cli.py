@@ -1,0 +1,138 @@
+"""The `plan` verb: a section (or a bare model id) + a GPU → Plan, printed or as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dialsum.config import SectionConfig, load_section, section_from_dict
+from dialsum.errors import ConfigError
+
+
+@dataclass
+class PlanResult:
+    plan: Any
+    cfg: SectionConfig
+    json: dict[str, Any]
+    buckets: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def print(self, console) -> None:
+        from rich.table import Table
+
+        from dialsum.report import breakdown_table, format_plan
+
+        for note in self.notes:
+            console.print(note, markup=False)
+        console.print(format_plan(self.plan), markup=False)
+        console.print(breakdown_table(self.plan.train_profile))
+        if self.buckets:
+            table = Table(title="largest micro-batch per length bucket")
+            for col in ("source_len", "target_len", "micro_batch_size", "truncated_fraction"):
+                table.add_column(col, justify="right")
+            for row in self.buckets:
+                frac = row.get("truncated_fraction")
+                table.add_row(
+                    str(row["source_len"]),
+                    str(row["target_len"]),
+                    str(row["micro_batch_size"]),
+                    "-" if frac is None else f"{100 * frac:.1f}%",
+                )
+            console.print(table)
+
+
+def _section_for_model(
+    model: str, source_len: int | None, target_len: int | None, overrides: list[str]
+) -> SectionConfig:
+    from dialsum.config import apply_overrides
+
+    raw: dict[str, Any] = {"model": {"name": model}, "tokenizer": {}}
+    if source_len:
+        raw["tokenizer"]["max_source_length"] = source_len
+    if target_len:
+        raw["tokenizer"]["max_target_length"] = target_len
+    return section_from_dict(apply_overrides(raw, overrides), name=model)
+
+
+def _data_lengths(cfg: SectionConfig, data: Path):
+    """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer."""
+    from dialsum import data as data_mod
+    from dialsum.train import length_report, setup_model
+
+    table = data_mod.read_dialogue_csv(data, "train")
+    _, tokenizer = setup_model(cfg)
+    report = length_report(cfg, table, tokenizer)
+    rows = data_mod.tokenize_records(
+        table.records,
+        tokenizer,
+        prefix=cfg.tokenizer.prefix,
+        max_source_len=cfg.tokenizer.max_source_length,
+        max_target_len=cfg.tokenizer.max_target_length,
+        with_labels=True,
+    )
+    return report, [(len(r["input_ids"]), len(r["labels"])) for r in rows]
+
+
+def plan_command(
+    *,
+    config: Path | None,
+    section: str | None,
+    model: str | None,
+    gpu: str | None,
+    source_len: int | None,
+    target_len: int | None,
+    effective_batch: int | None,
+    num_beams: int | None,
+    num_gpus: int,
+    data: Path | None,
+    overrides: list[str],
+    buckets: bool,
+) -> PlanResult:
+    from dialsum.architectures import load_config
+    from dialsum.memory.plan import bucket_table
+    from dialsum.planning import pick_gpu, plan_for_section, request_for_section
+
+    overrides = list(overrides)
+    if effective_batch is not None:
+        overrides.append(f"training.effective_batch_size={effective_batch}")
+    if num_beams is not None:
+        overrides.append(f"inference.num_beams={num_beams}")
+    if model:
+        cfg = _section_for_model(model, source_len, target_len, overrides)
+    elif section:
+        if source_len:
+            overrides.append(f"tokenizer.max_source_length={source_len}")
+        if target_len:
+            overrides.append(f"tokenizer.max_target_length={target_len}")
+        cfg = load_section(config or Path("config.yaml"), section, overrides)
+    else:
+        raise ConfigError("plan: pass -c CONFIG -s SECTION, or --model HUB_ID_OR_DIR")
+    if num_gpus < 1:
+        raise ConfigError("--num-gpus must be >= 1")
+    model_config = load_config(cfg.model.name)
+    report, lengths, notes = None, None, []
+    if data is not None:
+        report, lengths = _data_lengths(cfg, data)
+        notes.append(report.format())
+    device = pick_gpu(gpu or cfg.hardware.gpu)
+    plan = plan_for_section(
+        cfg, model_config, report=report, world=num_gpus, gpu=device, data_lengths=lengths
+    )
+    from dialsum.report import plan_json
+
+    out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
+    out.notes = notes
+    if buckets:
+        request = request_for_section(
+            cfg, model_config, report=None, world=num_gpus, data_lengths=lengths
+        )
+        limit = cfg.tokenizer.max_source_length
+        out.buckets = bucket_table(
+            request,
+            device,
+            source_lens=[n for n in (128, 256, 512, 1024) if n <= max(limit, 128)],
+            target_lens=[n for n in (32, 64, 128) if n <= max(cfg.tokenizer.max_target_length, 32)],
+        )
+        out.json["buckets"] = out.buckets
+    return out

@@ -1,0 +1,85 @@
+"""Glue between a config section and the memory planner.
+
+Builds a ``PlanRequest`` from a section (lengths from the data when known, else the
+config limits) and picks the GPU: ``hardware.gpu`` / ``--gpu`` when given, the detected
+device otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dialsum.architectures import load_config
+from dialsum.config import SectionConfig
+from dialsum.errors import ConfigError
+from dialsum.memory.gpus import GPU, detect_gpu, resolve_gpu
+from dialsum.memory.overheads import default_overheads
+from dialsum.memory.plan import Plan, PlanRequest, make_plan
+
+
+def pick_gpu(spec: str | None) -> GPU:
+    """``auto``/None → the detected GPU; else a catalog slug, alias or size (24GB)."""
+    if spec and spec != "auto":
+        return resolve_gpu(spec)
+    gpu = detect_gpu()
+    if gpu is None:
+        raise ConfigError(
+            "no GPU detected and none named: pass --gpu (e.g. --gpu a100-40gb or --gpu 24GB) "
+            "or set hardware.gpu in the config"
+        )
+    return gpu
+
+
+def request_for_section(
+    cfg: SectionConfig,
+    model_config=None,
+    *,
+    report=None,
+    world: int = 1,
+    data_lengths=None,
+) -> PlanRequest:
+    """A planner request for ``cfg``; ``report`` (a data LengthReport) narrows the lengths
+    to the longest the data really produces after truncation."""
+    if model_config is None:
+        model_config = load_config(cfg.model.name)
+    t, tok, inf = cfg.training, cfg.tokenizer, cfg.inference
+    source_len, target_len = tok.max_source_length, tok.max_target_length
+    if report is not None:
+        source_len = max(1, min(source_len, report.longest_source))
+        target_len = max(1, min(target_len, report.longest_target))
+    return PlanRequest(
+        model_config=model_config,
+        source_len=source_len,
+        target_len=target_len,
+        effective_batch_size=t.effective_batch_size,
+        world_size=world,
+        precision="auto" if t.precision == "auto" else t.precision,
+        optimizer=t.optimizer,
+        gradient_checkpointing=t.gradient_checkpointing,
+        num_beams=inf.num_beams,
+        max_new_tokens=cfg.max_new_tokens,
+        eval_batch_size=t.eval_batch_size,
+        micro_batch_size=t.micro_batch_size,
+        allow_fp16_for_t5=t.allow_fp16_for_t5,
+        data_lengths=data_lengths,
+        lora=cfg.model.lora.enabled,
+        lora_rank=cfg.model.lora.rank,
+    )
+
+
+def plan_for_section(
+    cfg: SectionConfig,
+    model_config=None,
+    *,
+    report=None,
+    world: int = 1,
+    gpu: str | GPU | None = None,
+    data_lengths=None,
+    simulator=None,
+) -> Plan:
+    request = request_for_section(
+        cfg, model_config, report=report, world=world, data_lengths=data_lengths
+    )
+    device = gpu if isinstance(gpu, GPU) else pick_gpu(gpu or cfg.hardware.gpu)
+    overheads = replace(default_overheads(), margin_fraction=cfg.hardware.memory_margin)
+    return make_plan(request, device, overheads=overheads, simulator=simulator)
