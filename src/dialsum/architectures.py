@@ -154,3 +154,29 @@ def load_config(name_or_path: str) -> PretrainedConfig:
 def count_params(model: nn.Module) -> int:
     """Unique parameters (a tied weight is counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+_DROPOUT_CONFIG_KEYS = ("dropout_rate", "dropout", "attention_dropout", "activation_dropout")
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set every dropout probability of ``model`` to ``p``; returns how many were changed.
+
+    T5 keeps ``nn.Dropout`` modules; BART keeps plain float attributes (``self.dropout``,
+    ``self.activation_dropout``) read at every forward, so both kinds are updated, and the
+    config too so that a saved checkpoint reloads the same way.
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+            changed += 1
+        for attr in ("dropout", "activation_dropout", "attention_dropout"):
+            if isinstance(getattr(module, attr, None), float):
+                setattr(module, attr, p)
+                changed += 1
+    config = getattr(model, "config", None)
+    for key in _DROPOUT_CONFIG_KEYS:
+        if config is not None and isinstance(getattr(config, key, None), float):
+            setattr(config, key, p)
+    return changed

@@ -77,9 +77,9 @@ def _load(config: Path, section: str, overrides: list[str]):
     from dialsum.config import load_section
 
     cfg = load_section(config, section, overrides)
-    if any(o.startswith("training.save_strategy=steps") for o in overrides):
-        if cfg.training.eval_strategy == "epoch":
-            cfg.training.eval_strategy = "steps"
+    saving_by_steps = any(o.startswith("training.save_strategy=steps") for o in overrides)
+    if saving_by_steps and cfg.training.eval_strategy == "epoch":
+        cfg.training.eval_strategy = "steps"
     return cfg
 
 
@@ -219,7 +219,8 @@ def plan(
     Examples:
       dialsum plan -c config.yaml -s eenzeenee --gpu v100-16gb
       dialsum plan -c config.yaml -s xlsum_mt5 --gpu 24GB --json
-      dialsum plan --model digit82/kobart-summarization --source-len 512 --target-len 100 --gpu a100-40gb
+      dialsum plan --model digit82/kobart-summarization --source-len 512 \\
+          --target-len 100 --gpu a100-40gb
     """
     import json
 

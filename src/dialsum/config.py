@@ -56,6 +56,7 @@ class LoraConfig:
 class ModelConfig:
     name: str = _f("", "Hub id, local directory, or tiny:t5 / tiny:bart (built offline).")
     trust_remote_code: bool = _f(False, "Run model code from the hub repository (off: safer).")
+    dropout: float | None = _f(None, "Override every dropout probability of the model.")
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
@@ -292,9 +293,8 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp is str and isinstance(value, str):
+        return value
     errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
     return None
 
@@ -365,9 +365,8 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
             )
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "none"):
-            errors.append(
-                f"training.report_to: unknown logger {name!r}{_suggest(name, ['tensorboard', 'wandb', 'none'])}"
-            )
+            hint = _suggest(name, ["tensorboard", "wandb", "none"])
+            errors.append(f"training.report_to: unknown logger {name!r}{hint}")
 
 
 # ---------------------------------------------------------------------------- merging
@@ -443,7 +442,10 @@ def list_sections(path: Path) -> list[str]:
 
 
 def load_section(path: str | Path, name: str, overrides: list[str] | None = None) -> SectionConfig:
-    """Read, merge, override and validate one section; raise one ConfigError listing all problems."""
+    """Read, merge, override and validate one section.
+
+    Raises one ConfigError listing every problem.
+    """
     path = Path(path)
     doc = read_yaml(path)
     errors = [

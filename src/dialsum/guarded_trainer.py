@@ -63,7 +63,10 @@ def slice_rows(inputs: dict[str, Any], start: int, end: int) -> dict[str, Any]:
 def token_sum_loss(
     logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
 ) -> torch.Tensor:
-    """Sum of per-token cross entropy; ``logits`` [batch, tgt_len, vocab], ``labels`` [batch, tgt_len]."""
+    """Sum of per-token cross entropy.
+
+    ``logits`` [batch, tgt_len, vocab], ``labels`` [batch, tgt_len] with -100 for padding.
+    """
     return F.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
@@ -108,6 +111,9 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         rows = int(inputs["labels"].shape[0])
         per_step_rows = self.args.per_device_train_batch_size
         normalizer = self._token_normalizer(inputs["labels"])
+        # A redo replays the step with the random state it started with (dropout masks
+        # then follow the same stream as a run that started at the smaller micro-batch).
+        rng = _rng_state()
         while True:
             micro = min(self.guard.micro_batch_size, rows)
             self.step_attempts.append(micro)
@@ -135,6 +141,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
                 raise OOMUnrecoverable(self._unrecoverable_message(micro, error_msg))
             self._record("train", micro, agreed, error_msg or "a peer rank ran out of memory")
             self.guard.micro_batch_size = agreed
+            _set_rng_state(rng)
 
     def _forward_backward(
         self, model: nn.Module, inputs: dict[str, Any], rows: int, micro: int, normalizer: float
@@ -241,6 +248,18 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         if self.ladder_hint:
             msg += f" Next step: {self.ladder_hint}."
         return msg
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 class _null:

@@ -133,5 +133,7 @@ def write_submission(path: Path, table: data_mod.DialogueTable, summaries: list[
     if len(summaries) != len(table.records):
         raise RuntimeError("internal error: one summary per dialogue expected")
     data_mod.write_csv_atomic(
-        path, ["fname", "summary"], ([r.fname, s] for r, s in zip(table.records, summaries))
+        path,
+        ["fname", "summary"],
+        ([r.fname, s] for r, s in zip(table.records, summaries, strict=True)),
     )

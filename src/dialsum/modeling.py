@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import shutil
 import tempfile
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from tokenizers import (
@@ -48,15 +50,18 @@ from transformers import (
     T5Config,
 )
 
-from dialsum.architectures import model_from_config, untie_lm_head, wants_untied_head
+from dialsum.architectures import model_from_config, untie_lm_head
 from dialsum.errors import ConfigError
 from dialsum.tokens import SPECIAL_TOKENS
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 Family = Literal["t5", "bart"]
 
 TINY_PREFIX = "tiny:"
 # Bump when the tiny tokenizer/model recipe changes, so stale caches are not reused.
-_TINY_RECIPE_VERSION = "1"
+_TINY_RECIPE_VERSION = "2"
 
 # Special-token layouts of the two families (ids are list positions).
 _FAMILY_SPECIALS: dict[str, tuple[str, ...]] = {
@@ -121,16 +126,39 @@ def load_model(
     stays untied through loading and resizing.
     """
     _check_local_dir(name_or_path, "model")
-    model = AutoModelForSeq2SeqLM.from_pretrained(
-        name_or_path,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=_prefer_safetensors(name_or_path),
-        weights_only=True,
-    )
+    with _quiet_untie_advice():
+        model = AutoModelForSeq2SeqLM.from_pretrained(
+            name_or_path,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=_prefer_safetensors(name_or_path),
+            weights_only=True,
+        )
     keep_head_untied(model)
     resize_to_tokenizer(model, tokenizer, pad_to_multiple_of=pad_to_multiple_of)
     set_generation_ids(model, tokenizer)
     return model
+
+
+class _UntieAdviceFilter(logging.Filter):
+    """Drops transformers' advice to set ``tie_word_embeddings=False`` on load.
+
+    It fires for every untied T5 checkpoint (``T5Config`` resets the flag to True), and
+    ``keep_head_untied`` already does what it asks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "tie_word_embeddings=False" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_untie_advice() -> Iterator[None]:
+    log = logging.getLogger("transformers.modeling_utils")
+    advice_filter = _UntieAdviceFilter()
+    log.addFilter(advice_filter)
+    try:
+        yield
+    finally:
+        log.removeFilter(advice_filter)
 
 
 def _check_local_dir(name_or_path: str, what: str) -> None:
@@ -172,11 +200,12 @@ def _prefer_safetensors(name_or_path: str) -> bool | None:
 def keep_head_untied(model: nn.Module) -> None:
     """Make an untied ``lm_head`` survive later ``tie_weights()`` calls.
 
-    ``untie_lm_head`` handles a head that is currently shared. A model fresh from
-    ``from_pretrained`` already has its own head (the checkpoint held both tensors), but its
-    ``T5Config`` says ``tie_word_embeddings=True`` again, so the next resize would tie it.
+    ``untie_lm_head`` unties a shared head the config asks to be separate. A model fresh
+    from ``from_pretrained`` may already have its own head (the checkpoint held two different
+    tensors), yet its ``T5Config`` says ``tie_word_embeddings=True`` again, so the next
+    ``resize_token_embeddings`` would tie it back: drop the tie from the mapping too.
     """
-    if untie_lm_head(model) or not wants_untied_head(model.config):
+    if untie_lm_head(model) or not _head_is_untied(model):
         return
     model.config.tie_word_embeddings = False
     tied = dict(getattr(model, "_tied_weights_keys", None) or {})
@@ -210,7 +239,7 @@ def _head_is_untied(model: nn.Module) -> bool:
     return head is not None and head.weight is not model.get_input_embeddings().weight
 
 
-def model_family(model_or_config: nn.Module | PretrainedConfig) -> str:
+def model_family(model_or_config: nn.Module | PretrainedConfig) -> Literal["t5", "bart", "other"]:
     """``"t5"`` (T5, mT5, umT5, LongT5), ``"bart"`` (BART, mBART) or ``"other"``."""
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", "")
@@ -241,7 +270,8 @@ def set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBas
     generation = getattr(model, "generation_config", None)
     if generation is not None:
         generation.pad_token_id = config.pad_token_id
-        generation.eos_token_id = generation.eos_token_id or config.eos_token_id
+        if generation.eos_token_id is None:
+            generation.eos_token_id = config.eos_token_id
         generation.decoder_start_token_id = config.decoder_start_token_id
 
 
@@ -308,14 +338,18 @@ def _check_family(family: str) -> None:
 
 
 def _untrained_tokenizer(family: str) -> Tokenizer:
-    # "first": only the start of the text gets a ▁, not text after a marker such as
-    # "#Person1#:", so encode→decode reproduces the input exactly.
-    # The Unigram model is replaced by the sentencepiece-trained one.
+    # Where a ▁ is prepended decides whether encode→decode gives the input back exactly.
+    # t5 ("first", sentencepiece style): only the start of the text, not text after a marker
+    # such as "#Person1#:"; the decoder strips it from the first token again. bart ("never",
+    # like BART's add_prefix_space=False): the first token follows <s>, so the decoder
+    # would not strip a prepended ▁ there.
+    scheme = "first" if family == "t5" else "never"
+    # The t5 Unigram model is replaced by the sentencepiece-trained one.
     model = models.Unigram() if family == "t5" else models.BPE(unk_token="<unk>")
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme)
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme=scheme)
     return tokenizer
 
 
@@ -553,7 +587,7 @@ def apply_lora(
     alpha: int = 16,
     dropout: float = 0.05,
     target_modules: Sequence[str] | None = None,
-) -> Any:
+) -> PeftModel:
     """Wrap ``model`` in LoRA adapters on the attention projections; only adapters train.
 
     Note: rows added for the special tokens stay frozen at their resize-time values.

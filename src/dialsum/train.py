@@ -7,6 +7,7 @@ concrete numbers, and the OOM guard can change the micro-batch at run time.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
-from transformers import EarlyStoppingCallback, Seq2SeqTrainingArguments, set_seed
+from transformers import EarlyStoppingCallback, GenerationConfig, Seq2SeqTrainingArguments, set_seed
 
 from dialsum import data as data_mod
+from dialsum.architectures import set_dropout
 from dialsum.config import SectionConfig, TrainingConfig, section_from_dict
 from dialsum.errors import UserError
 from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
@@ -88,22 +90,23 @@ def tiny_cache_dir() -> Path:
 
 def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
     """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model."""
-    if checkpoint is not None:
-        tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=cfg.model.trust_remote_code)
-        model = load_model(
-            str(checkpoint), tokenizer, trust_remote_code=cfg.model.trust_remote_code
-        )
-        return model, tokenizer
     remote = cfg.model.trust_remote_code
-    if cfg.tokenizer.name and not cfg.model.name.startswith("tiny:"):
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=remote)
+        model = load_model(str(checkpoint), tokenizer, trust_remote_code=remote)
+    elif cfg.tokenizer.name and not cfg.model.name.startswith("tiny:"):
         tokenizer = load_tokenizer(cfg.tokenizer.name, trust_remote_code=remote)
-        return load_model(cfg.model.name, tokenizer, trust_remote_code=remote), tokenizer
-    return resolve_model(
-        cfg.model.name,
-        tiny_texts=tiny_texts_from(cfg),
-        cache_dir=tiny_cache_dir(),
-        trust_remote_code=remote,
-    )
+        model = load_model(cfg.model.name, tokenizer, trust_remote_code=remote)
+    else:
+        model, tokenizer = resolve_model(
+            cfg.model.name,
+            tiny_texts=tiny_texts_from(cfg),
+            cache_dir=tiny_cache_dir(),
+            trust_remote_code=remote,
+        )
+    if cfg.model.dropout is not None:
+        set_dropout(model, cfg.model.dropout)
+    return model, tokenizer
 
 
 def read_tables(cfg: SectionConfig, *, train: bool = True, dev: bool = True, echo=print):
@@ -159,7 +162,7 @@ def generation_kwargs(cfg: SectionConfig) -> dict[str, Any]:
 
 
 def training_arguments(
-    t: TrainingConfig, settings: Settings, run: RunDir, gen: dict[str, Any]
+    t: TrainingConfig, settings: Settings, run: RunDir, generation_config: GenerationConfig
 ) -> Seq2SeqTrainingArguments:
     """Every training key reaches the Trainer here (and only here)."""
     evaluate = t.eval_strategy != "no"
@@ -178,8 +181,6 @@ def training_arguments(
         "adamw8bit": "adamw_bnb_8bit",
         "sgd": "sgd",
     }[settings.optimizer]
-    from transformers import GenerationConfig
-
     return Seq2SeqTrainingArguments(
         output_dir=str(run.checkpoints),
         # The guard micro-batches inside training_step; the Trainer sees one whole step.
@@ -214,7 +215,7 @@ def training_arguments(
         report_to=report_to,
         seed=t.seed,
         predict_with_generate=True,
-        generation_config=GenerationConfig(**gen),
+        generation_config=generation_config,
         dataloader_num_workers=t.dataloader_num_workers,
         remove_unused_columns=False,
         use_cpu=settings.device == "cpu",
@@ -307,7 +308,11 @@ def build_trainer(
     fault_injector=None,
     callbacks=(),
 ) -> GuardedSeq2SeqTrainer:
-    args = training_arguments(cfg.training, settings, run, gen)
+    # Start from the model's own generation config (decoder start, eos, pad ids) and apply
+    # the section's inference options on top.
+    generation_config = copy.deepcopy(model.generation_config)
+    generation_config.update(**gen)
+    args = training_arguments(cfg.training, settings, run, generation_config)
     train_ds = tokenize_table(cfg, train_table, tokenizer)
     eval_ds = tokenize_table(cfg, dev_table, tokenizer) if dev_table is not None else None
     refs = [r.references for r in dev_table.records] if dev_table is not None else None

@@ -25,28 +25,18 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 
 
-def _fake_like(tensor: torch.Tensor, mode: FakeTensorMode, dtype: torch.dtype) -> torch.Tensor:
+def _fake_like(tensor: torch.Tensor, mode: FakeTensorMode) -> torch.Tensor:
     with mode:
-        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=dtype, device="cpu")
+        return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cpu")
 
 
-def _target_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
-    # Only floating tensors follow a model-wide cast, as ``model.to(dtype)`` does.
-    if dtype is not None and tensor.is_floating_point():
-        return dtype
-    return tensor.dtype
-
-
-def fake_model_from_config(
-    config: PretrainedConfig, mode: FakeTensorMode, dtype: torch.dtype | None = None
-) -> nn.Module:
-    """The model of ``config`` with fake CPU parameters/buffers, optionally cast to ``dtype``."""
-    model = model_from_config(config, device="meta")
+def _meta_to_fake(model: nn.Module, mode: FakeTensorMode) -> None:
+    """Replace every meta parameter/buffer of ``model`` by a fake CPU tensor, in place."""
     converted: dict[int, torch.Tensor] = {}
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
         if id(tensor) not in converted:
-            fake = _fake_like(tensor, mode, _target_dtype(tensor, dtype))
+            fake = _fake_like(tensor, mode)
             if isinstance(tensor, nn.Parameter):
                 fake = nn.Parameter(fake, requires_grad=tensor.requires_grad)
             converted[id(tensor)] = fake
@@ -59,6 +49,26 @@ def fake_model_from_config(
         for name, buffer in list(module._buffers.items()):
             if buffer is not None:
                 module._buffers[name] = convert(buffer)
+
+
+def fake_model_from_config(
+    config: PretrainedConfig,
+    mode: FakeTensorMode,
+    dtype: torch.dtype | None = None,
+    lora_rank: int | None = None,
+) -> nn.Module:
+    """The model of ``config`` with fake CPU parameters/buffers.
+
+    ``dtype`` casts floating weights as ``model.to(dtype)`` does; ``lora_rank`` wraps the
+    model with peft LoRA adapters (base frozen). Both happen on ``meta``, before the
+    conversion to fake tensors (peft's device moves cannot swap fake parameters).
+    """
+    model = model_from_config(config, device="meta")
+    if dtype is not None:
+        model = model.to(dtype)
+    if lora_rank is not None:
+        model = apply_lora(model, lora_rank)
+    _meta_to_fake(model, mode)
     return model
 
 
@@ -72,8 +82,11 @@ def lora_targets(config: PretrainedConfig) -> list[str]:
     return LORA_TARGETS[model_type]
 
 
-def apply_lora(model: nn.Module, rank: int, mode: FakeTensorMode) -> nn.Module:
-    """Wrap ``model`` with peft LoRA adapters (created as fake tensors); the base is frozen."""
+def apply_lora(model: nn.Module, rank: int) -> nn.Module:
+    """Wrap ``model`` with peft LoRA adapters on the attention projections; base frozen.
+
+    peft keeps adapters in fp32 even on a bf16 base (``autocast_adapter_dtype=True``).
+    """
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora_config = LoraConfig(
@@ -83,8 +96,7 @@ def apply_lora(model: nn.Module, rank: int, mode: FakeTensorMode) -> nn.Module:
         target_modules=lora_targets(model.config),
         task_type=TaskType.SEQ_2_SEQ_LM,
     )
-    with mode:
-        return get_peft_model(model, lora_config)
+    return get_peft_model(model, lora_config)
 
 
 def unique_params(model: nn.Module) -> list[nn.Parameter]:

@@ -40,7 +40,6 @@ from dialsum.memory import cache as trace_cache
 from dialsum.memory.allocator import round_allocation_bytes
 from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
 from dialsum.memory.fake_model import (
-    apply_lora,
     fake_model_from_config,
     trainable_params,
     unique_params,
@@ -144,10 +143,8 @@ class _TrainRig:
 def _build_train_rig(
     config: PretrainedConfig, options: TrainOptions, mode: FakeTensorMode
 ) -> _TrainRig:
-    model = fake_model_from_config(config, mode, _weights_dtype(options.precision))
-    params = sum(p.numel() for p in unique_params(model))
-    if options.lora:
-        model = apply_lora(model, options.lora_rank, mode)
+    lora_rank = options.lora_rank if options.lora else None
+    model = fake_model_from_config(config, mode, _weights_dtype(options.precision), lora_rank)
     if options.gradient_checkpointing:
         checkpoint_kwargs = {
             "use_reentrant": False,
@@ -162,7 +159,11 @@ def _build_train_rig(
     trainable = trainable_params(model)
     with mode:
         optimizer = make_optimizer(options.optimizer, trainable)
-    return _TrainRig(model, optimizer, params, sum(p.numel() for p in trainable))
+    total = sum(p.numel() for p in unique_params(model))
+    trainable_count = sum(p.numel() for p in trainable)
+    # ``params`` is the base model; with LoRA the adapters are the trainable part on top.
+    base = total - trainable_count if options.lora else total
+    return _TrainRig(model, optimizer, base, trainable_count)
 
 
 def _forward_loss(
