@@ -19,6 +19,7 @@ Run: ``uv run python bench/bench_simulate_cpu.py``; prints the ratio predicted/m
 
 from __future__ import annotations
 
+import copy
 import time
 
 import torch
@@ -89,7 +90,9 @@ def _peak_from_events(prof: profile) -> int:
 
 def measure_real_peak_bytes(config: T5Config) -> int:
     torch.manual_seed(0)
-    model = model_from_config(config)
+    # model_from_config writes ``tie_word_embeddings=False`` into the config it is given,
+    # which would untie T5's encoder/decoder embeddings in a later build: use a copy.
+    model = model_from_config(copy.deepcopy(config))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, foreach=True)
     _step(model, optimizer, config)  # creates the optimizer state

@@ -274,6 +274,33 @@ def guide(
 
 
 @app.command()
+def probe(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "eenzeenee",
+    set_: SetOpt = None,
+    emulate_gpu: Annotated[
+        list[str] | None,
+        typer.Option(help="Emulate a smaller GPU (slug or size); repeat for several."),
+    ] = None,
+    search: Annotated[bool, typer.Option(help="Search the true largest micro-batch.")] = True,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration file to write (default: user cache).")
+    ] = None,
+) -> None:
+    """Run real steps on this machine's CUDA GPU: predicted vs measured, and calibrate.
+
+    \b
+    Examples:
+      dialsum probe -c config.yaml -s eenzeenee
+      dialsum probe -s xlsum_mt5 --emulate-gpu v100-16gb --emulate-gpu 24GB
+    """
+    from dialsum.probe import run_probe
+
+    cfg = _load(config, section, list(set_ or []))
+    run_probe(cfg, emulate_gpus=emulate_gpu, search=search, calibration=calibration, echo=echo)
+
+
+@app.command()
 def monitor(
     interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
     once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,

@@ -1,0 +1,213 @@
+"""Simulator: exact bytes on a hand-computable model, and the directions that must hold."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from transformers import BartConfig, T5Config
+
+from dialsum.architectures import KNOWN_PARAM_COUNTS, known_config
+from dialsum.memory.allocator import round_allocation_bytes, segment_bytes
+from dialsum.memory.fake_model import fake_model_from_config, unique_params
+from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
+from dialsum.memory.simulate import (
+    kv_cache_bytes,
+    simulate_generate,
+    simulate_train,
+    weights_bytes,
+)
+
+MIB = 1 << 20
+
+
+def tiny_t5(**overrides) -> T5Config:
+    # 2+2 layers, d_model 32, vocab 64: every tensor is hand-countable (see test below).
+    values = dict(
+        vocab_size=64,
+        d_model=32,
+        d_ff=64,
+        d_kv=8,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="relu",
+        tie_word_embeddings=False,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    values.update(overrides)
+    return T5Config(**values)
+
+
+def small_t5() -> T5Config:
+    # Big enough that activations dominate at a moderate shape.
+    return tiny_t5(vocab_size=1000, d_model=128, d_ff=512, d_kv=32, num_layers=2, num_heads=4)
+
+
+def small_bart() -> BartConfig:
+    return BartConfig(
+        vocab_size=1000,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        max_position_embeddings=256,
+        pad_token_id=3,
+        bos_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=1,
+    )
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIALSUM_CACHE_DIR", str(tmp_path / "traces"))
+
+
+# -- allocator rounding -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "block_bytes"),
+    [(0, 0), (1, 512), (511, 512), (512, 512), (513, 1024), (1_000_000, 1_000_448),
+     (1 << 20, 1 << 20), ((1 << 20) + 1, (1 << 20) + 512), (30_000_001, 30_000_384)],
+)  # fmt: skip
+def test_round_allocation_bytes_exact(request_bytes: int, block_bytes: int) -> None:
+    assert round_allocation_bytes(request_bytes) == block_bytes
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "segment"),
+    [(1, 2 * MIB), (MIB, 2 * MIB), (MIB + 1, 20 * MIB), (10 * MIB - 1, 20 * MIB),
+     (10 * MIB, 10 * MIB), (10 * MIB + 1, 12 * MIB), (30_000_001, 30 * MIB)],
+)  # fmt: skip
+def test_segment_bytes_exact(request_bytes: int, segment: int) -> None:
+    assert segment_bytes(request_bytes) == segment
+
+
+# -- model building --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model_id", sorted(KNOWN_PARAM_COUNTS))
+def test_fake_model_has_exact_param_count(model_id: str) -> None:
+    model = fake_model_from_config(known_config(model_id), FakeTensorMode())
+    assert sum(p.numel() for p in unique_params(model)) == KNOWN_PARAM_COUNTS[model_id]
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def _tiny_t5_param_shapes() -> list[tuple[int, ...]]:
+    # shared [64, 32]; per encoder layer: q,k,v,o [32, 32], ln [32] x2, wi [64, 32],
+    # wo [32, 64]; first layers hold relative bias [8, 4]; final ln [32]; decoder layers add
+    # cross q,k,v,o and a third ln; untied lm_head [64, 32].
+    enc_layer = [(32, 32)] * 4 + [(32,)] * 2 + [(64, 32), (32, 64)]
+    dec_layer = [(32, 32)] * 8 + [(32,)] * 3 + [(64, 32), (32, 64)]
+    shapes = [(64, 32)] + enc_layer * 2 + [(8, 4), (32,)] + dec_layer * 2 + [(8, 4), (32,)]
+    return shapes + [(64, 32)]
+
+
+def test_tiny_t5_weights_grads_adam_state_exact() -> None:
+    shapes = _tiny_t5_param_shapes()
+    numel = sum(torch.Size(s).numel() for s in shapes)
+    fp32_bytes = sum(round_allocation_bytes(torch.Size(s).numel() * 4) for s in shapes)
+    # AdamW state: exp_avg + exp_avg_sq per parameter plus a 0-dim fp32 ``step`` tensor.
+    adam_bytes = 2 * fp32_bytes + len(shapes) * round_allocation_bytes(4)
+
+    profile = simulate_train(tiny_t5(), TrainShape(1, 8, 4), TrainOptions(), use_cache=False)
+
+    assert profile.params == numel == 53_312
+    assert profile.breakdown["weights"] == fp32_bytes == weights_bytes(tiny_t5())
+    assert profile.breakdown["optimizer_state"] == adam_bytes
+    # Tiny model: the peak is in optimizer.step() with every gradient alive.
+    assert profile.peak_phase == "optimizer"
+    assert profile.breakdown["gradients"] == fp32_bytes
+    assert sum(profile.breakdown.values()) == profile.peak_bytes
+
+
+def test_weights_bytes_of_a_count() -> None:
+    assert weights_bytes(1000, torch.bfloat16) == 2000
+
+
+# -- directions that must hold ---------------------------------------------------------
+
+
+def _train(config, shape: TrainShape, **options):
+    return simulate_train(config, shape, TrainOptions(**options), use_cache=False)
+
+
+def test_more_batch_more_memory() -> None:
+    small = _train(small_t5(), TrainShape(2, 64, 16))
+    large = _train(small_t5(), TrainShape(8, 64, 16))
+    assert large.peak_bytes > small.peak_bytes
+    assert large.breakdown["weights"] == small.breakdown["weights"]
+
+
+def test_gradient_checkpointing_lowers_peak_when_activations_dominate() -> None:
+    shape = TrainShape(16, 128, 32)
+    plain = _train(small_t5(), shape)
+    checkpointed = _train(small_t5(), shape, gradient_checkpointing=True)
+    assert checkpointed.peak_bytes < 0.8 * plain.peak_bytes
+
+
+def test_optimizer_order_adamw_adafactor_sgd() -> None:
+    shape = TrainShape(2, 32, 8)
+    adamw = _train(small_t5(), shape)
+    adam8 = _train(small_t5(), shape, optimizer="adamw8bit")
+    adafactor = _train(small_t5(), shape, optimizer="adafactor")
+    sgd = _train(small_t5(), shape, optimizer="sgd")
+    assert adamw.peak_bytes > adam8.peak_bytes > adafactor.peak_bytes > sgd.peak_bytes
+    assert sgd.breakdown["optimizer_state"] == 0
+    assert adam8.breakdown["optimizer_state"] < adamw.breakdown["optimizer_state"] / 3
+
+
+def test_bf16_amp_lowers_activations_at_large_batch() -> None:
+    shape = TrainShape(16, 128, 32)
+    fp32 = _train(small_t5(), shape)
+    bf16 = _train(small_t5(), shape, precision="bf16")
+    assert bf16.breakdown["activations"] < fp32.breakdown["activations"]
+    # AMP keeps fp32 master weights.
+    assert bf16.breakdown["weights"] == fp32.breakdown["weights"]
+
+
+def test_pure_bf16_halves_weights_and_state() -> None:
+    shape = TrainShape(2, 32, 8)
+    fp32 = _train(small_t5(), shape)
+    pure = _train(small_t5(), shape, precision="pure_bf16")
+    assert pure.breakdown["weights"] == pytest.approx(fp32.breakdown["weights"] / 2, rel=0.01)
+
+
+def test_lora_is_far_lower_and_freezes_the_base() -> None:
+    shape = TrainShape(2, 32, 8)
+    full = _train(small_bart(), shape)
+    lora = _train(small_bart(), shape, lora=True, lora_rank=4)
+    assert lora.params == full.params
+    assert lora.trainable_params < full.trainable_params / 10
+    assert lora.breakdown["optimizer_state"] < full.breakdown["optimizer_state"] / 10
+    assert lora.peak_bytes < 0.7 * full.peak_bytes
+
+
+def test_generation_grows_with_beams_and_counts_the_kv_cache() -> None:
+    greedy_shape = GenerateShape(batch=2, source_len=64, max_new_tokens=16, num_beams=1)
+    beam_shape = GenerateShape(batch=2, source_len=64, max_new_tokens=16, num_beams=4)
+    greedy = simulate_generate(small_t5(), greedy_shape, use_cache=False)
+    beams = simulate_generate(small_t5(), beam_shape, use_cache=False)
+    assert beams.peak_bytes > greedy.peak_bytes
+    assert beams.peak_phase in ("encoder", "decode_step", "logits")
+    assert beams.breakdown["kv_cache"] >= kv_cache_bytes(small_t5(), beam_shape, torch.float32)
+
+
+def test_cache_hit_is_identical_and_fast(tmp_path) -> None:
+    shape = TrainShape(1, 8, 4)
+    first = simulate_train(tiny_t5(), shape, cache_dir=tmp_path)
+    start = time.perf_counter()
+    second = simulate_train(tiny_t5(), shape, cache_dir=tmp_path)
+    assert time.perf_counter() - start < 0.5
+    assert second == first
+    assert len(list(tmp_path.glob("*.json"))) == 1
