@@ -102,7 +102,9 @@ def train(
       dialsum train -c config.yaml -s eenzeenee
       dialsum train -s kobart --set training.learning_rate=3e-5 --max-steps 100
       dialsum train -s eenzeenee --resume
+      torchrun --nproc_per_node 4 -m dialsum train -s kobart   # 4 GPUs, same config
     """
+    from dialsum.distributed import is_main_process
     from dialsum.train import run_training
 
     overrides = _overrides(
@@ -115,6 +117,8 @@ def train(
     )
     cfg = _load(config, section, overrides)
     result = run_training(cfg, resume=resume, echo=echo)
+    if not is_main_process():
+        return
     _print_metrics("training finished", result.metrics)
     echo(f"run folder: {result.run.path}")
     echo(f"best model: {result.run.best}")
@@ -138,8 +142,12 @@ def predict(
       dialsum predict -c config.yaml -s eenzeenee
       dialsum predict -s kobart --checkpoint runs/kobart/20260101-120000/best --output sub.csv
     """
+    from dialsum.distributed import is_main_process
     from dialsum.predict import run_predict
 
+    if not is_main_process():
+        # Prediction is not sharded: under a launcher rank 0 writes the one submission.
+        return
     cfg = _load(config, section, _overrides(set_, test_data=test_data))
     path, n = run_predict(cfg, checkpoint=checkpoint, output=output, echo=echo)
     echo(f"wrote {n} summaries to {path}")
@@ -204,6 +212,13 @@ def plan(
     ] = None,
     num_beams: Annotated[int | None, typer.Option(help="Beams for generation.")] = None,
     num_gpus: Annotated[int, typer.Option(help="GPUs (data-parallel ranks).")] = 1,
+    zero_stage: Annotated[
+        int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3 (default: the config's).")
+    ] = None,
+    offload: Annotated[
+        bool | None,
+        typer.Option(help="DeepSpeed: optimizer state (stage 3: also weights) on CPU."),
+    ] = None,
     data: Annotated[
         Path | None, typer.Option(help="Training CSV: plan with its real token lengths.")
     ] = None,
@@ -219,6 +234,7 @@ def plan(
     Examples:
       dialsum plan -c config.yaml -s eenzeenee --gpu v100-16gb
       dialsum plan -c config.yaml -s xlsum_mt5 --gpu 24GB --json
+      dialsum plan -c config.yaml -s xlsum_mt5 --gpu v100-16gb --num-gpus 4 --zero-stage 2
       dialsum plan --model digit82/kobart-summarization --source-len 512 \\
           --target-len 100 --gpu a100-40gb
     """
@@ -236,6 +252,8 @@ def plan(
         effective_batch=effective_batch,
         num_beams=num_beams,
         num_gpus=num_gpus,
+        zero_stage=zero_stage,
+        offload=offload,
         data=data,
         overrides=list(set_ or []),
         buckets=buckets,

@@ -11,6 +11,18 @@ micro-batch is a token *sum* divided by the token count of the whole step, so th
 gradient is the same whatever the micro-batch (exact loss normalisation).
 
 Evaluation and prediction batches are split the same way in ``prediction_step``.
+
+Several ranks (DDP): every micro-batch runs under ``no_sync`` and gradients are averaged
+over ranks only after all ranks agreed that the step succeeded (``agree_on_batch``). DDP
+would start its all-reduce inside the last backward, where a rank that hit an OOM never
+arrives: the ranks would hang, or pair the reduce with the agreement collective. The cost
+is that communication no longer overlaps the last backward.
+
+DeepSpeed: the engine owns gradient accumulation (``engine.backward`` scales and
+accumulates into its own, possibly partitioned, buffers; ``engine.step`` steps only at its
+accumulation boundary), so gradients of a half-done step cannot be zeroed and redone from
+here. Under DeepSpeed the Trainer accumulates ``micro_batch_size`` rows at a time, the stock
+``training_step`` runs, and an OOM stops the run with the next smaller micro-batch to set.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import Seq2SeqTrainer
 
+from dialsum.distributed import average_gradients
 from dialsum.memory.guard import (
     GuardState,
     OOMUnrecoverable,
@@ -106,6 +119,8 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         inputs: dict[str, Any],
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor:
+        if self.is_deepspeed_enabled:
+            return self._deepspeed_training_step(model, inputs, num_items_in_batch)
         model.train()
         inputs = self._prepare_inputs(inputs)
         rows = int(inputs["labels"].shape[0])
@@ -132,6 +147,8 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             new_micro = (next_micro_batch(micro, per_step_rows) or 0) if failed else micro
             agreed = agree_on_batch(new_micro)
             if agreed == micro and not failed:
+                if self._is_data_parallel():
+                    average_gradients(model.parameters())
                 return loss.detach()
             # Redo the step from zeroed gradients: nothing of the failed attempt is kept.
             loss = None
@@ -147,21 +164,53 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         self, model: nn.Module, inputs: dict[str, Any], rows: int, micro: int, normalizer: float
     ) -> torch.Tensor:
         total = torch.zeros((), device=inputs["labels"].device)
-        starts = list(range(0, rows, micro))
-        for i, start in enumerate(starts):
+        for start in range(0, rows, micro):
             chunk = slice_rows(inputs, start, start + micro)
             if self.fault_injector is not None:
                 self.fault_injector("train", int(chunk["labels"].shape[0]))
             labels = chunk.pop("labels")
-            # DDP: only the last micro-batch all-reduces gradients.
-            sync = self.accelerator.no_sync(model) if i < len(starts) - 1 else _null()
-            with sync, self.compute_loss_context_manager():
+            # DDP never reduces inside backward here: ``training_step`` averages the
+            # gradients once every rank is known to have finished the step.
+            local = self.accelerator.no_sync(model) if self._is_data_parallel() else _null()
+            with local, self.compute_loss_context_manager():
                 logits = model(**chunk).logits  # [micro, tgt_len, vocab]
                 loss = token_sum_loss(logits, labels, self.label_smoothing) / normalizer
             self.accelerator.backward(loss)
             total += loss.detach()
             del logits, loss
         return total
+
+    def _is_data_parallel(self) -> bool:
+        return self.accelerator.num_processes > 1
+
+    def _deepspeed_training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        """The stock step (the engine accumulates); an OOM names the micro-batch to try."""
+        rows = int(inputs["labels"].shape[0])
+        if self.fault_injector is not None:
+            self.fault_injector("train", rows)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
+            if not is_oom(exc):
+                raise
+            error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        per_step_rows = rows * self.args.gradient_accumulation_steps
+        smaller = next_micro_batch(rows, per_step_rows)
+        advice = (
+            f"set training.micro_batch_size={smaller} (the engine keeps the effective batch)"
+            if smaller
+            else self.ladder_hint or "raise hardware.zero_stage or turn on hardware.offload"
+        )
+        raise OOMUnrecoverable(
+            f"CUDA out of memory at micro-batch {rows} under DeepSpeed ({error_msg}). "
+            f"DeepSpeed owns gradient accumulation, so the step cannot be redone in place: "
+            f"{advice}, then run again."
+        )
 
     def _token_normalizer(self, labels: torch.Tensor) -> float:
         """Label tokens of the whole step over all ranks, divided by the world size (DDP then

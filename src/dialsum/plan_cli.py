@@ -27,6 +27,8 @@ class PlanResult:
             console.print(note, markup=False)
         console.print(format_plan(self.plan), markup=False)
         console.print(breakdown_table(self.plan.train_profile))
+        for line in per_rank_lines(self.plan):
+            console.print(line, markup=False)
         if self.buckets:
             table = Table(title="largest micro-batch per length bucket")
             for col in ("source_len", "target_len", "micro_batch_size", "truncated_fraction"):
@@ -40,6 +42,35 @@ class PlanResult:
                     "-" if frac is None else f"{100 * frac:.1f}%",
                 )
             console.print(table)
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def per_rank_lines(plan) -> list[str]:
+    """What each of ``plan.world_size`` GPUs holds (empty for one GPU without ZeRO)."""
+    if plan.world_size == 1 and plan.zero_stage == 0:
+        return []
+    engine = f"DeepSpeed ZeRO-{plan.zero_stage}" if plan.zero_stage else "DDP"
+    if plan.offload:
+        engine += " + CPU offload"
+    lines = [
+        f"per-rank memory ({plan.world_size} GPU(s), {engine}):",
+        f"  predicted peak {_gib(plan.predicted_peak_bytes)}; with overheads "
+        f"{_gib(plan.required_bytes)} of {_gib(plan.usable_bytes)} usable",
+    ]
+    states = plan.zero_states
+    if states is not None:
+        lines.append(
+            f"  model states on the GPU {_gib(states.gpu_bytes)}: weights "
+            f"{_gib(states.weights_bytes)}, gradients {_gib(states.gradients_bytes)}, "
+            f"optimizer {_gib(states.optimizer_state_bytes)}, gathered layer "
+            f"{_gib(states.gathered_layer_bytes)}"
+        )
+        if states.cpu_bytes:
+            lines.append(f"  offloaded to CPU memory per rank {_gib(states.cpu_bytes)}")
+    return lines
 
 
 def _section_for_model(
@@ -88,9 +119,11 @@ def plan_command(
     data: Path | None,
     overrides: list[str],
     buckets: bool,
+    zero_stage: int | None = None,
+    offload: bool | None = None,
 ) -> PlanResult:
     from dialsum.architectures import load_config
-    from dialsum.memory.plan import bucket_table
+    from dialsum.memory.plan import bucket_table, zero_states_json
     from dialsum.planning import pick_gpu, plan_for_section, request_for_section
 
     overrides = list(overrides)
@@ -98,6 +131,10 @@ def plan_command(
         overrides.append(f"training.effective_batch_size={effective_batch}")
     if num_beams is not None:
         overrides.append(f"inference.num_beams={num_beams}")
+    if zero_stage is not None:
+        overrides.append(f"hardware.zero_stage={zero_stage}")
+    if offload is not None:
+        overrides.append(f"hardware.offload={str(offload).lower()}")
     if model:
         cfg = _section_for_model(model, source_len, target_len, overrides)
     elif section:
@@ -122,6 +159,14 @@ def plan_command(
     from dialsum.report import plan_json
 
     out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
+    out.json["per_rank"] = {
+        "world_size": plan.world_size,
+        "zero_stage": plan.zero_stage,
+        "offload": plan.offload,
+        "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "required_bytes": plan.required_bytes,
+        "model_states": zero_states_json(plan.zero_states),
+    }
     out.notes = notes
     if buckets:
         request = request_for_section(

@@ -64,6 +64,8 @@ def request_for_section(
         data_lengths=data_lengths,
         lora=cfg.model.lora.enabled,
         lora_rank=cfg.model.lora.rank,
+        zero_stage=cfg.hardware.zero_stage,
+        offload=cfg.hardware.offload,
     )
 
 

@@ -5,6 +5,7 @@
     config.yaml        resolved section (what really ran)
     plan.json          the memory plan (or why planning was skipped)
     guard.json         run-time state: current micro-batch, OOM recoveries (for --resume)
+    ds_config.json     the DeepSpeed config (only with hardware.zero_stage > 0)
     logs/              TensorBoard events (and W&B offline files when configured)
     checkpoints/       checkpoint-N folders written by the Trainer
     best/              the best model (by the configured metric) + tokenizer
@@ -42,6 +43,10 @@ class RunDir:
     @property
     def guard(self) -> Path:
         return self.path / "guard.json"
+
+    @property
+    def deepspeed_config(self) -> Path:
+        return self.path / "ds_config.json"
 
     @property
     def logs(self) -> Path:

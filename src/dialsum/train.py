@@ -18,8 +18,10 @@ from torch.utils.data import Dataset
 from transformers import EarlyStoppingCallback, GenerationConfig, Seq2SeqTrainingArguments, set_seed
 
 from dialsum import data as data_mod
+from dialsum import distributed
 from dialsum.architectures import set_dropout
 from dialsum.config import SectionConfig, TrainingConfig, section_from_dict
+from dialsum.deepspeed_config import config_for_run, require_deepspeed
 from dialsum.errors import UserError
 from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.memory.guard import GuardState
@@ -33,7 +35,7 @@ from dialsum.runs import (
     write_json_atomic,
     write_yaml_atomic,
 )
-from dialsum.settings import Settings, resolve_settings
+from dialsum.settings import Settings, resolve_settings, use_cuda
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +164,19 @@ def generation_kwargs(cfg: SectionConfig) -> dict[str, Any]:
 
 
 def training_arguments(
-    t: TrainingConfig, settings: Settings, run: RunDir, generation_config: GenerationConfig
+    t: TrainingConfig,
+    settings: Settings,
+    run: RunDir,
+    generation_config: GenerationConfig,
+    deepspeed_config: Path | None = None,
 ) -> Seq2SeqTrainingArguments:
     """Every training key reaches the Trainer here (and only here)."""
+    if deepspeed_config is None:
+        # The guard micro-batches inside training_step; the Trainer sees one whole step.
+        per_device, accumulation = settings.per_step_rows, 1
+    else:
+        # The DeepSpeed engine owns accumulation (see deepspeed_config.py).
+        per_device, accumulation = settings.micro_batch_size, settings.gradient_accumulation_steps
     evaluate = t.eval_strategy != "no"
     best_metric = (
         "eval_loss" if t.metric_for_best_model == "loss" else f"eval_{t.metric_for_best_model}"
@@ -183,9 +195,8 @@ def training_arguments(
     }[settings.optimizer]
     return Seq2SeqTrainingArguments(
         output_dir=str(run.checkpoints),
-        # The guard micro-batches inside training_step; the Trainer sees one whole step.
-        per_device_train_batch_size=settings.per_step_rows,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
         per_device_eval_batch_size=settings.eval_batch_size,
         num_train_epochs=t.num_train_epochs,
         max_steps=t.max_steps,
@@ -221,6 +232,13 @@ def training_arguments(
         use_cpu=settings.device == "cpu",
         disable_tqdm=False,
         save_only_model=False,
+        deepspeed=str(deepspeed_config) if deepspeed_config is not None else None,
+        # The guarded step computes its own token-sum loss; only DeepSpeed's stock step
+        # uses the Trainer's label smoother.
+        label_smoothing_factor=t.label_smoothing if deepspeed_config is not None else 0.0,
+        # A buffer broadcast is a collective at the start of every forward, where a rank
+        # redoing a step after an OOM would not be; these models' buffers never change.
+        ddp_broadcast_buffers=False,
     )
 
 
@@ -231,6 +249,22 @@ def _configure_loggers(t: TrainingConfig, run: RunDir) -> None:
             os.environ.setdefault("WANDB_PROJECT", t.wandb.project)
         os.environ.setdefault("WANDB_MODE", t.wandb.mode)
         os.environ.setdefault("WANDB_DIR", str(run.logs))
+
+
+def _silent(*_: object) -> None:
+    return None
+
+
+def _write_deepspeed_config(
+    cfg: SectionConfig, settings: Settings, model_config, run: RunDir
+) -> Path | None:
+    """Rank 0 writes ``ds_config.json``; every rank reads it (hence the barrier)."""
+    if cfg.hardware.zero_stage == 0:
+        return None
+    if distributed.is_main_process():
+        write_json_atomic(run.deepspeed_config, config_for_run(cfg, settings, model_config))
+    distributed.barrier()
+    return run.deepspeed_config
 
 
 def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, SectionConfig]:
@@ -253,11 +287,20 @@ def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, S
 
 
 def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hooks) -> TrainResult:
+    require_deepspeed(cfg.hardware.zero_stage)
+    # Under torchrun/accelerate: start the process group now, so the ranks can agree on
+    # the run folder before anything is written. Only rank 0 talks and writes run files.
+    distributed.ensure_process_group(cpu=not use_cuda(cfg))
+    main = distributed.is_main_process()
+    echo = echo if main else _silent
     set_seed(cfg.training.seed)
-    run, checkpoint, cfg = _setup_run(cfg, resume)
+    # Rank 0 creates (or finds) the folder and shares its path: a timestamped name read
+    # from each rank's clock could differ by a second.
+    run, checkpoint, cfg = distributed.on_main_then_share(lambda: _setup_run(cfg, resume))
     echo(f"run folder: {run.path}")
     train_table, dev_table = read_tables(cfg, echo=echo)
-    model, tokenizer = setup_model(cfg)
+    with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
+        model, tokenizer = setup_model(cfg)
     report = length_report(cfg, train_table, tokenizer)
     echo(report.format())
     guard = GuardState.load(run.guard) if resume and run.guard.is_file() else None
@@ -269,15 +312,27 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
     if cfg.model.lora.enabled:
         lora = cfg.model.lora
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
-    if not resume:
-        write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
-    write_json_atomic(run.plan, settings.to_json())
-    guard.save(run.guard)
+    if main:
+        if not resume:
+            write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
+        write_json_atomic(run.plan, settings.to_json())
+        guard.save(run.guard)
+    deepspeed_config = _write_deepspeed_config(cfg, settings, model.config, run)
     _configure_loggers(cfg.training, run)
 
     gen = generation_kwargs(cfg)
     trainer = build_trainer(
-        cfg, settings, run, model, tokenizer, train_table, dev_table, gen, guard, **hooks
+        cfg,
+        settings,
+        run,
+        model,
+        tokenizer,
+        train_table,
+        dev_table,
+        gen,
+        guard,
+        deepspeed_config=deepspeed_config,
+        **hooks,
     )
     train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     metrics: dict[str, float] = dict(train_out.metrics)
@@ -307,12 +362,13 @@ def build_trainer(
     *,
     fault_injector=None,
     callbacks=(),
+    deepspeed_config: Path | None = None,
 ) -> GuardedSeq2SeqTrainer:
     # Start from the model's own generation config (decoder start, eos, pad ids) and apply
     # the section's inference options on top.
     generation_config = copy.deepcopy(model.generation_config)
     generation_config.update(**gen)
-    args = training_arguments(cfg.training, settings, run, generation_config)
+    args = training_arguments(cfg.training, settings, run, generation_config, deepspeed_config)
     train_ds = tokenize_table(cfg, train_table, tokenizer)
     eval_ds = tokenize_table(cfg, dev_table, tokenizer) if dev_table is not None else None
     refs = [r.references for r in dev_table.records] if dev_table is not None else None

@@ -50,6 +50,16 @@ def _peaks(device: torch.device) -> tuple[int, int]:
     return int(torch.cuda.max_memory_allocated(device)), int(torch.cuda.max_memory_reserved(device))
 
 
+def set_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Turn activation (gradient) checkpointing on/off with the transformers 5.x names."""
+    if enabled:
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": False}
+        )
+    else:
+        model.activation_checkpointing_disable()
+
+
 def make_optimizer(params, name: str, lr: float = 1e-4) -> torch.optim.Optimizer:
     """The optimizers the simulator models, built the same way (foreach AdamW on CUDA)."""
     params = [p for p in params if p.requires_grad]
@@ -94,10 +104,7 @@ def measure_train(
     Two steps, like the simulator: the first creates the optimizer state, the second runs
     with it in memory. An OOM is caught and reported as ``oom=True``.
     """
-    if options.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.gradient_checkpointing_disable()
+    set_checkpointing(model, options.gradient_checkpointing)
     model.train()
     optimizer = make_optimizer(model.parameters(), options.optimizer)
     scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None

@@ -32,6 +32,15 @@ from dialsum.memory.profile import (
     TrainOptions,
     TrainShape,
 )
+from dialsum.memory.zero import (
+    ZERO_STAGES,
+    ZeroStateBytes,
+    communication_bytes,
+    deepspeed_layout,
+    largest_layer_params,
+    sharded_peak_bytes,
+    zero_state_bytes,
+)
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -156,6 +165,9 @@ class PlanRequest:
     lora: bool = False
     lora_rank: int = 8
     fallbacks: tuple[str, ...] = FALLBACKS
+    zero_stage: int = 0
+    offload: bool = False
+    largest_layer_params: int | None = None  # ZeRO-3; None = measured from model_config
 
     @property
     def new_tokens(self) -> int:
@@ -227,6 +239,10 @@ def validate_request(request: PlanRequest) -> None:
         value = getattr(request, name)
         if value != "auto" and not _is_positive_int(value):
             problems.append(f"{name} must be auto or a positive integer, got {value!r}")
+    if request.zero_stage not in ZERO_STAGES:
+        problems.append(f"zero_stage must be one of 0, 1, 2, 3; got {request.zero_stage!r}")
+    elif request.offload and request.zero_stage == 0:
+        problems.append("offload needs DeepSpeed ZeRO: set zero_stage to 1, 2 or 3")
     unknown = [step for step in request.fallbacks if step not in FALLBACKS]
     if unknown:
         problems.append(f"fallbacks {unknown} unknown; choose from {', '.join(FALLBACKS)}")
@@ -460,6 +476,9 @@ class Plan:
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     next_ladder_step: str | None = None
+    zero_stage: int = 0
+    offload: bool = False
+    zero_states: ZeroStateBytes | None = None  # per-rank model states under ZeRO
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict (what the run folder's ``plan.json`` holds)."""
@@ -495,7 +514,23 @@ class Plan:
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
             "next_ladder_step": self.next_ladder_step,
+            "zero_stage": self.zero_stage,
+            "offload": self.offload,
+            "zero_states_per_rank": zero_states_json(self.zero_states),
         }
+
+
+def zero_states_json(states: ZeroStateBytes | None) -> dict[str, int] | None:
+    if states is None:
+        return None
+    return {
+        "weights": states.weights_bytes,
+        "gradients": states.gradients_bytes,
+        "optimizer_state": states.optimizer_state_bytes,
+        "gathered_layer": states.gathered_layer_bytes,
+        "gpu": states.gpu_bytes,
+        "cpu": states.cpu_bytes,
+    }
 
 
 @dataclass(frozen=True)
@@ -503,6 +538,8 @@ class _Need:
     profile: MemoryProfile
     required_bytes: int
     fits: bool
+    peak_bytes: int  # per rank: the simulated peak, with ZeRO's sharded model states
+    zero_states: ZeroStateBytes | None = None
 
 
 class _Planner:
@@ -520,17 +557,49 @@ class _Planner:
         self.overheads = overheads
         self.sim = _Memo(simulator, request.model_config)
         self.usable = usable_bytes(gpu, overheads)
+        self._largest_layer: int | None = request.largest_layer_params
+
+    def largest_layer(self) -> int:
+        if self._largest_layer is None:
+            from dialsum.architectures import model_from_config
+
+            meta = model_from_config(self.request.model_config, device="meta")
+            self._largest_layer = largest_layer_params(meta)
+        return self._largest_layer
+
+    def zero_states(self, profile: MemoryProfile, options: TrainOptions) -> ZeroStateBytes:
+        request = self.request
+        return zero_state_bytes(
+            profile.params,
+            deepspeed_layout(options.precision, options.optimizer),
+            stage=request.zero_stage,
+            world=request.world_size,
+            offload=request.offload,
+            trainable_params=profile.trainable_params,
+            largest_layer_params=self.largest_layer() if request.zero_stage == 3 else 0,
+        )
 
     def train_need(
         self, micro: int, options: TrainOptions, source_len: int, target_len: int | None = None
     ) -> _Need:
         target = target_len if target_len is not None else self.request.target_len
         profile = self.sim.train(TrainShape(micro, source_len, target), options)
-        # DDP copies gradients into its communication buckets (gradient_as_bucket_view is
-        # off by default): one more gradient-sized buffer per GPU.
+        if self.request.zero_stage > 0:
+            # DeepSpeed holds the model states itself (sharded); activations stay per rank.
+            states = self.zero_states(profile, options)
+            comm = communication_bytes(
+                self.request.zero_stage,
+                _hidden_size(self.request.model_config),
+                deepspeed_layout(options.precision, options.optimizer).grad_bytes,
+            )
+            peak = sharded_peak_bytes(profile.peak_bytes, profile.breakdown, states, comm)
+            need = required_bytes(peak, self.overheads)
+            return _Need(profile, need, need <= self.usable, peak, states)
+        # DDP: the guarded trainer averages gradients in flat buckets of 25 MiB; gradients
+        # are counted once more (as DDP's own buckets would take: conservative).
         ddp_bytes = profile.breakdown.get("gradients", 0) if self.request.world_size > 1 else 0
         need = required_bytes(profile.peak_bytes + ddp_bytes, self.overheads)
-        return _Need(profile, need, need <= self.usable)
+        return _Need(profile, need, need <= self.usable, profile.peak_bytes)
 
     def generate_need(
         self, batch: int, source_len: int, precision: str, resident_bytes: int
@@ -539,6 +608,10 @@ class _Planner:
         profile = self.sim.generate(shape, precision)
         need = required_bytes(profile.peak_bytes + resident_bytes, self.overheads)
         return _Need(profile, need, need <= self.usable)
+
+
+def _hidden_size(config: PretrainedConfig) -> int:
+    return int(getattr(config, "d_model", None) or getattr(config, "hidden_size", 0) or 0)
 
 
 def _largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
@@ -672,11 +745,25 @@ def make_plan(
     )
     if request.gradient_checkpointing == "auto" and not options.gradient_checkpointing:
         reasons.append("gradient checkpointing off: not needed, it would cost ~30% more compute")
-    if request.world_size > 1:
+    if request.zero_stage > 0:
+        where = "CPU" if request.offload else "the GPUs"
+        sharded = {1: "optimizer state", 2: "optimizer state and gradients"}.get(
+            request.zero_stage, "optimizer state, gradients and parameters"
+        )
+        reasons.append(
+            f"DeepSpeed ZeRO-{request.zero_stage}: {sharded} sharded over "
+            f"{request.world_size} GPU(s), optimizer state on {where}; per-rank model states "
+            f"{_gib(need.zero_states.gpu_bytes if need.zero_states else 0)} on the GPU"
+        )
+    elif request.world_size > 1:
         reasons.append("counted one extra gradient copy per GPU for DDP's communication buckets")
 
     # 3. Eval (generation while the optimizer state stays resident) and prediction batches.
-    resident = need.profile.breakdown.get("optimizer_state", 0)
+    resident = (
+        need.zero_states.optimizer_state_bytes
+        if need.zero_states is not None
+        else need.profile.breakdown.get("optimizer_state", 0)
+    )
     if request.eval_batch_size != "auto":
         eval_batch = int(request.eval_batch_size)
         if not planner.generate_need(eval_batch, source_len, precision, resident).fits:
@@ -726,7 +813,7 @@ def make_plan(
         gradient_checkpointing=options.gradient_checkpointing,
         source_len=source_len,
         target_len=request.target_len,
-        predicted_peak_bytes=need.profile.peak_bytes,
+        predicted_peak_bytes=need.peak_bytes,
         required_bytes=need.required_bytes,
         usable_bytes=planner.usable,
         train_profile=need.profile,
@@ -737,6 +824,9 @@ def make_plan(
         reasons=reasons,
         warnings=warnings,
         next_ladder_step=open_steps[0].name if open_steps else None,
+        zero_stage=request.zero_stage,
+        offload=request.offload,
+        zero_states=need.zero_states,
     )
 
 
@@ -802,7 +892,7 @@ def bucket_table(
                     "gradient_accumulation_steps": (
                         request.per_rank_batch // micro if micro else None
                     ),
-                    "predicted_peak_bytes": need.profile.peak_bytes,
+                    "predicted_peak_bytes": need.peak_bytes,
                     "required_bytes": need.required_bytes,
                     "usable_bytes": planner.usable,
                     "fits": micro > 0,

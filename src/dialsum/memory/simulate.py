@@ -150,7 +150,11 @@ def _build_train_rig(
             "use_reentrant": False,
             "context_fn": checkpoint_context_fn(_amp_dtype(options.precision)),
         }
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
+        # transformers renames this to activation_checkpointing_enable (old name deprecated).
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
         if options.lora:
             # What HF/peft do so checkpointed blocks of a frozen base still get gradients.
             with mode:

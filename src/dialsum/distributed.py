@@ -1,0 +1,174 @@
+"""Data-parallel plumbing: who is rank 0, agreeing on values, reducing gradients.
+
+dialsum runs under the launchers the field already uses (``torchrun``, ``accelerate
+launch``, the ``deepspeed`` launcher); each sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``.
+The process group is started early (before the Trainer would start it) because the run
+folder must be agreed on first: its name is a timestamp, and two ranks reading the clock
+a second apart would write into two folders.
+
+Without a launcher (``WORLD_SIZE`` unset or 1) every function here is the identity / a
+no-op, so single-process code pays nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import TypeVar
+
+import torch
+from torch import distributed as dist
+
+from dialsum.errors import UserError
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 1800
+"""Collective timeout: the Trainer's own ``ddp_timeout`` default (a stuck peer fails the
+run after this long instead of hanging it forever)."""
+
+BUCKET_BYTES = 25 * 2**20
+"""Gradients are all-reduced in flat buckets of this size (DDP's default bucket size), so
+the extra memory is one bucket, not a second copy of every gradient."""
+
+
+def launched_world_size() -> int:
+    """Processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    if is_initialized():
+        return int(dist.get_rank())
+    return int(os.environ.get("RANK", "0"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the only process that writes run files."""
+    return rank() == 0
+
+
+def backend_for(cpu: bool) -> str:
+    """gloo on CPU (NCCL only reduces device tensors), nccl on CUDA."""
+    return "gloo" if cpu else "nccl"
+
+
+def ensure_process_group(*, cpu: bool, timeout_s: int = DEFAULT_TIMEOUT_S) -> bool:
+    """Start the process group when launched with several processes; True if one exists.
+
+    accelerate (and so the Trainer, and DeepSpeed's ``init_distributed``) reuses a group
+    that is already initialised, so starting it here changes nothing for them.
+    """
+    if is_initialized():
+        return True
+    if launched_world_size() < 2 or not dist.is_available():
+        return False
+    if not cpu:
+        # Each rank owns one GPU; NCCL collectives run on the current device.
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend=backend_for(cpu), timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+def barrier() -> None:
+    if is_initialized():
+        dist.barrier()
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (downloads, cache builds), the others after it is done."""
+    if not is_main_process():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main_process():
+            barrier()
+
+
+def broadcast_object(value: T) -> T:
+    """Rank 0's ``value`` on every rank (pickled; for small things such as paths)."""
+    if not is_initialized():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main_then_share(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result.
+
+    A ``UserError`` on rank 0 is raised on every rank with the same message: otherwise the
+    other ranks would wait for a broadcast that never comes.
+    """
+    outcome: tuple[bool, object] = (True, None)
+    if is_main_process():
+        try:
+            outcome = (True, fn())
+        except UserError as exc:
+            if not is_initialized():
+                raise
+            outcome = (False, exc)
+    ok, value = broadcast_object(outcome)
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+def gradient_buckets(
+    grads: Iterable[torch.Tensor], bucket_bytes: int = BUCKET_BYTES
+) -> list[list[torch.Tensor]]:
+    """Group gradients into buckets of one dtype and device, each at most ``bucket_bytes``
+    (a single larger gradient gets a bucket of its own)."""
+    buckets: list[list[torch.Tensor]] = []
+    open_bucket: dict[tuple[torch.dtype, torch.device], tuple[list[torch.Tensor], int]] = {}
+    for grad in grads:
+        key = (grad.dtype, grad.device)
+        size = grad.numel() * grad.element_size()
+        bucket, used = open_bucket.get(key, ([], 0))
+        if bucket and used + size > bucket_bytes:
+            buckets.append(bucket)
+            bucket, used = [], 0
+        bucket.append(grad)
+        open_bucket[key] = (bucket, used + size)
+    buckets.extend(bucket for bucket, _ in open_bucket.values() if bucket)
+    return buckets
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+    """Average ``.grad`` over all ranks in place, the way DDP's reducer does.
+
+    The guarded trainer runs every micro-batch under ``no_sync`` and calls this only after
+    all ranks agreed that the step succeeded: DDP would start its all-reduce inside the
+    last backward, where a peer that hit an OOM is not, and the ranks would hang or pair
+    mismatched collectives.
+    """
+    if not is_initialized():
+        return
+    world = dist.get_world_size()
+    trainable = [p for p in parameters if p.requires_grad]
+    for param in trainable:
+        if param.grad is None:
+            # Every rank must reduce the same tensors in the same order.
+            param.grad = torch.zeros_like(param)
+    grads = [p.grad for p in trainable]
+    for bucket in gradient_buckets(grads):
+        flat = torch.cat([g.reshape(-1) for g in bucket])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(world)
+        offset = 0
+        for grad in bucket:
+            n = grad.numel()
+            grad.copy_(flat[offset : offset + n].view_as(grad))
+            offset += n
