@@ -114,9 +114,10 @@ def print_row(r: dict) -> None:
     shape = "x".join(str(v) for v in r["shape"].values())
     measured = r["max_allocated_bytes"] / GIB if r["max_allocated_bytes"] else float("nan")
     err = "n/a" if r["error_pct"] is None else f"{r['error_pct']:+.1f}%"
+    gc = str(r.get("gradient_checkpointing", "-"))
     print(
         f"{r['model']:10s} {r['kind']:8s} {shape:14s} {r['precision']:5s} "
-        f"gc={str(r.get('gradient_checkpointing', '-')):5s} predicted {r['predicted_bytes'] / GIB:7.2f} "
+        f"gc={gc:5s} predicted {r['predicted_bytes'] / GIB:7.2f} "
         f"GiB  measured {measured:7.2f} GiB (reserved {r['max_reserved_bytes'] / GIB:6.2f})  "
         f"error {err}{'  OOM' if r['oom'] else ''}",
         flush=True,
