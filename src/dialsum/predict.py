@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from dialsum import data as data_mod
 from dialsum.config import SectionConfig
 from dialsum.infer import predict_table, write_submission
@@ -31,7 +33,8 @@ def run_predict(
     model, tokenizer = setup_model(cfg, checkpoint=model_dir)
     settings = resolve_settings(cfg, model.config, echo=echo)
     if use_cuda(cfg):
-        model.to("cuda")
+        # Generation in bf16 where training used it (half the weight and cache memory).
+        model.to("cuda", dtype=torch.bfloat16 if settings.precision == "bf16" else None)
     summaries = predict_table(cfg, model, tokenizer, table, settings, **kwargs)
     if output is None:
         output = Path(cfg.inference.output) if cfg.inference.output else _default_output(model_dir)

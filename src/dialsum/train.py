@@ -338,7 +338,7 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
     metrics: dict[str, float] = dict(train_out.metrics)
     if dev_table is not None and cfg.training.eval_strategy != "no":
         metrics.update(trainer.evaluate())
-    trainer.save_model(str(run.best))
+    save_best(trainer, cfg, run, tokenizer)
     if trainer.state.best_model_checkpoint:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
     metrics["micro_batch_size_final"] = guard.micro_batch_size
@@ -347,6 +347,18 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
         guard.save(run.guard)
         write_json_atomic(run.metrics, metrics)
     return TrainResult(run=run, metrics=metrics, settings=settings)
+
+
+def save_best(trainer, cfg: SectionConfig, run: RunDir, tokenizer) -> None:
+    """Save the (best) model as a full model: LoRA adapters are merged first, so `predict`
+    loads it like any other checkpoint."""
+    if not cfg.model.lora.enabled:
+        trainer.save_model(str(run.best))
+        return
+    if trainer.is_world_process_zero():
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged.save_pretrained(str(run.best), safe_serialization=True)
+        tokenizer.save_pretrained(str(run.best))
 
 
 def build_trainer(

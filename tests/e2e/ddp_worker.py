@@ -1,13 +1,15 @@
 """One rank of a DDP test run: ``dialsum train`` through the real CLI, plus test hooks.
 
-Launched by tests/e2e/test_ddp.py as ``torchrun --nproc_per_node 2 ddp_worker.py OUT -- ARGS``.
-The hooks only observe (and, when asked, inject an OOM); training is the CLI's own:
+Launched by tests/e2e/test_ddp.py as ``torchrun --nproc_per_node 2 ddp_worker.py SPEC``
+where SPEC is a JSON file ``{"out": DIR, "runs": [{"name", "argv", "oom_rank"?,
+"oom_above"?}, ...]}``. The runs go one after another in the same processes (one launch:
+interpreter start-up dominates a tiny run). The hooks only observe, or inject an OOM:
 
-- ``DIALSUM_TEST_OOM_RANK`` / ``DIALSUM_TEST_OOM_ABOVE``: on that rank only, every training
-  micro-batch with more rows than ABOVE raises the real ``torch.OutOfMemoryError``;
-- at the end of training each rank writes ``OUT/rank{N}.pt`` (its final weights) and
-  ``OUT/rank{N}.json`` (micro-batch attempts and recovery events), so the test can compare
-  the ranks with each other and with a single-process run.
+- ``oom_rank`` / ``oom_above``: on that rank only, every training micro-batch with more
+  rows than ``oom_above`` raises the real ``torch.OutOfMemoryError``;
+- at the end of training each rank writes ``DIR/NAME/rank{N}.pt`` (its final weights) and
+  ``DIR/NAME/rank{N}.json`` (micro-batch attempts, recovery events), so the test can
+  compare the ranks with each other and with a single-process run.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ import dialsum.train
 from dialsum.cli import main
 
 
-def oom_injector(rank: int):
-    target = os.environ.get("DIALSUM_TEST_OOM_RANK")
-    if target is None or int(target) != rank:
+def oom_injector(rank: int, target: int | None, above: int):
+    if target != rank:
         return None
-    above = int(os.environ.get("DIALSUM_TEST_OOM_ABOVE", "0"))
 
     def inject(phase: str, rows: int) -> None:
         if phase == "train" and rows > above:
@@ -57,21 +57,32 @@ class DumpAtEnd(TrainerCallback):
         (self.out / f"rank{self.rank}.json").write_text(json.dumps(record))
 
 
-def install_hooks(out: Path) -> None:
+ORIGINAL_BUILD_TRAINER = dialsum.train.build_trainer
+
+
+def install_hooks(out: Path, run: dict) -> None:
     rank = int(os.environ.get("RANK", "0"))
-    original = dialsum.train.build_trainer
+    inject = oom_injector(rank, run.get("oom_rank"), int(run.get("oom_above", 0)))
 
     def build_trainer(*args, **kwargs):
-        kwargs["fault_injector"] = oom_injector(rank)
-        trainer = original(*args, **kwargs)
+        kwargs["fault_injector"] = inject
+        trainer = ORIGINAL_BUILD_TRAINER(*args, **kwargs)
         trainer.add_callback(DumpAtEnd(trainer, out, rank))
         return trainer
 
     dialsum.train.build_trainer = build_trainer
 
 
+def run_all(spec: dict) -> int:
+    for run in spec["runs"]:
+        out = Path(spec["out"]) / run["name"]
+        out.mkdir(parents=True, exist_ok=True)
+        install_hooks(out, run)
+        code = main(run["argv"])
+        if code != 0:
+            return code
+    return 0
+
+
 if __name__ == "__main__":
-    out_dir = Path(sys.argv[1])
-    argv = sys.argv[3:] if sys.argv[2:3] == ["--"] else sys.argv[2:]
-    install_hooks(out_dir)
-    sys.exit(main(argv))
+    sys.exit(run_all(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))))

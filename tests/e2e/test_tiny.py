@@ -129,3 +129,16 @@ def test_seed_command_runs(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = list((tmp_path / "tiny").iterdir())
     assert (run / "submission.csv").is_file()
+
+
+def test_lora_run_saves_a_merged_model_that_predict_loads(tmp_path: Path) -> None:
+    args = ["-c", str(CONFIG), "-s", "tiny", "--set", f"training.output_dir={tmp_path}"]
+    code = main(
+        ["train", *args, "--max-steps", "2", "--set", "model.lora.enabled=true"]
+        + ["--set", "data.max_train_samples=16", "--set", "training.report_to=[none]"]
+        + FAST[-2:]
+    )
+    assert code == 0
+    out_csv = tmp_path / "sub.csv"
+    assert main(["predict", *args, "--output", str(out_csv)]) == 0
+    assert len(read_rows(out_csv)) == len(read_rows(ROOT / "data/sample/test.csv"))
