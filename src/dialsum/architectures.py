@@ -10,6 +10,8 @@ optimizer state. ``model_from_config`` unties them again.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from transformers import (
@@ -136,7 +138,17 @@ def untie_lm_head(model: nn.Module) -> bool:
 
 
 def model_from_config(config: PretrainedConfig, device: str | torch.device = "cpu") -> nn.Module:
-    """Build a seq2seq LM from a config (random weights; ``device="meta"`` for no memory)."""
+    """Build a seq2seq LM from a config (random weights; ``device="meta"`` for no memory).
+
+    The config is copied: untying writes ``tie_word_embeddings=False`` into the model's
+    config, and building again from such a config would also untie T5's encoder/decoder
+    input embeddings (2 x vocab x d_model parameters too many).
+    """
+    config = copy.deepcopy(config)
+    if getattr(config, "model_type", "") in ("t5", "mt5", "umt5"):
+        # T5 ties encoder/decoder input embeddings to `shared` only while this flag is set;
+        # the head's own intent is read from `wants_untied_head` and applied below.
+        config.tie_word_embeddings = True
     with torch.device(device):
         model = AutoModelForSeq2SeqLM.from_config(config)
     untie_lm_head(model)

@@ -607,7 +607,7 @@ class _Planner:
         shape = GenerateShape(batch, source_len, self.request.new_tokens, self.request.num_beams)
         profile = self.sim.generate(shape, precision)
         need = required_bytes(profile.peak_bytes + resident_bytes, self.overheads)
-        return _Need(profile, need, need <= self.usable)
+        return _Need(profile, need, need <= self.usable, profile.peak_bytes + resident_bytes)
 
 
 def _hidden_size(config: PretrainedConfig) -> int:
