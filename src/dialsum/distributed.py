@@ -109,20 +109,26 @@ def broadcast_object(value: T) -> T:
 def on_main_then_share(fn: Callable[[], T]) -> T:
     """Run ``fn`` on rank 0 only and give every rank its result.
 
-    A ``UserError`` on rank 0 is raised on every rank with the same message: otherwise the
-    other ranks would wait for a broadcast that never comes.
+    If ``fn`` fails on rank 0, every rank raises (a ``UserError`` keeps its message and
+    exit code): otherwise the other ranks would wait for a broadcast that never comes.
     """
-    outcome: tuple[bool, object] = (True, None)
+    outcome: tuple[str, object] = ("ok", None)
+    failure: Exception | None = None
     if is_main_process():
         try:
-            outcome = (True, fn())
-        except UserError as exc:
+            outcome = ("ok", fn())
+        except Exception as exc:
             if not is_initialized():
                 raise
-            outcome = (False, exc)
-    ok, value = broadcast_object(outcome)
-    if not ok:
-        raise value  # type: ignore[misc]
+            failure = exc
+            outcome = ("user" if isinstance(exc, UserError) else "error", str(exc))
+    kind, value = broadcast_object(outcome)
+    if failure is not None:
+        raise failure
+    if kind == "user":
+        raise UserError(str(value))
+    if kind == "error":
+        raise RuntimeError(f"rank 0 failed: {value}")
     return value  # type: ignore[return-value]
 
 

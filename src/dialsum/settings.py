@@ -91,6 +91,15 @@ def resolve_settings(
             settings.micro_batch_size = guard.micro_batch_size
         if guard.eval_batch_size and guard.eval_batch_size < settings.eval_batch_size:
             settings.eval_batch_size = guard.eval_batch_size
+    if rows % settings.micro_batch_size:
+        # A micro-batch set for one process can exceed (or not divide) the rows each of
+        # several processes gets per step; the effective batch stays what was asked.
+        fitted = largest_divisor_at_most(rows, settings.micro_batch_size)
+        settings.reasons.append(
+            f"micro-batch {settings.micro_batch_size} -> {fitted}: it must divide the {rows} "
+            f"rows each of {world} process(es) gets per step"
+        )
+        settings.micro_batch_size = fitted
     settings.gradient_accumulation_steps = rows // settings.micro_batch_size
     echo(describe(settings))
     return settings

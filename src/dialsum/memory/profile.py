@@ -63,6 +63,8 @@ class MemoryProfile:
     peak_phase: str
     breakdown: dict[str, int] = field(default_factory=dict)
     phase_peaks: dict[str, int] = field(default_factory=dict)
+    # Each phase's peak split by category (training only; sums to phase_peaks[phase]).
+    phase_breakdowns: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

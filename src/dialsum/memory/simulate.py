@@ -37,6 +37,7 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from dialsum.memory import cache as trace_cache
+from dialsum.memory import depth
 from dialsum.memory.allocator import round_allocation_bytes
 from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
 from dialsum.memory.fake_model import (
@@ -233,7 +234,7 @@ def _trace_train(
     tracker = LiveStorageTracker(round_fn)
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
-    step_peaks: list[tuple[PeakRecord, dict[str, int]]] = []
+    step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
     try:
         with mode, tracker, emulation:
             _track_model(tracker, rig.model)
@@ -243,7 +244,7 @@ def _trace_train(
                 batch = _train_batch(config, shape)
                 _train_step(rig, batch, tracker, emulation, options)
                 del batch
-                step_peaks.append((tracker.peak, dict(tracker.phase_peaks)))
+                step_peaks.append((tracker.peak, dict(tracker.phase_records)))
     finally:
         for hook in hooks:
             hook.remove()
@@ -251,18 +252,21 @@ def _trace_train(
 
 
 def _train_profile(
-    rig: _TrainRig, step_peaks: list[tuple[PeakRecord, dict[str, int]]]
+    rig: _TrainRig, step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]]
 ) -> MemoryProfile:
     # The second (steady-state) step decides unless the first was strictly higher.
     best = step_peaks[-1][0]
     for record, _ in step_peaks[:-1]:
         if record.total_bytes > best.total_bytes:
             best = record
-    phase_peaks: dict[str, int] = {}
-    for _, peaks in step_peaks:
-        for phase, nbytes in peaks.items():
-            if phase != "data":
-                phase_peaks[phase] = max(phase_peaks.get(phase, 0), nbytes)
+    phase_records: dict[str, PeakRecord] = {}
+    for _, records in step_peaks:
+        for phase, record in records.items():
+            # Ties go to the later (steady-state) step, as for the overall peak.
+            seen = phase_records.get(phase)
+            if phase != "data" and (seen is None or record.total_bytes >= seen.total_bytes):
+                phase_records[phase] = record
+    phase_peaks = {phase: r.total_bytes for phase, r in phase_records.items()}
     return MemoryProfile(
         params=rig.params,
         trainable_params=rig.trainable,
@@ -270,6 +274,9 @@ def _train_profile(
         peak_phase=best.phase,
         breakdown=_full_breakdown(best, TRAIN_CATEGORIES),
         phase_peaks=phase_peaks,
+        phase_breakdowns={
+            phase: _full_breakdown(r, TRAIN_CATEGORIES) for phase, r in phase_records.items()
+        },
     )
 
 
@@ -281,18 +288,28 @@ def simulate_train(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     round_fn: RoundFn = round_allocation_bytes,
+    extrapolate_depth: bool = True,
 ) -> MemoryProfile:
     """Peak GPU memory of one training step of ``config`` at ``shape`` with ``options``.
 
     Results are cached on disk (see ``dialsum.memory.cache``); a custom ``round_fn`` (e.g.
-    ``allocator.exact_bytes`` to compare with a CPU run) bypasses the cache.
+    ``allocator.exact_bytes`` to compare with a CPU run) bypasses the cache. Deep models
+    are traced at depth 1 and 2 (2 and 3 with checkpointing) and extended layer by layer
+    (``dialsum.memory.depth``: exact for stacks of identical layers, 3-5x faster);
+    ``extrapolate_depth=False`` traces the full depth.
     """
     cacheable = use_cache and round_fn is round_allocation_bytes
     cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
-    key = trace_cache.cache_key("train", config, shape, options)
+    key = trace_cache.cache_key("train", config, shape, options, extrapolate_depth)
     if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
         return hit
-    profile = _trace_train(config, shape, options, round_fn)
+    gc = options.gradient_checkpointing
+    if extrapolate_depth and depth.worth_extrapolating(config, gc):
+        profile = depth.extrapolate_train(
+            config, lambda shallow: _trace_train(shallow, shape, options, round_fn), gc
+        )
+    else:
+        profile = _trace_train(config, shape, options, round_fn)
     if cacheable:
         trace_cache.store(cache_path, key, profile)
     return profile

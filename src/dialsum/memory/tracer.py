@@ -54,6 +54,8 @@ class LiveStorageTracker(TorchDispatchMode):
         self.phase = "setup"
         self.default_category = "temporaries"
         self.phase_peaks: dict[str, int] = {}
+        # Each phase's own peak with its split by category (depth extrapolation needs it).
+        self.phase_records: dict[str, PeakRecord] = {}
         self.peak = PeakRecord()
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -67,6 +69,9 @@ class LiveStorageTracker(TorchDispatchMode):
     def _update_peaks(self) -> None:
         if self.current_bytes > self.phase_peaks.get(self.phase, 0):
             self.phase_peaks[self.phase] = self.current_bytes
+            self.phase_records[self.phase] = PeakRecord(
+                self.current_bytes, self.phase, dict(self._by_category)
+            )
         if self.current_bytes > self.peak.total_bytes:
             self.peak = PeakRecord(self.current_bytes, self.phase, dict(self._by_category))
 
@@ -106,6 +111,7 @@ class LiveStorageTracker(TorchDispatchMode):
     def reset_peaks(self) -> None:
         """Forget peaks so far (e.g. after a warm-up step); live storages stay counted."""
         self.phase_peaks = {}
+        self.phase_records = {}
         self.peak = PeakRecord()
 
     # -- dispatch ----------------------------------------------------------------------

@@ -175,10 +175,20 @@ def sharded_peak_bytes(
 
     ``breakdown`` is the simulated peak split by category (``weights``, ``gradients``,
     ``optimizer_state``, ...); activations and temporaries are per rank already, since
-    every rank runs its own micro-batch. ``communication_bytes`` are the engine's buckets.
+    every rank runs its own micro-batch. Gradients are counted only when the simulated
+    peak holds some: the peak often sits at the start of backward, before any gradient
+    exists (DeepSpeed's estimators count model states without regard to the phase).
+    ``communication_bytes`` are the engine's buckets.
     """
     model_states = sum(breakdown.get(k, 0) for k in ("weights", "gradients", "optimizer_state"))
-    return peak_bytes - model_states + states.gpu_bytes + communication_bytes
+    gradients = states.gradients_bytes if breakdown.get("gradients", 0) > 0 else 0
+    sharded = (
+        states.weights_bytes
+        + gradients
+        + states.optimizer_state_bytes
+        + states.gathered_layer_bytes
+    )
+    return peak_bytes - model_states + sharded + communication_bytes
 
 
 def largest_layer_params(model: nn.Module) -> int:
