@@ -140,6 +140,15 @@ def test_missing_deepspeed_says_how_to_install(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()  # checked before anything is written
 
 
+def test_zero_without_a_gpu_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dialsum.deepspeed_config as module
+
+    monkeypatch.setattr(module, "deepspeed_available", lambda: True)
+    module.require_deepspeed(3, cuda=True)
+    with pytest.raises(UserError, match="runs on CUDA GPUs"):
+        module.require_deepspeed(3, cuda=False)
+
+
 @pytest.mark.skipif(
     not torch.cuda.is_available() or not deepspeed_available(),
     reason="a real DeepSpeed run needs a CUDA GPU and `uv sync --extra deepspeed`",

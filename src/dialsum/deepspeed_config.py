@@ -32,13 +32,21 @@ def deepspeed_available() -> bool:
     return importlib.util.find_spec("deepspeed") is not None
 
 
-def require_deepspeed(zero_stage: int) -> None:
-    """A clear error when ZeRO is asked for but DeepSpeed (an optional extra) is missing."""
-    if zero_stage > 0 and not deepspeed_available():
+def require_deepspeed(zero_stage: int, *, cuda: bool = True) -> None:
+    """A clear error when ZeRO is asked for but DeepSpeed (an optional extra) is missing,
+    or when there is no CUDA device for it to run on."""
+    if zero_stage == 0:
+        return
+    if not deepspeed_available():
         raise UserError(
             f"hardware.zero_stage={zero_stage} needs DeepSpeed, which is not installed: run "
             "`uv sync --extra deepspeed` (CUDA GPUs and a CUDA toolkit needed), or set "
             "hardware.zero_stage=0 for plain data-parallel training"
+        )
+    if not cuda:
+        raise UserError(
+            f"hardware.zero_stage={zero_stage}: DeepSpeed ZeRO runs on CUDA GPUs and none is "
+            "in use (no GPU, or hardware.cpu is true); set hardware.zero_stage=0"
         )
 
 

@@ -287,7 +287,7 @@ def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, S
 
 
 def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hooks) -> TrainResult:
-    require_deepspeed(cfg.hardware.zero_stage)
+    require_deepspeed(cfg.hardware.zero_stage, cuda=use_cuda(cfg))
     # Under torchrun/accelerate: start the process group now, so the ranks can agree on
     # the run folder before anything is written. Only rank 0 talks and writes run files.
     distributed.ensure_process_group(cpu=not use_cuda(cfg))

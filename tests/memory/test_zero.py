@@ -25,6 +25,7 @@ from dialsum.memory.zero import (
     deepspeed_zero3_estimate,
     largest_layer_params,
     sharded_peak_bytes,
+    sharded_profile_peak_bytes,
     stage3_bucket_elements,
     zero_state_bytes,
 )
@@ -137,6 +138,20 @@ def test_sharded_peak_replaces_model_states_only() -> None:
     # At the start of backward no gradient exists yet: none is added.
     no_grads = breakdown | {"gradients": 0}
     assert sharded_peak_bytes(2200, no_grads, states) == 1000 + 200 + 400
+
+
+def test_the_largest_sharded_phase_decides() -> None:
+    states = zero_state_bytes(100, MIXED, stage=2, world=4)  # 200 + 200 + 400
+    model = {"weights": 400, "optimizer_state": 800}
+    backward = model | {"gradients": 0, "activations": 1200}  # 2400 on one GPU
+    step = model | {"gradients": 400, "temporaries": 900}  # 2500 on one GPU: the peak
+    profile = MemoryProfile(
+        100, 100, 2500, "optimizer", step, phase_peaks={"backward": 2400, "optimizer": 2500}
+    )
+    assert sharded_profile_peak_bytes(profile, states) == 1700  # no per-phase data
+    profile.phase_breakdowns = {"backward": backward, "optimizer": step}
+    # Per rank: backward 1200 + 200 + 400 = 1800 > step 900 + 800 = 1700.
+    assert sharded_profile_peak_bytes(profile, states) == 1800
 
 
 def test_communication_buffers() -> None:

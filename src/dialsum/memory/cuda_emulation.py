@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -173,6 +174,10 @@ def _is_castable(value: object) -> bool:
     )
 
 
+_ALL_FUNCS = (torch.all, torch.Tensor.all)
+_ANY_FUNCS = (torch.any, torch.Tensor.any)
+
+
 class CudaEmulationMode(TorchFunctionMode):
     """CUDA kernel choices (dropout, SDPA) and, optionally, CUDA autocast on any tensor."""
 
@@ -183,6 +188,9 @@ class CudaEmulationMode(TorchFunctionMode):
         self.autocast_dtype = autocast_dtype
         self.cache_enabled = cache_enabled
         self._weight_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Results of .all()/.any() whose truth value model code may ask for (see below).
+        # Weak references: keeping them alive would count their storage as live memory.
+        self._reductions: dict[int, tuple[weakref.ref, bool]] = {}
 
     def clear_cache(self) -> None:
         """What leaving ``torch.autocast`` does: drop the cached low-precision weights."""
@@ -220,6 +228,19 @@ class CudaEmulationMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func is torch.Tensor.__bool__ and id(args[0]) in self._reductions:
+            # Fake tensors hold no values, so `if not torch.isfinite(h).all():` (BART's fp16
+            # overflow guard) cannot be decided. Such guards check numeric health: assume
+            # healthy values - all() is true, any() false - and the guard's branch is skipped,
+            # as it is in a normal run.
+            ref, truth = self._reductions.pop(id(args[0]))
+            if ref() is args[0]:
+                return truth
+        if func in _ALL_FUNCS or func in _ANY_FUNCS:
+            out = func(*args, **kwargs)
+            if isinstance(out, torch.Tensor) and out.numel() == 1:
+                self._reductions[id(out)] = (weakref.ref(out), func in _ALL_FUNCS)
+            return out
         if func is F.dropout:
             return _cuda_dropout(*args, **kwargs)
         low = self.autocast_dtype

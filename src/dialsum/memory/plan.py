@@ -38,7 +38,7 @@ from dialsum.memory.zero import (
     communication_bytes,
     deepspeed_layout,
     largest_layer_params,
-    sharded_peak_bytes,
+    sharded_profile_peak_bytes,
     zero_state_bytes,
 )
 
@@ -592,7 +592,7 @@ class _Planner:
                 _hidden_size(self.request.model_config),
                 deepspeed_layout(options.precision, options.optimizer).grad_bytes,
             )
-            peak = sharded_peak_bytes(profile.peak_bytes, profile.breakdown, states, comm)
+            peak = sharded_profile_peak_bytes(profile, states, comm)
             need = required_bytes(peak, self.overheads)
             return _Need(profile, need, need <= self.usable, peak, states)
         # DDP: the guarded trainer averages gradients in flat buckets of 25 MiB; gradients

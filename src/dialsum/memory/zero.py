@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from dialsum.memory.profile import MemoryProfile
+
 ZERO_STAGES: tuple[int, ...] = (0, 1, 2, 3)
 
 # Bytes of optimizer state per trainable parameter, beyond the fp32 master copy and the
@@ -189,6 +191,21 @@ def sharded_peak_bytes(
         + states.gathered_layer_bytes
     )
     return peak_bytes - model_states + sharded + communication_bytes
+
+
+def sharded_profile_peak_bytes(
+    profile: MemoryProfile, states: ZeroStateBytes, communication_bytes: int = 0
+) -> int:
+    """``sharded_peak_bytes`` of every simulated phase, the largest of them.
+
+    Sharding shrinks phases unequally (the optimizer step holds every gradient, the start
+    of backward none), so the phase that peaks on one GPU need not peak per rank.
+    """
+    phases = profile.phase_breakdowns or {profile.peak_phase: profile.breakdown}
+    return max(
+        sharded_peak_bytes(sum(parts.values()), parts, states, communication_bytes)
+        for parts in phases.values()
+    )
 
 
 def largest_layer_params(model: nn.Module) -> int:
