@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -41,6 +42,14 @@ SetOpt = Annotated[
 
 def echo(message: str) -> None:
     console.print(message, markup=False)
+
+
+def print_json(data: object) -> None:
+    """Plain stdout, never wrapped or styled, so the output parses when piped."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def _overrides(
@@ -167,12 +176,14 @@ def evaluate(
     Example:
       dialsum evaluate --pred runs/tiny/.../dev_predictions.csv --ref data/sample/dev.csv
     """
-    import json
 
     from dialsum.metrics import evaluate_files, format_scores
 
     scores = evaluate_files(pred, ref)
-    echo(json.dumps(scores, indent=2) if json_out else format_scores(scores))
+    if json_out:
+        print_json(scores)
+    else:
+        echo(format_scores(scores))
 
 
 @app.command()
@@ -238,7 +249,6 @@ def plan(
       dialsum plan --model digit82/kobart-summarization --source-len 512 \\
           --target-len 100 --gpu a100-40gb
     """
-    import json
 
     from dialsum.plan_cli import plan_command
 
@@ -259,7 +269,7 @@ def plan(
         buckets=buckets,
     )
     if json_out:
-        echo(json.dumps(result.json, indent=2))
+        print_json(result.json)
     else:
         result.print(console)
 
