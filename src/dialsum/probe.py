@@ -19,13 +19,13 @@ from dialsum.config import SectionConfig
 from dialsum.errors import UserError
 from dialsum.memory.calibrate import (
     context_bytes,
-    largest_fitting,
     measure_generate,
     measure_train,
     write_calibration,
 )
 from dialsum.memory.gpus import GPU, detect_gpu, resolve_gpu
 from dialsum.memory.overheads import default_calibration_path, default_overheads
+from dialsum.memory.plan import largest_fitting
 from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
 from dialsum.planning import plan_for_section
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,19 +173,6 @@ def measure_generate(
     allocated, reserved = _peaks(device)
     _reset(device)
     return Measurement(allocated, reserved, seconds, oom)
-
-
-def largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
-    """Largest candidate for which ``fits`` holds, assuming monotonicity (bisection)."""
-    ordered = sorted(set(candidates))
-    lo, hi, best = 0, len(ordered) - 1, None
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        if fits(ordered[mid]):
-            best, lo = ordered[mid], mid + 1
-        else:
-            hi = mid - 1
-    return best
 
 
 def context_bytes(device_index: int = 0) -> int | None:

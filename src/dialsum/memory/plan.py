@@ -614,7 +614,7 @@ def _hidden_size(config: PretrainedConfig) -> int:
     return int(getattr(config, "d_model", None) or getattr(config, "hidden_size", 0) or 0)
 
 
-def _largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
+def largest_fitting(candidates: Sequence[int], fits: Callable[[int], bool]) -> int | None:
     """Largest candidate for which ``fits`` holds, by bisection (``fits`` is monotone).
 
     The largest candidate is tried first: on a big GPU it often fits, and one trace then
@@ -725,7 +725,7 @@ def make_plan(
     else:
         candidates = divisors(per_rank)
         micro = (
-            _largest_fitting(candidates, lambda m: planner.train_need(m, options, source_len).fits)
+            largest_fitting(candidates, lambda m: planner.train_need(m, options, source_len).fits)
             or 1
         )
         need = planner.train_need(micro, options, source_len)
@@ -773,7 +773,7 @@ def make_plan(
             )
     else:
         eval_batch = (
-            _largest_fitting(
+            largest_fitting(
                 range(1, EVAL_BATCH_CAP + 1),
                 lambda b: planner.generate_need(b, source_len, precision, resident).fits,
             )
@@ -786,7 +786,7 @@ def make_plan(
         )
     if not planner.generate_need(eval_batch, source_len, precision, resident).fits:
         warnings.append(f"evaluation at batch {eval_batch} is predicted not to fit")
-    generation_batch = _largest_fitting(
+    generation_batch = largest_fitting(
         _nice_batch_sizes(GENERATION_BATCH_CAP),
         lambda b: planner.generate_need(b, source_len, precision, 0).fits,
     )
@@ -881,7 +881,7 @@ def bucket_table(
             def fits(m: int, s: int = source_len, t: int = target_len) -> bool:
                 return planner.train_need(m, options, s, t).fits
 
-            micro = _largest_fitting(open_candidates, fits) or 0
+            micro = largest_fitting(open_candidates, fits) or 0
             best[(source_len, target_len)] = micro
             need = planner.train_need(max(micro, 1), options, source_len, target_len)
             rows.append(
