@@ -12,14 +12,11 @@ line numbers as a spreadsheet shows them (header = line 1, first data row = line
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
 import re
-import stat
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +24,7 @@ from typing import Any, Literal
 
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
+from dialsum.atomic import atomic_open
 from dialsum.errors import DataError
 
 Split = Literal["train", "dev", "test"]
@@ -333,35 +331,13 @@ def write_csv_atomic(
     ``os.replace`` is atomic); on any error the temporary file is removed and an existing
     destination is left as it was.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(header)
-            for row in rows:
-                if len(row) != len(header):
-                    raise ValueError(f"row has {len(row)} fields, header has {len(header)}")
-                writer.writerow(row)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        os.chmod(tmp, _target_mode(path))
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
-def _target_mode(path: Path) -> int:
-    if path.exists():
-        return stat.S_IMODE(path.stat().st_mode)
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        for row in rows:
+            if len(row) != len(header):
+                raise ValueError(f"row has {len(row)} fields, header has {len(header)}")
+            writer.writerow(row)
 
 
 # --------------------------------------------------------------------------- tokenization

@@ -12,9 +12,7 @@ Also the small printers the ``dialsum plan`` command uses: ``format_plan``,
 
 from __future__ import annotations
 
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from rich.table import Table
 
+from dialsum.atomic import commit, staged_path
 from dialsum.config import SectionConfig, load_section, read_yaml
 from dialsum.errors import ConfigError
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
@@ -684,10 +683,7 @@ def _staged_pngs(targets: dict[str, Path]) -> Iterator[dict[str, Path]]:
     staged: dict[str, Path] = {}
     try:
         for key, target in targets.items():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-            os.close(fd)
-            staged[key] = Path(tmp)
+            staged[key] = staged_path(target, ".png")
         yield staged
     finally:
         for tmp in staged.values():
@@ -789,7 +785,7 @@ def build_guide(
         write_text_atomic(yaml_path, _yaml_text(guide_yaml(computed, config_path.name)))
         write_text_atomic(out, markdown)
         for name, tmp in staged.items():
-            os.replace(tmp, plots[name])
+            commit(tmp, plots[name])
     return GuideResult(
         markdown_path=out,
         yaml_path=yaml_path,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -220,18 +219,10 @@ class GuardState:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a crash mid-write must not leave a half file for ``--resume``."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        from dialsum.atomic import atomic_open
+
+        with atomic_open(path, "w", encoding="utf-8") as handle:
+            handle.write(self.to_json())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GuardState:
