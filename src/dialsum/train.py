@@ -296,9 +296,10 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
     set_seed(cfg.training.seed)
     # Rank 0 creates (or finds) the folder and shares its path: a timestamped name read
     # from each rank's clock could differ by a second.
+    # Data is validated before anything is written: a bad CSV leaves no run folder.
+    train_table, dev_table = read_tables(cfg, echo=echo)
     run, checkpoint, cfg = distributed.on_main_then_share(lambda: _setup_run(cfg, resume))
     echo(f"run folder: {run.path}")
-    train_table, dev_table = read_tables(cfg, echo=echo)
     with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
         model, tokenizer = setup_model(cfg)
     report = length_report(cfg, train_table, tokenizer)

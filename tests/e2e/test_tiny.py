@@ -90,7 +90,7 @@ def test_bad_csv_exits_2_naming_the_row(tmp_path: Path, capsys) -> None:
     assert code == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "line 3" in err
-    assert not any((tmp_path / "o").rglob("*.csv"))
+    assert not (tmp_path / "o").exists()  # nothing written, not even a run folder
 
 
 def test_predict_bad_test_csv_leaves_existing_output(trained: Path, tmp_path: Path) -> None:
