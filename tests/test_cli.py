@@ -46,3 +46,34 @@ def test_evaluate_json_is_parseable(tmp_path, capsys) -> None:
     assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["score"] == 100.0 and scores["n"] == len(rows)
+
+
+def test_plan_from_a_folder_with_only_config_json(tmp_path, capsys) -> None:
+    import json
+
+    from transformers import T5Config
+
+    from dialsum.architectures import count_params, model_from_config
+
+    config = T5Config(
+        vocab_size=512, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=2,
+        tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    config.save_pretrained(tmp_path)
+    argv = ["plan", "--model", str(tmp_path), "--source-len", "64", "--target-len", "16"]
+    assert main([*argv, "--gpu", "10GB", "--effective-batch", "8", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    # untied head: shared embedding and lm_head are both counted
+    assert plan["params"] == count_params(model_from_config(config, "meta"))
+    tied = T5Config(
+        vocab_size=512, d_model=32, d_ff=64, d_kv=8, num_layers=1, num_heads=2,
+        decoder_start_token_id=0, pad_token_id=0,
+    )  # fmt: skip
+    assert plan["params"] == count_params(model_from_config(tied, "meta")) + 512 * 32
+        model_from_config(T5Config(**{**config.to_dict(), "tie_word_embeddings": True}), "meta")
+    )
+    assert plan["micro_batch_size"] * plan["gradient_accumulation_steps"] == 8
+    assert plan["effective_batch_size"] == 8
+    for key in ("eval_batch_size", "generation_batch_size", "precision", "gradient_checkpointing",
+                "predicted_peak_bytes", "usable_bytes", "breakdown"):  # fmt: skip
+        assert key in plan
