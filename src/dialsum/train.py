@@ -92,6 +92,21 @@ def tiny_cache_dir() -> Path:
 
 def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
     """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model."""
+    try:
+        return _setup_model(cfg, checkpoint)
+    except OSError as exc:
+        # transformers raises OSError for unreachable hubs, unknown repos and missing files.
+        name = checkpoint or cfg.model.name
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"could not load model '{name}' (model.name): {first} "
+            "Without network access, download it where there is network (e.g. "
+            f"`hf download {name} --local-dir DIR`), copy DIR here and set model.name to DIR; "
+            "or use tiny:t5 to try the pipeline."
+        ) from None
+
+
+def _setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
     remote = cfg.model.trust_remote_code
     if checkpoint is not None:
         tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=remote)
@@ -298,10 +313,10 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
     # from each rank's clock could differ by a second.
     # Data is validated before anything is written: a bad CSV leaves no run folder.
     train_table, dev_table = read_tables(cfg, echo=echo)
-    run, checkpoint, cfg = distributed.on_main_then_share(lambda: _setup_run(cfg, resume))
-    echo(f"run folder: {run.path}")
     with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
         model, tokenizer = setup_model(cfg)
+    run, checkpoint, cfg = distributed.on_main_then_share(lambda: _setup_run(cfg, resume))
+    echo(f"run folder: {run.path}")
     report = length_report(cfg, train_table, tokenizer)
     echo(report.format())
     guard = GuardState.load(run.guard) if resume and run.guard.is_file() else None

@@ -142,3 +142,16 @@ def test_lora_run_saves_a_merged_model_that_predict_loads(tmp_path: Path) -> Non
     out_csv = tmp_path / "sub.csv"
     assert main(["predict", *args, "--output", str(out_csv)]) == 0
     assert len(read_rows(out_csv)) == len(read_rows(ROOT / "data/sample/test.csv"))
+
+
+def test_unreachable_hub_model_exits_2_without_a_run_folder(tmp_path: Path, capsys) -> None:
+    # Tests run offline: a hub id cannot be fetched, and the error says what to do.
+    code = main(
+        ["train", "-c", str(CONFIG), "-s", "eenzeenee", "--output-dir", str(tmp_path / "o")]
+        + ["--set", "data.max_train_samples=4"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "could not load model 'eenzeenee/t5-base-korean-summarization'" in err
+    assert "--local-dir" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
