@@ -169,7 +169,42 @@ class ModelFacts:
 
 
 def model_facts(model_id: str, model_config: PretrainedConfig) -> ModelFacts:
-    """Exact parameter count from the model built on the meta device (no memory, no download)."""
+    """Exact parameter count from the model built on the meta device (no memory, no download).
+
+    Cached next to the traces: building the model imports its modeling code, which is most
+    of a warm guide's time.
+    """
+    import json
+
+    from dialsum.memory import cache as trace_cache
+
+    path = (
+        trace_cache.default_cache_dir()
+        / f"facts-{trace_cache.cache_key('facts', model_config)}.json"
+    )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return ModelFacts(model_id, data["params"], data["untied_head_params"], data["buffers"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    facts = _build_model_facts(model_id, model_config)
+    try:
+        from dialsum.runs import write_json_atomic
+
+        write_json_atomic(
+            path,
+            {
+                "params": facts.params,
+                "untied_head_params": facts.untied_head_params,
+                "buffers": facts.buffers,
+            },
+        )
+    except OSError:
+        pass  # a read-only cache must never break the guide
+    return facts
+
+
+def _build_model_facts(model_id: str, model_config: PretrainedConfig) -> ModelFacts:
     from dialsum.architectures import count_params, model_from_config
 
     model = model_from_config(model_config, device="meta")
