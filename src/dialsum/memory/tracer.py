@@ -44,11 +44,14 @@ class LiveStorageTracker(TorchDispatchMode):
     storages whose role it learns later (``.grad`` tensors, optimizer state).
     """
 
-    def __init__(self, round_fn: RoundFn = round_allocation_bytes) -> None:
+    def __init__(self, round_fn: RoundFn = round_allocation_bytes, record: bool = False) -> None:
         super().__init__()
         self._round_fn = round_fn
-        # id(storage) -> [rounded bytes, category, weakref keeping the free callback alive]
+        # id(storage) -> [rounded bytes, category, weakref keeping the free callback alive, slot]
         self._live: dict[int, list] = {}
+        # With ``record``: the timeline, replayable at other batch sizes (see ``timeline``).
+        self.events: list[tuple] | None = [] if record else None
+        self._next_slot = 0
         self._by_category: dict[str, int] = {}
         self.current_bytes = 0
         self.phase = "setup"
@@ -80,6 +83,8 @@ class LiveStorageTracker(TorchDispatchMode):
         if entry is not None:
             self._by_category[entry[1]] -= entry[0]
             self.current_bytes -= entry[0]
+            if self.events is not None:
+                self.events.append(("f", entry[3]))
 
     def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
         """Count ``tensor``'s storage if new; retag it when ``category`` is given."""
@@ -87,15 +92,22 @@ class LiveStorageTracker(TorchDispatchMode):
         key = id(storage)
         entry = self._live.get(key)
         if entry is None:
-            nbytes = self._round_fn(storage.nbytes())
+            raw = storage.nbytes()
+            nbytes = self._round_fn(raw)
             ref = weakref.ref(storage, lambda _ref, key=key: self._on_free(key))
             category = category or self.default_category
-            self._live[key] = [nbytes, category, ref]
+            slot = self._next_slot
+            self._next_slot += 1
+            self._live[key] = [nbytes, category, ref, slot]
+            if self.events is not None:
+                self.events.append(("a", slot, raw, category))
             self._add(category, nbytes)
         elif category is not None and entry[1] != category:
             self._by_category[entry[1]] -= entry[0]
             self._by_category[category] = self._by_category.get(category, 0) + entry[0]
             entry[1] = category
+            if self.events is not None:
+                self.events.append(("r", entry[3], category))
 
     def track_all(self, tensors: Iterable[torch.Tensor], category: str | None = None) -> None:
         for tensor in tensors:
@@ -107,9 +119,13 @@ class LiveStorageTracker(TorchDispatchMode):
     def set_phase(self, phase: str, default_category: str = "temporaries") -> None:
         self.phase = phase
         self.default_category = default_category
+        if self.events is not None:
+            self.events.append(("p", phase))
 
     def reset_peaks(self) -> None:
         """Forget peaks so far (e.g. after a warm-up step); live storages stay counted."""
+        if self.events is not None:
+            self.events.append(("reset",))
         self.phase_peaks = {}
         self.phase_records = {}
         self.peak = PeakRecord()
