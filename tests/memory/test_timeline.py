@@ -51,3 +51,14 @@ def test_sizes_must_be_affine_and_structures_equal() -> None:
     other = [("p", "forward"), ("a", 0, 150, "temporaries"), ("f", 0), ("step",)]
     assert not same_structure(lo, other)
     assert replay(lo, other, 2, 3, 6, round_allocation_bytes) is None
+
+
+@pytest.mark.parametrize("config", [T5, BART], ids=["t5", "bart"])
+def test_generation_replay_equals_direct_trace(config) -> None:
+    from dialsum.memory.profile import GenerateShape
+    from dialsum.memory.simulate import simulate_generate
+
+    for batch, beams, precision in ((5, 4, "fp32"), (16, 1, "bf16")):
+        shape = GenerateShape(batch, 96, 16, beams)
+        direct = simulate_generate(config, shape, precision, use_cache=False, replay_batches=False)
+        assert simulate_generate(config, shape, precision, use_cache=False) == direct

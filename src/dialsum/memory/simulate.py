@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -430,14 +430,19 @@ def _process_logits(raw_logits: torch.Tensor, batch: int, num_beams: int) -> Non
 
 
 def _trace_generate(
-    config: PretrainedConfig, shape: GenerateShape, precision: Precision, round_fn: RoundFn
-) -> MemoryProfile:
+    config: PretrainedConfig,
+    shape: GenerateShape,
+    precision: Precision,
+    round_fn: RoundFn,
+    record: bool = False,
+) -> tuple[MemoryProfile, list | None]:
+    """(profile, recorded timeline or None)."""
     config = copy.deepcopy(config)
     dtype = dtype_of(precision)
     mode = FakeTensorMode()
     model = fake_model_from_config(config, mode, None if dtype == torch.float32 else dtype)
     model.eval()
-    tracker = LiveStorageTracker(round_fn)
+    tracker = LiveStorageTracker(round_fn, record=record)
     rows = shape.batch * shape.num_beams
     with mode:
         cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
@@ -471,15 +476,48 @@ def _trace_generate(
 
         tracker.set_phase("logits", default_category="logits")
         _process_logits(outputs.logits, shape.batch, shape.num_beams)
-    record = tracker.peak
+        del outputs
+    if tracker.events is not None:
+        tracker.events.append(("step",))
+    params = sum(p.numel() for p in unique_params(model))
+    return _generate_profile(params, tracker.peak, tracker.phase_records), tracker.events
+
+
+def _generate_profile(
+    params: int, peak: PeakRecord, phases: dict[str, PeakRecord]
+) -> MemoryProfile:
     return MemoryProfile(
-        params=sum(p.numel() for p in unique_params(model)),
+        params=params,
         trainable_params=0,
-        peak_bytes=record.total_bytes,
-        peak_phase=record.phase,
-        breakdown=_full_breakdown(record, GENERATE_CATEGORIES),
-        phase_peaks={k: v for k, v in tracker.phase_peaks.items() if k != "setup"},
+        peak_bytes=peak.total_bytes,
+        peak_phase=peak.phase,
+        breakdown=_full_breakdown(peak, GENERATE_CATEGORIES),
+        phase_peaks={k: r.total_bytes for k, r in phases.items() if k != "setup"},
     )
+
+
+def _replayed_generate(
+    config: PretrainedConfig, shape: GenerateShape, precision: Precision, round_fn: RoundFn
+) -> MemoryProfile:
+    """As ``_replayed_train``: recordings at batch 2 and 3, replayed at ``shape.batch``."""
+    key = trace_cache.cache_key(
+        "generate-timeline", config, shape.source_len, shape.max_new_tokens, shape.num_beams,
+        precision, round_fn.__name__,
+    )  # fmt: skip
+    if key not in _TIMELINES:
+        recorded = [
+            _trace_generate(config, replace(shape, batch=b), precision, round_fn, record=True)
+            for b in (REPLAY_LO, REPLAY_HI)
+        ]
+        _TIMELINES[key] = (recorded[0][0].params, 0, recorded[0][1], recorded[1][1])
+        if shape.batch in (REPLAY_LO, REPLAY_HI):
+            return recorded[shape.batch - REPLAY_LO][0]
+    params, _, e_lo, e_hi = _TIMELINES[key]
+    steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, shape.batch, round_fn)
+    if not steps:
+        return _trace_generate(config, shape, precision, round_fn)[0]
+    peak, phases = steps[-1]
+    return _generate_profile(params, peak, phases)
 
 
 def simulate_generate(
@@ -490,6 +528,7 @@ def simulate_generate(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     round_fn: RoundFn = round_allocation_bytes,
+    replay_batches: bool = True,
 ) -> MemoryProfile:
     """Peak GPU memory of ``generate()`` for ``shape``; weights cast to ``precision``.
 
@@ -504,7 +543,10 @@ def simulate_generate(
     key = trace_cache.cache_key("generate", config, shape, precision)
     if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
         return hit
-    profile = _trace_generate(config, shape, precision, round_fn)
+    if replay_batches and shape.batch > 1:
+        profile = _replayed_generate(config, shape, precision, round_fn)
+    else:
+        profile = _trace_generate(config, shape, precision, round_fn)[0]
     if cacheable:
         trace_cache.store(cache_path, key, profile)
     return profile
