@@ -12,6 +12,7 @@ Also the small printers the ``dialsum plan`` command uses: ``format_plan``,
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -783,6 +784,41 @@ def _resolve_gpus(gpus: Sequence[str] | None) -> list[GPU]:
     return catalog() if gpus is None else [resolve_gpu(spec) for spec in gpus]
 
 
+def _prefill_section(config_path: Path, name: str, gpu_slugs: list[str]) -> str:
+    """Worker: plan one section on every GPU so its traces land in the disk cache."""
+    devices = [resolve_gpu(slug) for slug in gpu_slugs]
+    _compute_section(name, config_path, devices, Simulator(), lambda: None)
+    return name
+
+
+def _prefill_trace_cache(
+    config_path: Path, names: Sequence[str], devices: Sequence[GPU], progress: bool
+) -> None:
+    """Trace sections in parallel processes (one per core) before the ordered pass.
+
+    A trace runs Python on one core, so on a 2-core machine two sections trace at once.
+    Workers only fill the on-disk trace cache; the main pass then reads it. Catalog GPUs
+    are passed by slug; a detected or custom GPU keeps the sequential path.
+    """
+    import concurrent.futures as futures
+    import multiprocessing
+
+    workers = min(len(names), os.cpu_count() or 1)
+    slugs = [g.slug for g in devices]
+    known = {g.slug for g in catalog()}
+    if workers < 2 or not set(slugs) <= known:
+        return
+    if progress:
+        import sys
+
+        print(f"tracing {len(names)} sections in {workers} processes...", file=sys.stderr)
+    context = multiprocessing.get_context("spawn")  # no fork after torch threads started
+    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+        jobs = [pool.submit(_prefill_section, config_path, n, slugs) for n in names]
+        for job in futures.as_completed(jobs):
+            job.result()  # re-raise a worker's error here
+
+
 def build_guide(
     config_path: str | Path,
     *,
@@ -803,6 +839,8 @@ def build_guide(
     names = sections if sections is not None else real_sections(config_path)
     devices = _resolve_gpus(gpus)
     sim = simulator if simulator is not None else Simulator()
+    if simulator is None:
+        _prefill_trace_cache(config_path, names, devices, progress)
     computed: list[SectionGuide] = []
     with _progress(progress, len(devices) + 1) as start:
         for name in names:
