@@ -41,7 +41,8 @@ SetOpt = Annotated[
 
 
 def echo(message: str) -> None:
-    console.print(message, markup=False)
+    # soft_wrap: long paths and commands stay on one line (copy-pastable).
+    console.print(message, markup=False, soft_wrap=True)
 
 
 def print_json(data: object) -> None:
@@ -384,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"error: {exc}", markup=False)
+        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code

@@ -257,6 +257,18 @@ def training_arguments(
     )
 
 
+def require_loggers(t: TrainingConfig) -> None:
+    """Fail before anything is written when a configured logger is not installed."""
+    import importlib.util
+
+    if "wandb" in t.report_to and importlib.util.find_spec("wandb") is None:
+        raise UserError(
+            "training.report_to includes wandb, but wandb is not installed: run "
+            "`uv sync --extra wandb` (W&B runs offline by default: training.wandb.mode), "
+            "or remove wandb from training.report_to"
+        )
+
+
 def _configure_loggers(t: TrainingConfig, run: RunDir) -> None:
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(run.logs)
     if "wandb" in t.report_to:
@@ -303,6 +315,7 @@ def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, S
 
 def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hooks) -> TrainResult:
     require_deepspeed(cfg.hardware.zero_stage, cuda=use_cuda(cfg))
+    require_loggers(cfg.training)
     # Under torchrun/accelerate: start the process group now, so the ranks can agree on
     # the run folder before anything is written. Only rank 0 talks and writes run files.
     distributed.ensure_process_group(cpu=not use_cuda(cfg))

@@ -155,3 +155,17 @@ def test_unreachable_hub_model_exits_2_without_a_run_folder(tmp_path: Path, caps
     assert "could not load model 'eenzeenee/t5-base-korean-summarization'" in err
     assert "--local-dir" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_wandb_without_the_extra_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    code = main(
+        ["train", "-c", str(CONFIG), "-s", "tiny", "--output-dir", str(tmp_path / "o")]
+        + ["--set", "training.report_to=[tensorboard, wandb]"]
+    )
+    assert code == 2
+    assert "uv sync --extra wandb" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
