@@ -47,6 +47,7 @@ from dialsum.memory.guard import (
     is_oom,
     next_eval_batch,
     next_micro_batch,
+    run_with_oom_retry,
 )
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
                     raise
                 # Keep only the message: holding the exception would keep its traceback's
                 # frames, and with them the failed attempt's activations, alive.
-                error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                error_msg = _first_line(exc)
             failed = error_msg is not None
             # All ranks agree on the smallest micro-batch any of them needs (a collective,
             # run by every rank every step, so no rank waits for a peer that gave up).
@@ -157,7 +158,6 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             if agreed < 1:
                 raise OOMUnrecoverable(self._unrecoverable_message(micro, error_msg))
             self._record("train", micro, agreed, error_msg or "a peer rank ran out of memory")
-            self.guard.micro_batch_size = agreed
             _set_rng_state(rng)
 
     def _forward_backward(
@@ -232,38 +232,35 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         **gen_kwargs: Any,
     ):
         rows = int(next(v for v in inputs.values() if torch.is_tensor(v)).shape[0])
-        while True:
-            size = min(self.guard.eval_batch_size or rows, rows)
-            error_msg = None
-            try:
-                parts = []
-                for start in range(0, rows, size):
-                    chunk = {
-                        k: v[start : start + size] if torch.is_tensor(v) else v
-                        for k, v in inputs.items()
-                    }
-                    if self.fault_injector is not None:
-                        self.fault_injector("eval", min(size, rows - start))
-                    parts.append(
-                        super().prediction_step(
-                            model, chunk, prediction_loss_only, ignore_keys, **gen_kwargs
-                        )
-                    )
-                return _concat_predictions(parts, self._pad_id())
-            except Exception as exc:  # noqa: BLE001
-                if not is_oom(exc):
-                    raise
-                error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+        def predict_in_chunks(size: int):
             parts = []
-            free_device_memory()
-            new = next_eval_batch(size)
-            if new is None:
-                raise OOMUnrecoverable(
-                    f"evaluation ran out of GPU memory at batch 1 ({error_msg}); lower "
-                    "inference.num_beams or tokenizer.max_source_length"
+            for start in range(0, rows, size):
+                chunk = {
+                    k: v[start : start + size] if torch.is_tensor(v) else v
+                    for k, v in inputs.items()
+                }
+                if self.fault_injector is not None:
+                    self.fault_injector("eval", min(size, rows - start))
+                parts.append(
+                    super(GuardedSeq2SeqTrainer, self).prediction_step(
+                        model, chunk, prediction_loss_only, ignore_keys, **gen_kwargs
+                    )
                 )
-            self._record("eval", size, new, error_msg)
-            self.guard.eval_batch_size = new
+            return _concat_predictions(parts, self._pad_id())
+
+        def on_oom(old: int, new: int, exc: BaseException) -> None:
+            # GuardState.record adopts the smaller eval batch for the following batches.
+            self._record("eval", old, new, _first_line(exc))
+
+        result, _ = run_with_oom_retry(
+            predict_in_chunks,
+            min(self.guard.eval_batch_size or rows, rows),
+            next_eval_batch,
+            on_oom,
+            hint="lower inference.num_beams or tokenizer.max_source_length",
+        )
+        return result
 
     def _pad_id(self) -> int:
         tok = self.processing_class
@@ -297,6 +294,10 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         if self.ladder_hint:
             msg += f" Next step: {self.ladder_hint}."
         return msg
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:

@@ -9,7 +9,6 @@ devices report allocator peaks.
 from __future__ import annotations
 
 import gc
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +211,3 @@ def write_calibration(
     if extra:
         data["measurements"] = extra
     write_json_atomic(Path(path), data)
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

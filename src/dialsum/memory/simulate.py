@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -287,39 +287,50 @@ def _train_profile(
     )
 
 
-# Recorded timelines per (config, lengths, options, rounding) for this process.
-_TIMELINES: dict[str, tuple[int, int, list, list] | None] = {}
+# Recorded timelines for this process: key -> (profile at REPLAY_LO, events LO, events HI).
+_TIMELINES: dict[str, tuple[MemoryProfile, list, list]] = {}
 REPLAY_LO, REPLAY_HI = 2, 3
 
+Traced = tuple[MemoryProfile, list | None]
 
-def _replayed_train(
-    config: PretrainedConfig, shape: TrainShape, options: TrainOptions, round_fn: RoundFn
+
+def _replayed(
+    key: str,
+    batch: int,
+    trace_at: Callable[[int, bool], Traced],
+    profile_of: Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile],
+    round_fn: RoundFn,
 ) -> MemoryProfile:
-    key = trace_cache.cache_key(
-        "timeline", config, shape.source_len, shape.target_len, options, round_fn.__name__
-    )
+    """``batch``'s profile replayed from recordings at REPLAY_LO/HI (traced once per key);
+    ``trace_at(batch, record)`` traces, ``profile_of(base, steps)`` builds the profile."""
     if key not in _TIMELINES:
-        recorded = []
-        for batch in (REPLAY_LO, REPLAY_HI):
-            profile, events = _trace_train(
-                config, TrainShape(batch, shape.source_len, shape.target_len), options, round_fn,
-                record=True,
-            )  # fmt: skip
-            recorded.append((profile, events))
-            if batch == shape.batch:
-                direct = profile
-        (p_lo, e_lo), (_, e_hi) = recorded
-        _TIMELINES[key] = (p_lo.params, p_lo.trainable_params, e_lo, e_hi)
-        if shape.batch in (REPLAY_LO, REPLAY_HI):
-            return direct
-    entry = _TIMELINES[key]
-    steps = None
-    if entry is not None:
-        params, trainable, e_lo, e_hi = entry
-        steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, shape.batch, round_fn)
-    if steps is None:
-        return _trace_train(config, shape, options, round_fn)[0]
-    return _train_profile(params, trainable, steps)
+        (lo, e_lo), (hi, e_hi) = (trace_at(b, True) for b in (REPLAY_LO, REPLAY_HI))
+        _TIMELINES[key] = (lo, e_lo, e_hi)
+        if batch in (REPLAY_LO, REPLAY_HI):
+            return lo if batch == REPLAY_LO else hi
+    base, e_lo, e_hi = _TIMELINES[key]
+    steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, batch, round_fn)
+    if not steps:
+        return trace_at(batch, False)[0]  # not exactly replayable: trace directly
+    return profile_of(base, steps)
+
+
+def _cached(
+    key: str,
+    cache_dir: str | Path | None,
+    use_cache: bool,
+    round_fn: RoundFn,
+    compute: Callable[[], MemoryProfile],
+) -> MemoryProfile:
+    """Disk cache around ``compute``; a custom ``round_fn`` bypasses it."""
+    cacheable = use_cache and round_fn is round_allocation_bytes
+    cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+    if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
+        return hit
+    profile = compute()
+    if cacheable:
+        trace_cache.store(cache_path, key, profile)
+    return profile
 
 
 def simulate_train(
@@ -347,18 +358,26 @@ def simulate_train(
     batch 4, 512/64 it gave 6.96 GiB against the full trace's 5.77 GiB, because the moment
     of the backward peak moves with depth when embedding gradients are large.
     """
-    cacheable = use_cache and round_fn is round_allocation_bytes
-    cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+
+    def trace_at(batch: int, record: bool) -> Traced:
+        return _trace_train(config, replace(shape, batch=batch), options, round_fn, record)
+
+    def compute() -> MemoryProfile:
+        if not (replay_batches and shape.batch > 1):
+            return trace_at(shape.batch, False)[0]
+        key = trace_cache.cache_key(
+            "timeline", config, shape.source_len, shape.target_len, options, round_fn.__name__
+        )
+        return _replayed(
+            key,
+            shape.batch,
+            trace_at,
+            lambda base, steps: _train_profile(base.params, base.trainable_params, steps),
+            round_fn,
+        )
+
     key = trace_cache.cache_key("train", config, shape, options)
-    if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
-        return hit
-    if replay_batches and shape.batch > 1:
-        profile = _replayed_train(config, shape, options, round_fn)
-    else:
-        profile = _trace_train(config, shape, options, round_fn)[0]
-    if cacheable:
-        trace_cache.store(cache_path, key, profile)
-    return profile
+    return _cached(key, cache_dir, use_cache, round_fn, compute)
 
 
 # -- generation --------------------------------------------------------------------------
@@ -496,30 +515,6 @@ def _generate_profile(
     )
 
 
-def _replayed_generate(
-    config: PretrainedConfig, shape: GenerateShape, precision: Precision, round_fn: RoundFn
-) -> MemoryProfile:
-    """As ``_replayed_train``: recordings at batch 2 and 3, replayed at ``shape.batch``."""
-    key = trace_cache.cache_key(
-        "generate-timeline", config, shape.source_len, shape.max_new_tokens, shape.num_beams,
-        precision, round_fn.__name__,
-    )  # fmt: skip
-    if key not in _TIMELINES:
-        recorded = [
-            _trace_generate(config, replace(shape, batch=b), precision, round_fn, record=True)
-            for b in (REPLAY_LO, REPLAY_HI)
-        ]
-        _TIMELINES[key] = (recorded[0][0].params, 0, recorded[0][1], recorded[1][1])
-        if shape.batch in (REPLAY_LO, REPLAY_HI):
-            return recorded[shape.batch - REPLAY_LO][0]
-    params, _, e_lo, e_hi = _TIMELINES[key]
-    steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, shape.batch, round_fn)
-    if not steps:
-        return _trace_generate(config, shape, precision, round_fn)[0]
-    peak, phases = steps[-1]
-    return _generate_profile(params, peak, phases)
-
-
 def simulate_generate(
     config: PretrainedConfig,
     shape: GenerateShape,
@@ -538,15 +533,24 @@ def simulate_generate(
     scores, top-k over ``[batch, beams*vocab]``). Breakdown: ``weights``, ``activations``
     (encoder outputs kept through decoding), ``kv_cache``, ``logits``, ``temporaries``.
     """
-    cacheable = use_cache and round_fn is round_allocation_bytes
-    cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+
+    def trace_at(batch: int, record: bool) -> Traced:
+        return _trace_generate(config, replace(shape, batch=batch), precision, round_fn, record)
+
+    def compute() -> MemoryProfile:
+        if not (replay_batches and shape.batch > 1):
+            return trace_at(shape.batch, False)[0]
+        key = trace_cache.cache_key(
+            "generate-timeline", config, shape.source_len, shape.max_new_tokens,
+            shape.num_beams, precision, round_fn.__name__,
+        )  # fmt: skip
+        return _replayed(
+            key,
+            shape.batch,
+            trace_at,
+            lambda base, steps: _generate_profile(base.params, *steps[-1]),
+            round_fn,
+        )
+
     key = trace_cache.cache_key("generate", config, shape, precision)
-    if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
-        return hit
-    if replay_batches and shape.batch > 1:
-        profile = _replayed_generate(config, shape, precision, round_fn)
-    else:
-        profile = _trace_generate(config, shape, precision, round_fn)[0]
-    if cacheable:
-        trace_cache.store(cache_path, key, profile)
-    return profile
+    return _cached(key, cache_dir, use_cache, round_fn, compute)
