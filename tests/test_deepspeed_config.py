@@ -17,6 +17,7 @@ from dialsum.deepspeed_config import (
     require_deepspeed,
 )
 from dialsum.errors import UserError
+from dialsum.geometry import BatchGeometry
 from dialsum.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,17 +106,15 @@ def test_config_for_run_follows_the_resolved_settings() -> None:
     )
     settings = Settings(
         device="cuda",
-        world_size=4,
-        per_step_rows=8,
-        micro_batch_size=2,
-        gradient_accumulation_steps=4,
-        effective_batch_size=32,
+        geometry=BatchGeometry.build(32, 4, 2),
         eval_batch_size=8,
         generation_batch_size=8,
-        generation_token_budget=None,
+        generation_token_budget=8 * (512 + 64) * 4,
+        generation_row_cap=8,
         precision="bf16",
         optimizer="adamw",
         gradient_checkpointing=False,
+        source_len=512,
     )
     config = config_for_run(cfg, settings, type("C", (), {"d_model": 1024})())
     assert (config["train_batch_size"], config["train_micro_batch_size_per_gpu"]) == (32, 2)

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from dialsum.config import load_section
-from dialsum.guarded_trainer import slice_rows
 from dialsum.memory.guard import GuardState, OOMUnrecoverable
 from dialsum.runs import latest_run
+from dialsum.step import slice_rows
 from dialsum.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -71,7 +71,7 @@ class FakeSimulator:
 
     fail_on_vocab: int | None = None
     train_calls: list[tuple[int, TrainShape, TrainOptions]] = field(default_factory=list)
-    generate_calls: list[tuple[int, GenerateShape, str]] = field(default_factory=list)
+    generate_calls: list[tuple[int, GenerateShape, object]] = field(default_factory=list)
 
     def _maybe_fail(self, config: object) -> None:
         if config.vocab_size == self.fail_on_vocab:  # type: ignore[attr-defined]
@@ -84,11 +84,11 @@ class FakeSimulator:
         params = fake_params(config)
         return MemoryProfile(params, params, sum(breakdown.values()), "backward", breakdown)
 
-    def generate(self, config: object, shape: GenerateShape, precision: str) -> MemoryProfile:
+    def generate(self, config: object, shape: GenerateShape, options) -> MemoryProfile:
         self._maybe_fail(config)
-        self.generate_calls.append((config.vocab_size, shape, precision))  # type: ignore[attr-defined]
+        self.generate_calls.append((config.vocab_size, shape, options))  # type: ignore[attr-defined]
         params = fake_params(config)
-        weights = params * (4 if precision == "fp32" else 2)
+        weights = params * (4 if options.precision == "fp32" or options.amp else 2)
         cache = 64 * KIB * shape.batch * shape.num_beams * (shape.source_len + shape.max_new_tokens)
         breakdown = {"weights": weights, "activations": cache}
         return MemoryProfile(params, 0, weights + cache, "decode_step", breakdown)

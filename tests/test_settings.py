@@ -11,10 +11,11 @@ import dialsum.settings as settings_mod
 from dialsum.architectures import known_config
 from dialsum.config import load_section
 from dialsum.errors import ConfigError
+from dialsum.geometry import BatchGeometry
 from dialsum.memory.guard import GuardState
 from dialsum.memory.plan import Simulator
 from dialsum.memory.profile import MemoryProfile
-from dialsum.settings import largest_divisor_at_most, resolve_settings
+from dialsum.settings import resolve_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 quiet = lambda *_: None  # noqa: E731
@@ -37,8 +38,8 @@ def test_cpu_auto_micro_batch_is_a_divisor() -> None:
     cfg = load_section(ROOT / "config.yaml", "tiny", ["training.micro_batch_size=auto"])
     s = resolve_settings(cfg, None, echo=quiet)
     assert (s.device, s.micro_batch_size, s.gradient_accumulation_steps) == ("cpu", 16, 1)
-    assert largest_divisor_at_most(24, 16) == 12
-    assert largest_divisor_at_most(7, 4) == 1
+    assert BatchGeometry(24, 1, 1).largest_micro_batch_at_most(16) == 12
+    assert BatchGeometry(7, 1, 1).largest_micro_batch_at_most(4) == 1
 
 
 def test_gpu_auto_settings_come_from_the_plan(monkeypatch) -> None:
@@ -68,5 +69,5 @@ def test_gpu_auto_settings_come_from_the_plan(monkeypatch) -> None:
 def test_effective_batch_must_split_over_processes(monkeypatch) -> None:
     monkeypatch.setattr(settings_mod, "world_size", lambda: 3)
     cfg = load_section(ROOT / "config.yaml", "tiny")
-    with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+    with pytest.raises(ConfigError, match="not a multiple of the 3 GPU"):
         resolve_settings(cfg, None, echo=quiet)

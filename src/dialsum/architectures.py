@@ -1,104 +1,72 @@
 """Architectures we know by heart, and building a model from a config alone.
 
-The planner must work offline, so the configs of the three models our users run are
-kept here (values from their ``config.json`` on the hub). Both T5 checkpoints have an
-*untied* ``lm_head``; transformers 5.x forces ``tie_word_embeddings=True`` in
-``T5Config``, so a config-only build would silently share the head with the input
-embedding and lose 38.7M (T5) or 192.1M (mT5) parameters, with their gradients and
-optimizer state. ``model_from_config`` unties them again.
+The planner must work offline, so the ``config.json`` of each of the three models our
+users run ships with the package (``dialsum/model_configs/<owner>--<name>.json``, copied
+verbatim from the checkpoints) and is loaded through transformers' own config classes.
+Nothing is typed in by hand: a hand-typed T5 config once had a ReLU FFN with d_ff 3072
+where the checkpoint has a gated-GELU FFN with d_ff 2048, which has *exactly* the same
+parameter count but not the same activation memory. ``architecture_facts`` reports the
+FFN type so that tests (and reports) can tell the two apart.
+
+Both T5 checkpoints have an *untied* ``lm_head``; transformers 5.x forces
+``tie_word_embeddings=True`` in ``T5Config`` (the intent survives only as
+``scale_decoder_outputs=False``) and ``MT5Config`` drops it, so a config-only build would
+silently share the head with the input embedding and lose 38.7M (T5) or 192.1M (mT5)
+parameters, with their gradients and optimizer state. ``model_from_config`` unties them
+again. Generation defaults in a ``config.json`` (``num_beams``, ``max_length``, ...) are
+dropped by transformers 5.x when the config is built; ours come from ``config.yaml``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from collections.abc import Mapping
+from functools import cache
+from importlib.resources import files
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForSeq2SeqLM,
-    BartConfig,
-    MT5Config,
-    PretrainedConfig,
-    T5Config,
-)
+from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig
 
-# Exact parameter counts of the real checkpoints (tests assert them).
+# Exact parameter counts of the real checkpoints (tests assert them). The keys are also
+# the model ids whose config.json ships in ``dialsum/model_configs``.
 KNOWN_PARAM_COUNTS: dict[str, int] = {
     "eenzeenee/t5-base-korean-summarization": 275_579_136,
     "csebuetnlp/mT5_multilingual_XLSum": 582_401_280,
     "digit82/kobart-summarization": 123_859_968,
 }
 
-
-def _eenzeenee() -> PretrainedConfig:
-    # T5-base layout with a 50,358-token Korean vocabulary; untied head, no output scaling.
-    return T5Config(
-        vocab_size=50358,
-        d_model=768,
-        d_ff=3072,
-        d_kv=64,
-        num_layers=12,
-        num_decoder_layers=12,
-        num_heads=12,
-        feed_forward_proj="relu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+_CONFIG_PACKAGE_DIR = "model_configs"
 
 
-def _xlsum_mt5() -> PretrainedConfig:
-    # mT5-base: gated-GELU FFN (2 input projections), 250,112-token vocabulary, untied head.
-    return MT5Config(
-        vocab_size=250112,
-        d_model=768,
-        d_ff=2048,
-        d_kv=64,
-        num_layers=12,
-        num_decoder_layers=12,
-        num_heads=12,
-        feed_forward_proj="gated-gelu",
-        tie_word_embeddings=False,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
+def config_file_name(model_id: str) -> str:
+    """File name of a shipped config: ``owner/name`` -> ``owner--name.json``."""
+    return model_id.replace("/", "--") + ".json"
 
 
-def _kobart() -> PretrainedConfig:
-    # BART-base layout, 30,000-token vocabulary, tied head, learned positions (1024 + 2 offset).
-    return BartConfig(
-        vocab_size=30000,
-        d_model=768,
-        encoder_layers=6,
-        decoder_layers=6,
-        encoder_ffn_dim=3072,
-        decoder_ffn_dim=3072,
-        encoder_attention_heads=16,
-        decoder_attention_heads=16,
-        max_position_embeddings=1026,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=3,
-        decoder_start_token_id=1,
-        forced_eos_token_id=1,
-        tie_word_embeddings=True,
-    )
-
-
-_KNOWN_CONFIGS = {
-    "eenzeenee/t5-base-korean-summarization": _eenzeenee,
-    "csebuetnlp/mT5_multilingual_XLSum": _xlsum_mt5,
-    "digit82/kobart-summarization": _kobart,
-}
+@cache
+def _shipped_config_text(model_id: str) -> str:
+    resource = files("dialsum") / _CONFIG_PACKAGE_DIR / config_file_name(model_id)
+    return resource.read_text(encoding="utf-8")
 
 
 def known_config(model_id: str) -> PretrainedConfig | None:
-    """The built-in config of a known hub model, or ``None``."""
-    factory = _KNOWN_CONFIGS.get(model_id)
-    return factory() if factory is not None else None
+    """The shipped config of a known hub model (a new object on every call), or ``None``.
+
+    Built like ``AutoConfig.from_pretrained(model_id)`` would build it from the hub, but
+    offline and without remote code: the config class is picked by ``model_type`` from
+    transformers' own mapping, and ``name_or_path`` is the model id.
+    """
+    if model_id not in KNOWN_PARAM_COUNTS:
+        return None
+    fields = json.loads(_shipped_config_text(model_id))
+    model_type = fields.pop("model_type")
+    # from_pretrained also replaces a saved `_name_or_path` (mT5's says google/mt5-base).
+    fields.pop("_name_or_path", None)
+    return AutoConfig.for_model(model_type, name_or_path=model_id, **fields)
 
 
 def wants_untied_head(config: PretrainedConfig) -> bool:
@@ -113,8 +81,85 @@ def wants_untied_head(config: PretrainedConfig) -> bool:
         # Every released mT5/umT5 checkpoint has a separate head; MT5Config drops the flag.
         return True
     if model_type == "t5":
-        return getattr(config, "scale_decoder_outputs", True) is False
+        scale = getattr(config, "scale_decoder_outputs", None)
+        if scale is None:  # not a transformers 5.x T5Config (e.g. a raw config.json dict)
+            return getattr(config, "tie_word_embeddings", True) is False
+        return scale is False
     return not getattr(config, "tie_word_embeddings", True)
+
+
+def _act_family(activation: str | None) -> str | None:
+    """``gelu_new``/``gelu_fast``/``gelu_pytorch_tanh`` -> ``gelu``; ``swish`` -> ``silu``."""
+    if not activation:
+        return None
+    name = activation.lower()
+    for family in ("gelu", "relu", "silu"):
+        if name.startswith(family):
+            return family
+    return "silu" if name == "swish" else name
+
+
+def _first(config: Any, *names: str) -> Any:
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def architecture_facts(config: PretrainedConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The architecture of a T5/mT5/BART-like config as a plain, JSON-safe dict.
+
+    ``ffn`` is the feed-forward type the built model runs (``"gated-gelu"``, ``"relu"``,
+    ``"gelu"``, ...), ``activation`` the exact function name (``"gelu_new"``). For T5/mT5
+    they come from ``is_gated_act``/``dense_act_fn`` (what the modelling code reads), else
+    from ``feed_forward_proj``; for BART from ``activation_function`` (never gated).
+    ``d_ff`` is the encoder's FFN width for BART. A field the config lacks is ``None``;
+    ``config`` may also be the dict of a ``config.json``.
+    """
+    if isinstance(config, Mapping):
+        config = SimpleNamespace(**config)
+    t5_like = (
+        getattr(config, "model_type", None) in ("t5", "mt5", "umt5", "longt5")
+        or _first(config, "feed_forward_proj", "d_ff", "num_heads") is not None
+    )
+    if t5_like:
+        proj = getattr(config, "feed_forward_proj", None)
+        proj_parts = proj.split("-") if isinstance(proj, str) and proj else []
+        gated = getattr(config, "is_gated_act", None)
+        if gated is None:
+            gated = len(proj_parts) > 1 and proj_parts[0] == "gated"
+        activation = getattr(config, "dense_act_fn", None)
+        if activation is None and proj_parts:
+            activation = "gelu_new" if proj == "gated-gelu" else proj_parts[-1]
+        d_ff = _first(config, "d_ff")
+        encoder_layers = _first(config, "num_layers", "encoder_layers")
+        decoder_layers = _first(config, "num_decoder_layers", "decoder_layers") or encoder_layers
+        heads = _first(config, "num_heads", "encoder_attention_heads", "num_attention_heads")
+    else:
+        gated = False
+        activation = getattr(config, "activation_function", None)
+        d_ff = _first(config, "encoder_ffn_dim", "decoder_ffn_dim", "ffn_dim")
+        encoder_layers = _first(config, "encoder_layers", "num_hidden_layers")
+        decoder_layers = _first(config, "decoder_layers") or encoder_layers
+        heads = _first(config, "encoder_attention_heads", "num_attention_heads")
+    family = _act_family(activation if isinstance(activation, str) else None)
+    return {
+        "model_type": getattr(config, "model_type", None) or None,
+        "ffn": None if family is None else ("gated-" if gated else "") + family,
+        "activation": activation if isinstance(activation, str) else None,
+        "d_model": _int_or_none(_first(config, "d_model", "hidden_size")),
+        "d_ff": _int_or_none(d_ff),
+        "vocab_size": _int_or_none(getattr(config, "vocab_size", None)),
+        "encoder_layers": _int_or_none(encoder_layers),
+        "decoder_layers": _int_or_none(decoder_layers),
+        "attention_heads": _int_or_none(heads),
+        "tied_lm_head": not wants_untied_head(config),
+    }
 
 
 def untie_lm_head(model: nn.Module) -> bool:

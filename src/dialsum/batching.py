@@ -14,6 +14,21 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def generation_cost(source_len: int, new_tokens: int, num_beams: int) -> int:
+    """Tokens one row holds in a generation batch: ``(source + new tokens) x beams``.
+
+    Every beam's decoder caches grow to ``new_tokens`` (self-attention) and hold the
+    ``source`` (cross-attention), and the encoder output is expanded to every beam. The
+    planner and ``infer`` both batch by this one formula.
+    """
+    return (max(source_len, 1) + new_tokens) * num_beams
+
+
+def generation_token_budget(batch: int, source_len: int, new_tokens: int, num_beams: int) -> int:
+    """Budget of ``generation_cost`` tokens that ``batch`` rows of ``source_len`` use."""
+    return batch * generation_cost(source_len, new_tokens, num_beams)
+
+
 def token_budget_batches(
     lengths: Sequence[int], token_budget: int, max_batch_size: int | None = None
 ) -> list[list[int]]:

@@ -90,7 +90,8 @@ class TrainingConfig:
     effective_batch_size: int = _f(16, "Rows per optimizer step over all GPUs (your intent).")
     micro_batch_size: int | Auto = _f("auto", "Rows per forward pass per GPU; auto = planner.")
     gradient_accumulation_steps: int | None = _f(
-        None, "Derived: effective / (micro x GPUs). Set only to assert a value."
+        None,
+        "Derived: effective / (micro x GPUs). Set only to assert it (checked with the GPU count).",
     )
     eval_batch_size: int | Auto = _f("auto", "Rows per evaluation generate() call.")
     num_train_epochs: float = _f(3.0, "Epochs (ignored when max_steps > 0).")
@@ -101,7 +102,11 @@ class TrainingConfig:
     lr_scheduler_type: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "polynomial"
     ] = _f("linear", "Learning-rate schedule.")
-    optimizer: Literal["adamw", "adafactor", "adamw8bit", "sgd"] = _f("adamw", "Optimizer.")
+    optimizer: Literal["auto", "adamw", "adamw_foreach", "adafactor", "adamw8bit", "sgd"] = _f(
+        "auto",
+        "auto = fused AdamW, which the planner may replace by Adafactor when memory is short; "
+        "a named optimizer is kept (adamw8bit needs `uv sync --extra bnb`).",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "auto = bf16 where the GPU has it, else fp32 (T5) / fp16 (BART)."
     )
@@ -146,6 +151,11 @@ class HardwareConfig:
     cpu: bool = _f(False, "Force CPU even when a GPU exists.")
     zero_stage: Literal[0, 1, 2, 3] = _f(0, "DeepSpeed ZeRO stage; 0 = no DeepSpeed.")
     offload: bool = _f(False, "DeepSpeed: offload optimizer state (and stage-3 params) to CPU.")
+    memory_cap_gib: float | None = _f(
+        None,
+        "CPU runs only: emulate a device of this many GiB - plan against it and raise an "
+        "out-of-memory error when live tensors would exceed it (checks plans without a GPU).",
+    )
 
 
 @dataclass
@@ -345,6 +355,9 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
         errors.append(f"training.learning_rate: expected a value in (0, 1), got {t.learning_rate}")
     if not 0 <= cfg.hardware.memory_margin < 0.5:
         errors.append("hardware.memory_margin: expected a fraction in [0, 0.5)")
+    cap = cfg.hardware.memory_cap_gib
+    if cap is not None and not cap > 0:
+        errors.append(f"hardware.memory_cap_gib: expected a size in GiB > 0, got {cap}")
     if t.eval_strategy == "steps" and not t.eval_steps:
         errors.append("training.eval_steps: required when training.eval_strategy is 'steps'")
     if t.micro_batch_size != "auto" and t.micro_batch_size >= 1:
@@ -356,12 +369,16 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
             )
         elif (
             t.gradient_accumulation_steps is not None
-            and t.gradient_accumulation_steps * t.micro_batch_size != t.effective_batch_size
+            and t.gradient_accumulation_steps >= 1
+            and t.effective_batch_size % (t.gradient_accumulation_steps * t.micro_batch_size)
         ):
+            # The exact check needs the GPU count (geometry.BatchGeometry.build, at run
+            # time); here only what no GPU count can satisfy.
             errors.append(
                 f"training.gradient_accumulation_steps: {t.gradient_accumulation_steps} x "
-                f"micro_batch_size {t.micro_batch_size} != effective_batch_size "
-                f"{t.effective_batch_size}; remove gradient_accumulation_steps (it is derived)"
+                f"micro_batch_size {t.micro_batch_size} does not divide effective_batch_size "
+                f"{t.effective_batch_size} for any number of GPUs; remove "
+                "gradient_accumulation_steps (it is derived)"
             )
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "none"):

@@ -82,7 +82,7 @@ def optimizer_block(
     optimizer: str, learning_rate: float, weight_decay: float
 ) -> dict[str, Any] | None:
     """DeepSpeed's own AdamW (its CPU Adam when offloading); None keeps the Trainer's."""
-    if optimizer != "adamw":
+    if optimizer not in ("adamw", "adamw_foreach"):
         return None
     return {
         "type": "AdamW",

@@ -8,7 +8,9 @@ and lets gradients add up. If a micro-batch raises an OOM, the gradients of the 
 step are zeroed, memory is freed, the micro-batch shrinks to the next divisor, and the
 *same* step is redone. No example is skipped or counted twice, and the loss of every
 micro-batch is a token *sum* divided by the token count of the whole step, so the
-gradient is the same whatever the micro-batch (exact loss normalisation).
+gradient is the same whatever the micro-batch up to dropout and summation order (exact
+loss normalisation). The forward/backward itself is ``step.step_forward_backward``, the
+function the memory planner traces, and the optimizer is ``step.build_optimizer``.
 
 Evaluation and prediction batches are split the same way in ``prediction_step``.
 
@@ -27,6 +29,7 @@ here. Under DeepSpeed the Trainer accumulates ``micro_batch_size`` rows at a tim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -49,45 +52,9 @@ from dialsum.memory.guard import (
     next_micro_batch,
     run_with_oom_retry,
 )
+from dialsum.step import build_optimizer, label_token_count, step_forward_backward
 
 log = logging.getLogger(__name__)
-
-# Keys whose second dimension is the source / target length, used to trim padding per chunk.
-_SOURCE_KEYS = ("input_ids", "attention_mask")
-_TARGET_KEYS = ("labels", "decoder_input_ids", "decoder_attention_mask")
-
-
-def slice_rows(inputs: dict[str, Any], start: int, end: int) -> dict[str, Any]:
-    """Rows ``start:end`` of every tensor in the batch; padding beyond the chunk's longest row
-    is cut so a short micro-batch does not pay for the longest row of the whole step."""
-    out = {k: v[start:end] if torch.is_tensor(v) else v for k, v in inputs.items()}
-    if "attention_mask" in out:
-        src_len = int(out["attention_mask"].sum(dim=1).max().item()) or 1
-        for key in _SOURCE_KEYS:
-            if key in out:
-                out[key] = out[key][:, :src_len]
-    if "labels" in out:
-        tgt_len = int((out["labels"] != -100).sum(dim=1).max().item()) or 1
-        for key in _TARGET_KEYS:
-            if key in out and out[key].dim() >= 2:
-                out[key] = out[key][:, :tgt_len]
-    return out
-
-
-def token_sum_loss(
-    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float
-) -> torch.Tensor:
-    """Sum of per-token cross entropy.
-
-    ``logits`` [batch, tgt_len, vocab], ``labels`` [batch, tgt_len] with -100 for padding.
-    """
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=-100,
-        reduction="sum",
-        label_smoothing=label_smoothing,
-    )
 
 
 class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
@@ -101,9 +68,11 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         ladder_hint: str | None = None,
         label_smoothing: float = 0.0,
         fault_injector: Callable[[str, int], None] | None = None,
+        optimizer_name: str = "adamw",
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.optimizer_name = optimizer_name
         self.guard = guard
         self.guard_path = guard_path
         self.ladder_hint = ladder_hint
@@ -163,22 +132,46 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
     def _forward_backward(
         self, model: nn.Module, inputs: dict[str, Any], rows: int, micro: int, normalizer: float
     ) -> torch.Tensor:
-        total = torch.zeros((), device=inputs["labels"].device)
-        for start in range(0, rows, micro):
-            chunk = slice_rows(inputs, start, start + micro)
-            if self.fault_injector is not None:
-                self.fault_injector("train", int(chunk["labels"].shape[0]))
-            labels = chunk.pop("labels")
+        del rows  # the shared step reads the rows from the labels
+
+        def context() -> contextlib.ExitStack:
             # DDP never reduces inside backward here: ``training_step`` averages the
             # gradients once every rank is known to have finished the step.
-            local = self.accelerator.no_sync(model) if self._is_data_parallel() else _null()
-            with local, self.compute_loss_context_manager():
-                logits = model(**chunk).logits  # [micro, tgt_len, vocab]
-                loss = token_sum_loss(logits, labels, self.label_smoothing) / normalizer
-            self.accelerator.backward(loss)
-            total += loss.detach()
-            del logits, loss
-        return total
+            stack = contextlib.ExitStack()
+            if self._is_data_parallel():
+                stack.enter_context(self.accelerator.no_sync(model))
+            stack.enter_context(self.compute_loss_context_manager())
+            return stack
+
+        def before(chunk: dict[str, Any]) -> None:
+            if self.fault_injector is not None:
+                self.fault_injector("train", int(chunk["labels"].shape[0]))
+
+        return step_forward_backward(
+            model,
+            inputs,
+            micro,
+            normalizer,
+            label_smoothing=self.label_smoothing,
+            backward=self.accelerator.backward,
+            context=context,
+            before_micro_batch=before,
+        )
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The optimizer the planner simulated (``step.build_optimizer``); DeepSpeed builds
+        its own from ``ds_config.json``."""
+        if self.is_deepspeed_enabled or self.optimizer is not None:
+            return super().create_optimizer(model)
+        self.optimizer = build_optimizer(
+            self.model if model is None else model,
+            self.optimizer_name,
+            lr=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+        )
+        return self.optimizer
 
     def _is_data_parallel(self) -> bool:
         return self.accelerator.num_processes > 1
@@ -215,7 +208,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
     def _token_normalizer(self, labels: torch.Tensor) -> float:
         """Label tokens of the whole step over all ranks, divided by the world size (DDP then
         averages gradients over ranks, so the result is the global per-token mean)."""
-        tokens = (labels != -100).sum().float()
+        tokens = label_token_count(labels)
         world = self.accelerator.num_processes
         if world > 1:
             tokens = self.accelerator.reduce(tokens, reduction="sum")
@@ -310,14 +303,6 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> Non
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _pad_cat(tensors: list[torch.Tensor], pad: int) -> torch.Tensor:

@@ -1,9 +1,12 @@
 """Prediction: length-sorted, token-budget batches; OOM-safe generation; submission CSV.
 
 Rows are sorted by source length (longest first, so an OOM shows up at once rather than
-at the end) and grouped so that ``rows x longest source`` stays within a token budget,
-instead of a fixed row count: short dialogues travel in big batches, long ones in small
-batches, and little compute is spent on padding. Outputs are put back in input order.
+at the end) and grouped so that ``rows x generation_cost(longest source)`` - that is
+``rows x (source + new tokens) x beams``, what the decoder caches hold - stays within the
+planner's token budget, and no batch exceeds the planner's row cap (the per-row logits and
+beam bookkeeping do not shrink with the source): short dialogues travel in big batches,
+long ones in small batches, and little compute is spent on padding. Outputs are put back
+in input order.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dialsum import data as data_mod
-from dialsum.batching import restore_order, split_batch, token_budget_batches
+from dialsum.batching import generation_cost, restore_order, split_batch, token_budget_batches
 from dialsum.config import SectionConfig
 from dialsum.memory.guard import free_device_memory, is_oom
 from dialsum.metrics import decode_keep_special
@@ -63,12 +66,15 @@ def generate_summaries(
 ) -> list[str]:
     """Summaries for tokenized ``rows`` in input order.
 
+    ``token_budget`` counts ``batching.generation_cost`` tokens (the ``num_beams`` and
+    ``max_new_tokens`` of ``gen``); ``max_batch_size`` caps the rows of a batch.
     On an OOM the failing batch is split in halves and retried; a single row that still
     does not fit raises (nothing smaller is possible).
     """
     stats = stats if stats is not None else GenerationStats()
     model.eval()
-    lengths = [len(r["input_ids"]) for r in rows]
+    beams, new_tokens = int(gen.get("num_beams", 1) or 1), int(gen.get("max_new_tokens") or 0)
+    lengths = [generation_cost(len(r["input_ids"]), new_tokens, beams) for r in rows]
     batches = token_budget_batches(lengths, token_budget, max_batch_size)
     pending = list(batches)
     done_batches: list[list[int]] = []
@@ -112,18 +118,13 @@ def predict_table(
     )
     from dialsum.train import generation_kwargs
 
-    budget = settings.generation_token_budget or (
-        settings.generation_batch_size * cfg.tokenizer.max_source_length
-    )
     return generate_summaries(
         model,
         tokenizer,
         rows,
         generation_kwargs(cfg),
-        token_budget=budget,
-        max_batch_size=settings.generation_batch_size
-        if settings.generation_token_budget is None
-        else None,
+        token_budget=settings.generation_token_budget,
+        max_batch_size=settings.generation_row_cap,
         **kwargs,
     )
 

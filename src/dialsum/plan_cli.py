@@ -124,7 +124,7 @@ def plan_command(
 ) -> PlanResult:
     from dialsum.architectures import load_config
     from dialsum.memory.plan import bucket_table, zero_states_json
-    from dialsum.planning import pick_gpu, plan_for_section, request_for_section
+    from dialsum.planning import overheads_for, pick_gpu, plan_for_section, request_for_section
 
     overrides = list(overrides)
     if effective_batch is not None:
@@ -176,6 +176,7 @@ def plan_command(
         out.buckets = bucket_table(
             request,
             device,
+            overheads_for(cfg, device),
             source_lens=[n for n in (128, 256, 512, 1024) if n <= max(limit, 128)],
             target_lens=[n for n in (32, 64, 128) if n <= max(cfg.tokenizer.max_target_length, 32)],
         )

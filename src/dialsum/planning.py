@@ -13,7 +13,7 @@ from dialsum.architectures import load_config
 from dialsum.config import SectionConfig
 from dialsum.errors import ConfigError
 from dialsum.memory.gpus import GPU, detect_gpu, resolve_gpu
-from dialsum.memory.overheads import default_overheads
+from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, PlanRequest, make_plan
 
 
@@ -69,6 +69,23 @@ def request_for_section(
     )
 
 
+def overheads_for(cfg: SectionConfig, gpu: GPU) -> Overheads:
+    """The overheads a plan for ``gpu`` uses, with the section's safety margin.
+
+    A CPU run has no CUDA context, no cuBLAS workspace and no caching allocator: what it
+    needs is the live tensor bytes themselves (what a live-bytes cap counts).
+    """
+    if gpu.is_cpu:
+        return Overheads(
+            cuda_context_bytes=0,
+            library_workspace_bytes=0,
+            fragmentation_fraction=0.0,
+            margin_fraction=cfg.hardware.memory_margin,
+            source="CPU: live tensor bytes only",
+        )
+    return replace(default_overheads(), margin_fraction=cfg.hardware.memory_margin)
+
+
 def plan_for_section(
     cfg: SectionConfig,
     model_config=None,
@@ -83,5 +100,4 @@ def plan_for_section(
         cfg, model_config, report=report, world=world, data_lengths=data_lengths
     )
     device = gpu if isinstance(gpu, GPU) else pick_gpu(gpu or cfg.hardware.gpu)
-    overheads = replace(default_overheads(), margin_fraction=cfg.hardware.memory_margin)
-    return make_plan(request, device, overheads=overheads, simulator=simulator)
+    return make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)

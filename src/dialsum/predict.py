@@ -11,7 +11,9 @@ from dialsum.config import SectionConfig
 from dialsum.infer import predict_table, write_submission
 from dialsum.runs import RunDir, find_best_model
 from dialsum.settings import resolve_settings, use_cuda
-from dialsum.train import setup_model
+from dialsum.train import apply_source_len, memory_cap, setup_model
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run_predict(
@@ -32,10 +34,13 @@ def run_predict(
     echo(f"model: {model_dir}")
     model, tokenizer = setup_model(cfg, checkpoint=model_dir)
     settings = resolve_settings(cfg, model.config, echo=echo)
+    cfg = apply_source_len(cfg, settings)
     if use_cuda(cfg):
-        # Generation in bf16 where training used it (half the weight and cache memory).
-        model.to("cuda", dtype=torch.bfloat16 if settings.precision == "bf16" else None)
-    summaries = predict_table(cfg, model, tokenizer, table, settings, **kwargs)
+        # Generation in the dtype the plan simulated: bf16/fp16 where training used it
+        # (half the weight and cache memory), fp32 otherwise.
+        model.to("cuda", dtype=_DTYPES[settings.predict_precision])
+    with memory_cap(settings, model):
+        summaries = predict_table(cfg, model, tokenizer, table, settings, **kwargs)
     if output is None:
         output = Path(cfg.inference.output) if cfg.inference.output else _default_output(model_dir)
     write_submission(output, table, summaries)

@@ -29,8 +29,14 @@ from dialsum.config import SectionConfig, load_section, read_yaml
 from dialsum.errors import ConfigError
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
 from dialsum.memory.overheads import Overheads, default_overheads, required_bytes, usable_bytes
-from dialsum.memory.plan import Plan, Simulator, divisors
-from dialsum.memory.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
+from dialsum.memory.plan import Plan, Simulator, divisors, resolve_optimizer
+from dialsum.memory.profile import (
+    GenerateOptions,
+    GenerateShape,
+    MemoryProfile,
+    TrainOptions,
+    TrainShape,
+)
 from dialsum.runs import write_text_atomic
 
 if TYPE_CHECKING:
@@ -232,7 +238,7 @@ class _SectionMemo:
     def __init__(self, simulator: Simulator) -> None:
         self._simulator = simulator
         self._train: dict[tuple[TrainShape, TrainOptions], MemoryProfile] = {}
-        self._generate: dict[tuple[GenerateShape, str], MemoryProfile] = {}
+        self._generate: dict[tuple[GenerateShape, GenerateOptions], MemoryProfile] = {}
 
     def train(
         self, config: PretrainedConfig, shape: TrainShape, options: TrainOptions
@@ -243,11 +249,11 @@ class _SectionMemo:
         return self._train[key]
 
     def generate(
-        self, config: PretrainedConfig, shape: GenerateShape, precision: str
+        self, config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions
     ) -> MemoryProfile:
-        key = (shape, precision)
+        key = (shape, options)
         if key not in self._generate:
-            self._generate[key] = self._simulator.generate(config, shape, precision)
+            self._generate[key] = self._simulator.generate(config, shape, options)
         return self._generate[key]
 
     def as_simulator(self) -> Simulator:
@@ -300,7 +306,7 @@ def section_train_options(cfg: SectionConfig, precision: str) -> TrainOptions:
     t = cfg.training
     return TrainOptions(
         precision=precision,  # type: ignore[arg-type]
-        optimizer=t.optimizer,
+        optimizer=resolve_optimizer(t.optimizer),  # type: ignore[arg-type]
         gradient_checkpointing=t.gradient_checkpointing is True,
         lora=cfg.model.lora.enabled,
         lora_rank=cfg.model.lora.rank,
@@ -377,7 +383,7 @@ def settings_snippet(plan: Plan, cfg: SectionConfig) -> dict[str, Any]:
         "precision": plan.precision,
         "gradient_checkpointing": plan.gradient_checkpointing,
     }
-    if plan.optimizer != cfg.training.optimizer:
+    if plan.optimizer != resolve_optimizer(cfg.training.optimizer):
         training["optimizer"] = plan.optimizer  # the fallback ladder changed it
     snippet: dict[str, Any] = {
         "training": training,
@@ -417,7 +423,7 @@ def _breakdown_markdown(section: SectionGuide) -> list[str]:
     precisions = list(section.breakdowns)
     header = "| category | " + " | ".join(f"{_PRECISION_LABELS.get(p, p)} GiB" for p in precisions)
     lines = [
-        f"Training memory at micro-batch 1 ({section.cfg.training.optimizer}, "
+        f"Training memory at micro-batch 1 ({resolve_optimizer(section.cfg.training.optimizer)}, "
         f"{section.cfg.tokenizer.max_source_length} source / "
         f"{section.cfg.tokenizer.max_target_length} target tokens), tensors only:",
         "",
@@ -575,7 +581,7 @@ def how_computed_markdown(sections: Sequence[SectionGuide], simulator_label: str
             f"- `{s.name}`: {tok.max_source_length} source / {tok.max_target_length} target "
             f"tokens (config limits, every row padded to them: a worst case); generation with "
             f"{inf.num_beams} beams, {s.cfg.max_new_tokens} new tokens; optimizer "
-            f"{s.cfg.training.optimizer}."
+            f"{resolve_optimizer(s.cfg.training.optimizer)}."
         )
     lines += [f"- Versions: {_library_versions()}.", ""]
     lines += _corrections_markdown(sections)
@@ -701,7 +707,7 @@ def render_plot(section: SectionGuide, path: Path) -> None:
     ax.set_title(
         f"{section.name}: {section.facts.model_id}, "
         f"{section.cfg.tokenizer.max_source_length}/{section.cfg.tokenizer.max_target_length} "
-        f"tokens, {section.cfg.training.optimizer}"
+        f"tokens, {resolve_optimizer(section.cfg.training.optimizer)}"
     )
     ax.legend(loc="upper left")
     ax.grid(True, which="major", alpha=0.3)

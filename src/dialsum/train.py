@@ -7,7 +7,9 @@ concrete numbers, and the OOM guard can change the micro-batch at run time.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -202,8 +204,11 @@ def training_arguments(
         # load_best_model_at_end needs checkpoints at evaluation points.
         save_strategy = t.eval_strategy
     report_to = [r for r in t.report_to if r != "none"] or "none"
+    # The guarded trainer builds the optimizer itself (``step.build_optimizer``, what the
+    # planner simulated); the name tells the Trainer (and DeepSpeed) which one it is.
     optim = {
-        "adamw": "adamw_torch",
+        "adamw": "adamw_torch_fused",
+        "adamw_foreach": "adamw_torch",
         "adafactor": "adafactor",
         "adamw8bit": "adamw_bnb_8bit",
         "sgd": "sgd",
@@ -294,10 +299,8 @@ def _write_deepspeed_config(
     return run.deepspeed_config
 
 
-def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, SectionConfig]:
-    """A new run folder, or the latest one of this section when resuming."""
-    if not resume:
-        return new_run(cfg.training.output_dir, cfg.name), None, cfg
+def _find_resume_run(cfg: SectionConfig) -> tuple[RunDir, Path]:
+    """The latest run of this section and its last checkpoint (nothing is created)."""
     run = latest_run(cfg.training.output_dir, cfg.name)
     if run is None:
         raise UserError(
@@ -310,7 +313,15 @@ def _setup_run(cfg: SectionConfig, resume: bool) -> tuple[RunDir, Path | None, S
             f"--resume: {run.path} has no checkpoint yet; set training.save_strategy "
             "(e.g. steps with --save-steps N) or start a new run"
         )
-    return run, checkpoint, cfg
+    return run, checkpoint
+
+
+def apply_source_len(cfg: SectionConfig, settings: Settings) -> SectionConfig:
+    """The section as the run tokenizes it: the planner's source length when it cut it."""
+    if settings.source_len >= cfg.tokenizer.max_source_length:
+        return cfg
+    tokenizer = dataclasses.replace(cfg.tokenizer, max_source_length=settings.source_len)
+    return dataclasses.replace(cfg, tokenizer=tokenizer)
 
 
 def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hooks) -> TrainResult:
@@ -322,18 +333,27 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
     main = distributed.is_main_process()
     echo = echo if main else _silent
     set_seed(cfg.training.seed)
-    # Rank 0 creates (or finds) the folder and shares its path: a timestamped name read
-    # from each rank's clock could differ by a second.
-    # Data is validated before anything is written: a bad CSV leaves no run folder.
+    # Data, model and plan are settled before anything is written: a bad CSV or a plan
+    # that does not fit leaves no run folder.
     train_table, dev_table = read_tables(cfg, echo=echo)
     with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
         model, tokenizer = setup_model(cfg)
-    run, checkpoint, cfg = distributed.on_main_then_share(lambda: _setup_run(cfg, resume))
-    echo(f"run folder: {run.path}")
     report = length_report(cfg, train_table, tokenizer)
     echo(report.format())
-    guard = GuardState.load(run.guard) if resume and run.guard.is_file() else None
+    resumed = _find_resume_run(cfg) if resume else None
+    guard = None
+    if resumed is not None and resumed[0].guard.is_file():
+        guard = GuardState.load(resumed[0].guard)
     settings = resolve_settings(cfg, model.config, report=report, guard=guard, echo=echo)
+    cfg = apply_source_len(cfg, settings)
+    # Rank 0 creates the folder and shares its path: a timestamped name read from each
+    # rank's clock could differ by a second.
+    if resumed is not None:
+        run, checkpoint = resumed
+    else:
+        run = distributed.on_main_then_share(lambda: new_run(cfg.training.output_dir, cfg.name))
+        checkpoint = None
+    echo(f"run folder: {run.path}")
     if guard is None:
         guard = GuardState(
             micro_batch_size=settings.micro_batch_size, eval_batch_size=settings.eval_batch_size
@@ -363,10 +383,11 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
         deepspeed_config=deepspeed_config,
         **hooks,
     )
-    train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    metrics: dict[str, float] = dict(train_out.metrics)
-    if dev_table is not None and cfg.training.eval_strategy != "no":
-        metrics.update(trainer.evaluate())
+    with memory_cap(settings, model):
+        train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        metrics: dict[str, float] = dict(train_out.metrics)
+        if dev_table is not None and cfg.training.eval_strategy != "no":
+            metrics.update(trainer.evaluate())
     save_best(trainer, cfg, run, tokenizer)
     if trainer.state.best_model_checkpoint:
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
@@ -376,6 +397,19 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
         guard.save(run.guard)
         write_json_atomic(run.metrics, metrics)
     return TrainResult(run=run, metrics=metrics, settings=settings)
+
+
+def memory_cap(settings: Settings, model):
+    """A CPU run emulating a smaller device: live tensor bytes beyond the cap raise
+    ``torch.OutOfMemoryError`` (the guard recovers from it as from a CUDA OOM)."""
+    if settings.memory_cap_bytes is None:
+        return contextlib.nullcontext()
+    from dialsum.memory.live_cap import LiveBytesCap
+
+    cap = LiveBytesCap(settings.memory_cap_bytes)
+    cap.track_all(model.parameters())
+    cap.track_all(model.buffers())
+    return cap
 
 
 def save_best(trainer, cfg: SectionConfig, run: RunDir, tokenizer) -> None:
@@ -438,6 +472,7 @@ def build_trainer(
         ladder_hint=settings.next_ladder_step,
         label_smoothing=t.label_smoothing,
         fault_injector=fault_injector,
+        optimizer_name=settings.optimizer,
     )
 
 

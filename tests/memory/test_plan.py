@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from transformers import T5Config
 
+import dialsum.step as step_mod
 from dialsum.architectures import known_config
 from dialsum.errors import ConfigError
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
@@ -38,7 +39,13 @@ from dialsum.memory.plan import (
     model_family,
     truncated_fraction,
 )
-from dialsum.memory.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
+from dialsum.memory.profile import (
+    GenerateOptions,
+    GenerateShape,
+    MemoryProfile,
+    TrainOptions,
+    TrainShape,
+)
 
 KIB = 2**10
 MIB = 2**20
@@ -62,7 +69,7 @@ _STATE_BYTES_PER_PARAM = {"adamw": 8, "adamw8bit": 2, "adafactor": 0, "sgd": 0}
 @dataclass
 class FakeSimulator:
     train_calls: list[tuple[TrainShape, TrainOptions]] = field(default_factory=list)
-    generate_calls: list[tuple[GenerateShape, str]] = field(default_factory=list)
+    generate_calls: list[tuple[GenerateShape, GenerateOptions]] = field(default_factory=list)
 
     def train(self, config: object, shape: TrainShape, options: TrainOptions) -> MemoryProfile:
         self.train_calls.append((shape, options))
@@ -89,10 +96,13 @@ class FakeSimulator:
             breakdown=breakdown,
         )
 
-    def generate(self, config: object, shape: GenerateShape, precision: str) -> MemoryProfile:
-        self.generate_calls.append((shape, precision))
-        weights = PARAMS * (4 if precision == "fp32" else 2)
-        per_token = 64 * KIB if precision == "fp32" else 32 * KIB
+    def generate(
+        self, config: object, shape: GenerateShape, options: GenerateOptions
+    ) -> MemoryProfile:
+        self.generate_calls.append((shape, options))
+        fp32 = options.precision == "fp32"
+        weights = PARAMS * (4 if fp32 or options.amp else 2)
+        per_token = 64 * KIB if fp32 else 32 * KIB
         cache = (
             per_token * shape.batch * shape.num_beams * (shape.source_len + shape.max_new_tokens)
         )
@@ -220,7 +230,7 @@ def test_world_size_splits_batch_and_counts_ddp_buckets() -> None:
 
 
 def test_effective_batch_not_divisible_by_world_size() -> None:
-    with pytest.raises(ConfigError, match="not a multiple of world_size 4.*use 28 or 32"):
+    with pytest.raises(ConfigError, match="not a multiple of the 4 GPU.*use 28 or 32"):
         plan_for(request(effective_batch_size=30, world_size=4), fp32_gpu_for_rows(8))
 
 
@@ -337,14 +347,34 @@ def test_ladder_then_adafactor() -> None:
     assert plan.next_ladder_step == "source_len=256"
 
 
-def test_ladder_8bit_adamw_when_adafactor_not_allowed() -> None:
+@pytest.fixture
+def bitsandbytes_installed(monkeypatch):
+    monkeypatch.setattr(step_mod, "optimizer_available", lambda name: True)
+
+
+def test_ladder_8bit_adamw_when_adafactor_not_allowed(bitsandbytes_installed) -> None:
     fallbacks = ("gradient_checkpointing", "adamw8bit", "source_len")
     plan = plan_for(
         request(effective_batch_size=8, fallbacks=fallbacks),
         gpu_with(1_000_000_000 + 200 * MIB),
     )
     assert (plan.gradient_checkpointing, plan.optimizer, plan.fits) == (True, "adamw8bit", True)
-    assert any("bitsandbytes" in warning for warning in plan.warnings)
+    assert any("bitsandbytes" in reason for reason in plan.reasons)
+
+
+def test_ladder_never_offers_8bit_adamw_without_bitsandbytes(monkeypatch) -> None:
+    monkeypatch.setattr(step_mod, "optimizer_available", lambda name: name != "adamw8bit")
+    steps = ladder_steps(request(), TrainOptions(), 512)
+    assert [s.name for s in steps] == [
+        "gradient_checkpointing",
+        "optimizer=adafactor",
+        "source_len=256",
+    ]
+
+
+def test_ladder_keeps_an_optimizer_the_user_named(bitsandbytes_installed) -> None:
+    steps = ladder_steps(request(optimizer="adamw"), TrainOptions(), 512)
+    assert [s.name for s in steps] == ["gradient_checkpointing", "source_len=256"]
 
 
 def test_ladder_then_shorter_source_with_truncation_numbers() -> None:
@@ -361,7 +391,8 @@ def test_ladder_then_shorter_source_with_truncation_numbers() -> None:
         256,
     )
     assert plan.predicted_peak_bytes == 800_000_000 + 80 * MIB
-    assert plan.generation_token_budget == plan.generation_batch_size * 256
+    # (source + new tokens) x beams per row: (256 + 64) x 4.
+    assert plan.generation_token_budget == plan.generation_batch_size * 320 * 4
     step = "max source length 512 -> 256 (truncates 50.0% of dialogues: 2 of 4)"
     assert any(reason.startswith(step) for reason in plan.reasons)
     assert any(step in warning for warning in plan.warnings)
@@ -401,7 +432,7 @@ def test_ladder_respects_explicit_no_checkpointing() -> None:
     assert (plan.gradient_checkpointing, plan.optimizer, plan.fits) == (False, "adafactor", True)
 
 
-def test_ladder_skips_a_step_that_does_not_help() -> None:
+def test_ladder_skips_a_step_that_does_not_help(bitsandbytes_installed) -> None:
     # A simulator where Adafactor costs more than AdamW (say, large temporaries).
     fake = FakeSimulator()
 
@@ -418,7 +449,7 @@ def test_ladder_skips_a_step_that_does_not_help() -> None:
     assert any(r.startswith("Adafactor instead of AdamW") and "skipped" in r for r in plan.reasons)
 
 
-def test_ladder_steps_as_data() -> None:
+def test_ladder_steps_as_data(bitsandbytes_installed) -> None:
     req = request(data_lengths=[(100, 10), (600, 10)])
     steps = ladder_steps(req, TrainOptions(), 512)
     assert [step.name for step in steps] == [
@@ -446,7 +477,7 @@ def test_eval_and_generation_batches() -> None:
     assert plan.micro_batch_size == 4
     assert plan.eval_batch_size == 18
     assert plan.generation_batch_size == 16
-    assert plan.generation_token_budget == 16 * 512
+    assert plan.generation_token_budget == 16 * (512 + 64) * 4
     assert plan.generate_profile.peak_bytes == 400_000_000 + 16 * 144 * MIB
 
 
@@ -459,7 +490,7 @@ def test_eval_and_generation_caps_on_a_big_gpu() -> None:
 def test_fixed_eval_batch_too_big_is_warned() -> None:
     plan = plan_for(request(effective_batch_size=8, eval_batch_size=64), fp32_gpu_for_rows(4))
     assert plan.eval_batch_size == 64
-    assert any("eval batch 64 as requested" in warning for warning in plan.warnings)
+    assert any("evaluation at batch 64 is predicted not to fit" in w for w in plan.warnings)
 
 
 def test_generation_uses_max_new_tokens_and_beams() -> None:

@@ -41,6 +41,11 @@ class GPU:
     def total_gib(self) -> float:
         return self.total_bytes / _GIB
 
+    @property
+    def is_cpu(self) -> bool:
+        """The host CPU standing in for a GPU (``--gpu cpu``): real CPU kernels, no CUDA."""
+        return self.slug == CPU_SLUG
+
 
 # What the driver reports as total memory (approximate; see module docstring).
 _CATALOG: tuple[GPU, ...] = (
@@ -87,6 +92,31 @@ _NOISE_WORDS = ("nvidia", "tesla", "geforce")
 
 # "24GB", "24 GiB", "10.5gb", "24G", "16384MiB".
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m)\s*$", re.IGNORECASE)
+
+
+CPU_SLUG = "cpu"
+
+
+def cpu_device(total_bytes: int | None = None) -> GPU:
+    """The host CPU as a device to plan for: ``total_bytes`` (a live-bytes cap that
+    emulates a smaller device), else the machine's physical memory.
+
+    Plans for it trace CPU kernels (no CUDA emulation) and train in fp32, as a CPU run does;
+    they are checked against real CPU runs (``bench/bench_plan_vs_run_cpu.py``).
+    """
+    if total_bytes is None:
+        import os
+
+        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if total_bytes <= 0:
+        raise ConfigError(f"CPU memory cap must be larger than zero, got {total_bytes} bytes")
+    return GPU(
+        slug=CPU_SLUG,
+        name=f"CPU ({total_bytes / _GIB:.2f} GiB)",
+        total_bytes=total_bytes,
+        bf16=False,
+        fp16=False,
+    )
 
 
 def catalog() -> list[GPU]:
@@ -145,6 +175,8 @@ def resolve_gpu(spec: str) -> GPU:
     text = spec.strip()
     if not text:
         raise ConfigError(_unknown_message(spec))
+    if text.lower() == CPU_SLUG:
+        return cpu_device()
     if text.lower() in _BY_SLUG:
         return _BY_SLUG[text.lower()]
     slug = _lookup_keys().get(_squash(text))
@@ -163,7 +195,7 @@ def _unknown_message(spec: str) -> str:
     hint = f" Did you mean {_ALIASES.get(close[0], close[0])!r}?" if close else ""
     return (
         f"unknown GPU {spec!r}.{hint} Known GPUs: {', '.join(slugs)}. "
-        "Or give the memory size, e.g. '24GB' (read as 24 GiB)."
+        "Or give the memory size, e.g. '24GB' (read as 24 GiB), or 'cpu' for this CPU."
     )
 
 

@@ -16,17 +16,19 @@ Memory is assumed monotone in batch size and sequence length, so searches bisect
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from dialsum.batching import generation_cost, generation_token_budget
 from dialsum.errors import ConfigError
-from dialsum.memory.gpus import GPU
+from dialsum.geometry import BatchGeometry, divisors
+from dialsum.memory.gpus import GPU, catalog
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
 from dialsum.memory.profile import (
     OPTIMIZERS,
     PRECISIONS,
+    GenerateOptions,
     GenerateShape,
     MemoryProfile,
     TrainOptions,
@@ -64,6 +66,7 @@ GENERATION_BATCH_CAP = 256
 # Adafactor's factored second moment is O(rows + cols) per matrix, close to nothing.
 _OPTIMIZER_STATE_BYTES_PER_PARAM: dict[str, float] = {
     "adamw": 8.0,
+    "adamw_foreach": 8.0,
     "adamw8bit": 2.0,
     "adafactor": 0.01,
     "sgd": 0.0,
@@ -75,6 +78,7 @@ _CUT_WARNING = "source text is cut shorter"
 
 _OPTIMIZER_LABELS = {
     "adamw": "AdamW",
+    "adamw_foreach": "AdamW (foreach)",
     "adamw8bit": "8-bit AdamW",
     "adafactor": "Adafactor",
     "sgd": "SGD",
@@ -94,14 +98,16 @@ def _real_train(
     return simulate_train(config, shape, options)
 
 
-def _real_generate(config: PretrainedConfig, shape: GenerateShape, precision: str) -> MemoryProfile:
+def _real_generate(
+    config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions
+) -> MemoryProfile:
     from dialsum.memory.simulate import simulate_generate
 
-    return simulate_generate(config, shape, precision)
+    return simulate_generate(config, shape, options)
 
 
 TrainSimulation = Callable[["PretrainedConfig", TrainShape, TrainOptions], MemoryProfile]
-GenerateSimulation = Callable[["PretrainedConfig", GenerateShape, str], MemoryProfile]
+GenerateSimulation = Callable[["PretrainedConfig", GenerateShape, GenerateOptions], MemoryProfile]
 
 
 @dataclass(frozen=True)
@@ -119,7 +125,7 @@ class _Memo:
         self._simulator = simulator
         self._config = config
         self._train: dict[tuple[TrainShape, TrainOptions], MemoryProfile] = {}
-        self._generate: dict[tuple[GenerateShape, str], MemoryProfile] = {}
+        self._generate: dict[tuple[GenerateShape, GenerateOptions], MemoryProfile] = {}
 
     def train(self, shape: TrainShape, options: TrainOptions) -> MemoryProfile:
         key = (shape, options)
@@ -127,10 +133,10 @@ class _Memo:
             self._train[key] = self._simulator.train(self._config, shape, options)
         return self._train[key]
 
-    def generate(self, shape: GenerateShape, precision: str) -> MemoryProfile:
-        key = (shape, precision)
+    def generate(self, shape: GenerateShape, options: GenerateOptions) -> MemoryProfile:
+        key = (shape, options)
         if key not in self._generate:
-            self._generate[key] = self._simulator.generate(self._config, shape, precision)
+            self._generate[key] = self._simulator.generate(self._config, shape, options)
         return self._generate[key]
 
 
@@ -154,7 +160,7 @@ class PlanRequest:
     family: str = "auto"
     world_size: int = 1
     precision: str = "auto"
-    optimizer: str = "adamw"
+    optimizer: str = "auto"  # auto = fused AdamW, and the ladder may switch optimizers
     gradient_checkpointing: bool | str = "auto"
     num_beams: int = 4
     max_new_tokens: int | None = None
@@ -178,6 +184,9 @@ class PlanRequest:
     def per_rank_batch(self) -> int:
         """Rows each GPU sees per optimizer step."""
         return self.effective_batch_size // self.world_size
+
+    def geometry(self, micro_batch_size: int) -> BatchGeometry:
+        return BatchGeometry.build(self.effective_batch_size, self.world_size, micro_batch_size)
 
 
 def model_family(config: PretrainedConfig) -> str:
@@ -203,11 +212,6 @@ def _is_positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def _nearest_multiples(value: int, step: int) -> str:
-    lower, upper = (value // step) * step, (value // step + 1) * step
-    return " or ".join(str(v) for v in (lower, upper) if v >= 1)
-
-
 def validate_request(request: PlanRequest) -> None:
     """Raise one ``ConfigError`` listing every problem of the request (not just the first)."""
     problems: list[str] = []
@@ -226,9 +230,9 @@ def validate_request(request: PlanRequest) -> None:
         problems.append(
             f"precision must be one of auto, {', '.join(PRECISIONS)}; got {request.precision!r}"
         )
-    if request.optimizer not in OPTIMIZERS:
+    if request.optimizer not in OPTIMIZERS + ("auto",):
         problems.append(
-            f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {request.optimizer!r}"
+            f"optimizer must be one of auto, {', '.join(OPTIMIZERS)}; got {request.optimizer!r}"
         )
     if request.gradient_checkpointing not in (True, False, "auto"):
         problems.append(
@@ -256,21 +260,12 @@ def validate_request(request: PlanRequest) -> None:
                 )
                 break
     if _is_positive_int(request.effective_batch_size) and _is_positive_int(request.world_size):
-        if request.effective_batch_size % request.world_size:
-            problems.append(
-                f"effective_batch_size {request.effective_batch_size} is not a multiple of "
-                f"world_size {request.world_size}: every GPU must get the same number of rows "
-                "per optimizer step; use "
-                f"{_nearest_multiples(request.effective_batch_size, request.world_size)}"
-            )
-        elif _is_positive_int(request.micro_batch_size):
-            per_rank = request.per_rank_batch
-            if per_rank % request.micro_batch_size:
-                problems.append(
-                    f"micro_batch_size {request.micro_batch_size} does not divide the per-GPU "
-                    f"batch {per_rank} (effective {request.effective_batch_size} / world_size "
-                    f"{request.world_size}); use one of {divisors(per_rank)} or auto"
-                )
+        # The one batch-arithmetic check (geometry.BatchGeometry); "auto" checks the step.
+        micro = request.micro_batch_size if _is_positive_int(request.micro_batch_size) else 1
+        try:
+            BatchGeometry.build(request.effective_batch_size, request.world_size, micro)
+        except ConfigError as exc:
+            problems.append(str(exc))
     limit = max_source_positions(request.model_config)
     for name in ("source_len", "target_len"):
         value = getattr(request, name)
@@ -281,12 +276,6 @@ def validate_request(request: PlanRequest) -> None:
             )
     if problems:
         raise ConfigError("invalid plan request:\n  - " + "\n  - ".join(problems))
-
-
-def divisors(n: int) -> list[int]:
-    """Divisors of ``n`` in increasing order."""
-    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
-    return sorted(set(small + [n // d for d in small]))
 
 
 def truncated_fraction(
@@ -321,6 +310,13 @@ def choose_precision(
     request: PlanRequest, gpu: GPU, family: str
 ) -> tuple[str, list[str], list[str]]:
     """(precision, reasons, warnings). Raises ``ConfigError`` for a request the GPU can't run."""
+    if gpu.is_cpu:
+        if request.precision not in ("auto", "fp32"):
+            raise ConfigError(
+                f"precision {request.precision!r} on the CPU: a CPU run trains in fp32; "
+                "use precision auto or fp32"
+            )
+        return "fp32", ["precision fp32: a CPU run trains in fp32"], []
     cc = "{}.{}".format(*gpu.compute_capability)
     t5_like = family in _T5_FAMILIES
     fp16_risk = (
@@ -393,7 +389,21 @@ class LadderStep:
     source_len: int
 
 
-def ladder_steps(request: PlanRequest, options: TrainOptions, source_len: int) -> list[LadderStep]:
+def _ladder_optimizers(request: PlanRequest, gpu: GPU | None) -> list[str]:
+    """Optimizers the ladder may switch to: only when the user left it ``auto``, and only
+    ones that can run here (8-bit AdamW needs bitsandbytes and a GPU)."""
+    if request.optimizer != "auto":
+        return []
+    found = [name for name in ("adafactor", "adamw8bit") if name in request.fallbacks]
+    from dialsum.step import optimizer_available  # late: imports torch
+
+    on_gpu = gpu is None or not gpu.is_cpu
+    return [n for n in found if n != "adamw8bit" or (on_gpu and optimizer_available(n))]
+
+
+def ladder_steps(
+    request: PlanRequest, options: TrainOptions, source_len: int, gpu: GPU | None = None
+) -> list[LadderStep]:
     """The fallback steps still open from ``options``/``source_len``, in the order to try.
 
     Each step starts from the given settings (not from the previous step): take the first,
@@ -420,10 +430,10 @@ def ladder_steps(request: PlanRequest, options: TrainOptions, source_len: int) -
     descriptions = {
         "adafactor": f"Adafactor instead of {current} (factored second moments, almost no "
         "state; T5 was pre-trained with it)",
-        "adamw8bit": "8-bit AdamW states (needs the bitsandbytes package)",
+        "adamw8bit": "8-bit AdamW states (bitsandbytes)",
     }
-    for optimizer in ("adafactor", "adamw8bit"):
-        if optimizer in allowed and _OPTIMIZER_STATE_BYTES_PER_PARAM[optimizer] < current_state:
+    for optimizer in _ladder_optimizers(request, gpu):
+        if _OPTIMIZER_STATE_BYTES_PER_PARAM[optimizer] < current_state:
             steps.append(
                 LadderStep(
                     f"optimizer={optimizer}",
@@ -434,32 +444,60 @@ def ladder_steps(request: PlanRequest, options: TrainOptions, source_len: int) -
             )
     if "source_len" in allowed and source_len > SOURCE_LEN_FLOOR:
         shorter = max(SOURCE_LEN_FLOOR, source_len // 2)
-        description = f"max source length {source_len} -> {shorter}"
-        cut = truncated_fraction(request.data_lengths, shorter)
-        if cut is not None:
-            count = round(cut * len(request.data_lengths or ()))
-            description += (
-                f" (truncates {cut:.1%} of dialogues: {count} of {len(request.data_lengths or ())})"
+        steps.append(
+            LadderStep(
+                f"source_len={shorter}",
+                f"max source length {source_len} -> {shorter}"
+                + _truncation_note(request.data_lengths, shorter),
+                options,
+                shorter,
             )
-        steps.append(LadderStep(f"source_len={shorter}", description, options, shorter))
+        )
     return steps
+
+
+def _truncation_note(data_lengths: Sequence[tuple[int, int]] | None, source_len: int) -> str:
+    cut = truncated_fraction(data_lengths, source_len)
+    if cut is None:
+        return ""
+    total = len(data_lengths or ())
+    return f" (truncates {cut:.1%} of dialogues: {round(cut * total)} of {total})"
 
 
 # --------------------------------------------------------------------------------------
 # Plan
 
+PREDICT_PRECISION = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "pure_bf16": "bf16"}
+"""Weights dtype ``predict`` casts to for a training precision (what it simulates too)."""
+
+
+def eval_generate_options(precision: str, device: str = "cuda") -> GenerateOptions:
+    """How evaluation inside training generates: AMP keeps fp32 masters under autocast."""
+    if precision in ("bf16", "fp16"):
+        return GenerateOptions(precision=precision, amp=True, device=device)  # type: ignore[arg-type]
+    return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device)  # type: ignore[arg-type]
+
+
+def predict_generate_options(precision: str, device: str = "cuda") -> GenerateOptions:
+    """How ``predict`` generates after training: weights cast to the training's low dtype."""
+    return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device)  # type: ignore[arg-type]
+
 
 @dataclass
 class Plan:
-    """Batch settings for one GPU, with the numbers and the reasons behind them."""
+    """Batch settings for one GPU, with the numbers and the reasons behind them.
+
+    ``generation_token_budget`` counts ``step.generation_cost`` tokens ((source + new) x
+    beams per row) and ``generation_row_cap`` bounds the rows of a batch of short dialogues
+    (their logits and beam bookkeeping do not shrink with the source).
+    """
 
     gpu: GPU
-    micro_batch_size: int
-    gradient_accumulation_steps: int
-    effective_batch_size: int
+    geometry: BatchGeometry
     eval_batch_size: int
     generation_batch_size: int
     generation_token_budget: int
+    generation_row_cap: int
     precision: str
     optimizer: str
     gradient_checkpointing: bool
@@ -471,7 +509,6 @@ class Plan:
     train_profile: MemoryProfile
     generate_profile: MemoryProfile
     fits: bool
-    world_size: int = 1
     family: str = "other"
     reasons: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -479,40 +516,90 @@ class Plan:
     zero_stage: int = 0
     offload: bool = False
     zero_states: ZeroStateBytes | None = None  # per-rank model states under ZeRO
+    requested_source_len: int = 0  # before the ladder (0: same as source_len)
+    eval_profile: MemoryProfile | None = None
+    eval_required_bytes: int = 0
+    generate_required_bytes: int = 0
+    alternatives: list[str] = field(default_factory=list)
+    architecture: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.geometry.micro_batch_size
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.geometry.gradient_accumulation_steps
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.geometry.effective_batch_size
+
+    @property
+    def world_size(self) -> int:
+        return self.geometry.world_size
+
+    @property
+    def source_len_cut(self) -> bool:
+        """Whether the ladder shortened the source (the run must tokenize at ``source_len``)."""
+        return bool(self.requested_source_len) and self.source_len < self.requested_source_len
+
+    @property
+    def eval_generate_options(self) -> GenerateOptions:
+        return eval_generate_options(self.precision, "cpu" if self.gpu.is_cpu else "cuda")
+
+    @property
+    def predict_precision(self) -> str:
+        return PREDICT_PRECISION[self.precision]
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON-safe dict (what the run folder's ``plan.json`` holds)."""
+        eval_options = self.eval_generate_options
         return {
             "gpu": {
                 "slug": self.gpu.slug,
                 "name": self.gpu.name,
                 "total_bytes": self.gpu.total_bytes,
             },
+            "device": "cpu" if self.gpu.is_cpu else "cuda",
             "family": self.family,
+            "architecture": dict(self.architecture),
             "params": self.train_profile.params,
             "trainable_params": self.train_profile.trainable_params,
-            "micro_batch_size": self.micro_batch_size,
-            "gradient_accumulation_steps": self.gradient_accumulation_steps,
-            "world_size": self.world_size,
-            "effective_batch_size": self.effective_batch_size,
+            **self.geometry.to_json(),
             "eval_batch_size": self.eval_batch_size,
+            "eval_precision": (
+                f"{eval_options.precision} autocast, fp32 weights"
+                if eval_options.amp
+                else eval_options.precision
+            ),
             "generation_batch_size": self.generation_batch_size,
             "generation_token_budget": self.generation_token_budget,
+            "generation_row_cap": self.generation_row_cap,
+            "predict_precision": self.predict_precision,
             "precision": self.precision,
             "optimizer": self.optimizer,
             "gradient_checkpointing": self.gradient_checkpointing,
             "source_len": self.source_len,
+            "requested_source_len": self.requested_source_len or self.source_len,
             "target_len": self.target_len,
             "predicted_peak_bytes": self.predicted_peak_bytes,
             "peak_phase": self.train_profile.peak_phase,
             "required_bytes": self.required_bytes,
             "usable_bytes": self.usable_bytes,
             "breakdown": dict(self.train_profile.breakdown),
+            "phase_peaks": dict(self.train_profile.phase_peaks),
+            "eval_peak_bytes": self.eval_profile.peak_bytes if self.eval_profile else None,
+            "eval_phase_peaks": dict(self.eval_profile.phase_peaks) if self.eval_profile else {},
+            "eval_required_bytes": self.eval_required_bytes,
             "generate_peak_bytes": self.generate_profile.peak_bytes,
+            "generate_phase_peaks": dict(self.generate_profile.phase_peaks),
             "generate_breakdown": dict(self.generate_profile.breakdown),
+            "generate_required_bytes": self.generate_required_bytes,
             "fits": self.fits,
             "reasons": list(self.reasons),
             "warnings": list(self.warnings),
+            "alternatives": list(self.alternatives),
             "next_ladder_step": self.next_ladder_step,
             "zero_stage": self.zero_stage,
             "offload": self.offload,
@@ -554,6 +641,7 @@ class _Planner:
     ) -> None:
         self.request = request
         self.gpu = gpu
+        self.device = "cpu" if gpu.is_cpu else "cuda"
         self.overheads = overheads
         self.sim = _Memo(simulator, request.model_config)
         self.usable = usable_bytes(gpu, overheads)
@@ -579,10 +667,17 @@ class _Planner:
             largest_layer_params=self.largest_layer() if request.zero_stage == 3 else 0,
         )
 
+    def step_options(self, micro: int, options: TrainOptions) -> TrainOptions:
+        """``options`` as the step at ``micro`` runs: with accumulation, a second micro-batch
+        runs with the first one's gradients alive (DeepSpeed accumulates in its engine)."""
+        accumulates = self.request.per_rank_batch // micro > 1 and self.request.zero_stage == 0
+        return replace(options, micro_batches=2 if accumulates else 1, device=self.device)
+
     def train_need(
         self, micro: int, options: TrainOptions, source_len: int, target_len: int | None = None
     ) -> _Need:
         target = target_len if target_len is not None else self.request.target_len
+        options = self.step_options(micro, options)
         profile = self.sim.train(TrainShape(micro, source_len, target), options)
         if self.request.zero_stage > 0:
             # DeepSpeed holds the model states itself (sharded); activations stay per rank.
@@ -602,10 +697,17 @@ class _Planner:
         return _Need(profile, need, need <= self.usable, profile.peak_bytes)
 
     def generate_need(
-        self, batch: int, source_len: int, precision: str, resident_bytes: int
+        self,
+        batch: int,
+        source_len: int,
+        options: GenerateOptions,
+        resident_bytes: int,
+        label_len: int = 0,
     ) -> _Need:
-        shape = GenerateShape(batch, source_len, self.request.new_tokens, self.request.num_beams)
-        profile = self.sim.generate(shape, precision)
+        shape = GenerateShape(
+            batch, source_len, self.request.new_tokens, self.request.num_beams, label_len
+        )
+        profile = self.sim.generate(shape, replace(options, device=self.device))
         need = required_bytes(profile.peak_bytes + resident_bytes, self.overheads)
         return _Need(profile, need, need <= self.usable, profile.peak_bytes + resident_bytes)
 
@@ -644,6 +746,260 @@ def _nice_batch_sizes(cap: int) -> list[int]:
     return sorted(sizes)
 
 
+# --------------------------------------------------------------------------------------
+# make_plan: a pipeline of named steps over one mutable state
+
+
+@dataclass
+class _State:
+    """What the planning steps decide, in order."""
+
+    options: TrainOptions
+    source_len: int
+    reasons: list[str]
+    warnings: list[str]
+    need: _Need | None = None  # training need at the chosen (or smallest) micro-batch
+    micro: int = 1
+    rejected: set[str] = field(default_factory=set)
+
+
+def resolve_optimizer(name: str) -> str:
+    """``auto`` starts as fused AdamW (the ladder may switch it); a named one stays."""
+    return "adamw" if name == "auto" else name
+
+
+def _initial_options(request: PlanRequest, precision: str) -> TrainOptions:
+    return TrainOptions(
+        precision=precision,  # type: ignore[arg-type]
+        optimizer=resolve_optimizer(request.optimizer),  # type: ignore[arg-type]
+        gradient_checkpointing=request.gradient_checkpointing is True,
+        lora=request.lora,
+        lora_rank=request.lora_rank,
+    )
+
+
+def _climb_ladder(planner: _Planner, state: _State, smallest: int) -> None:
+    """Take fallback steps while the smallest allowed micro-batch does not fit."""
+    need = planner.train_need(smallest, state.options, state.source_len)
+    tried: set[str] = set()
+    while not need.fits:
+        open_steps = [
+            s
+            for s in ladder_steps(planner.request, state.options, state.source_len, planner.gpu)
+            if s.name not in tried
+        ]
+        if not open_steps:
+            break
+        step = open_steps[0]
+        tried.add(step.name)
+        trial = planner.train_need(smallest, step.options, step.source_len)
+        before = f"micro-batch {smallest} needs {_gib(need.required_bytes)}"
+        if trial.required_bytes < need.required_bytes:
+            state.reasons.append(
+                f"{step.description}: {before} > {_gib(planner.usable)} usable; "
+                f"with it {_gib(trial.required_bytes)}"
+            )
+            if step.name.startswith("source_len="):
+                # Only the final length matters to the user: replace an earlier halving.
+                state.warnings[:] = [w for w in state.warnings if not w.startswith(_CUT_WARNING)]
+                state.warnings.append(f"{_CUT_WARNING}: {step.description}")
+            state.options, state.source_len, need = step.options, step.source_len, trial
+        else:
+            state.rejected.add(step.name)
+            state.reasons.append(
+                f"{step.description}: skipped, it does not lower the need "
+                f"({_gib(trial.required_bytes)} vs {_gib(need.required_bytes)})"
+            )
+    state.need = need
+
+
+def _choose_micro_batch(planner: _Planner, state: _State, fixed_micro: int | None) -> None:
+    """The largest divisor of the per-GPU batch that fits (or the requested one)."""
+    assert state.need is not None
+    usable = _gib(planner.usable)
+    if not state.need.fits:
+        state.micro = fixed_micro or 1
+        state.reasons.append(
+            f"does not fit: micro-batch {state.micro} at source length {state.source_len} "
+            f"needs {_gib(state.need.required_bytes)} but {planner.gpu.name} leaves {usable} "
+            "usable after every fallback"
+        )
+        return
+    if fixed_micro is not None:
+        state.micro = fixed_micro
+        state.reasons.append(
+            f"micro-batch {fixed_micro}: as requested; needs "
+            f"{_gib(state.need.required_bytes)} of {usable} usable"
+        )
+        return
+    per_rank = planner.request.per_rank_batch
+    candidates = divisors(per_rank)
+
+    def fits(m: int) -> bool:
+        return planner.train_need(m, state.options, state.source_len).fits
+
+    state.micro = largest_fitting(candidates, fits) or 1
+    state.need = planner.train_need(state.micro, state.options, state.source_len)
+    larger = [d for d in candidates if d > state.micro]
+    why = f"the largest divisor of {per_rank} that fits"
+    if larger:
+        above = planner.train_need(larger[0], state.options, state.source_len)
+        why += f" ({larger[0]} would need {_gib(above.required_bytes)})"
+    state.reasons.append(
+        f"micro-batch {state.micro}: {why}; needs {_gib(state.need.required_bytes)} of "
+        f"{usable} usable on {planner.gpu.name}"
+    )
+
+
+def _explain_engine(planner: _Planner, state: _State, geometry: BatchGeometry) -> None:
+    request = planner.request
+    state.reasons.append(geometry.describe())
+    if request.gradient_checkpointing == "auto" and not state.options.gradient_checkpointing:
+        state.reasons.append(
+            "gradient checkpointing off: not needed, it would cost ~30% more compute"
+        )
+    if state.options.optimizer == "adamw":
+        state.reasons.append(
+            "optimizer: fused AdamW (updates in place, no parameter-sized temporaries)"
+        )
+    assert state.need is not None
+    if request.zero_stage > 0:
+        where = "CPU" if request.offload else "the GPUs"
+        sharded = {1: "optimizer state", 2: "optimizer state and gradients"}.get(
+            request.zero_stage, "optimizer state, gradients and parameters"
+        )
+        states = state.need.zero_states
+        state.reasons.append(
+            f"DeepSpeed ZeRO-{request.zero_stage}: {sharded} sharded over "
+            f"{request.world_size} GPU(s), optimizer state on {where}; per-rank model states "
+            f"{_gib(states.gpu_bytes if states else 0)} on the GPU"
+        )
+    elif request.world_size > 1:
+        state.reasons.append(
+            "counted one extra gradient copy per GPU for DDP's communication buckets"
+        )
+
+
+def _resident_bytes(need: _Need) -> int:
+    """Optimizer state that stays on the GPU while evaluation generates."""
+    if need.zero_states is not None:
+        return need.zero_states.optimizer_state_bytes
+    return need.profile.breakdown.get("optimizer_state", 0)
+
+
+def _choose_eval_batch(planner: _Planner, state: _State) -> tuple[int, _Need]:
+    """Eval batch: generation (AMP state as in training) and the eval-loss forward, next
+    to the resident optimizer state."""
+    request = planner.request
+    assert state.need is not None
+    resident = _resident_bytes(state.need)
+    options = eval_generate_options(state.options.precision)
+
+    def need_at(batch: int) -> _Need:
+        return planner.generate_need(
+            batch, state.source_len, options, resident, label_len=request.target_len
+        )
+
+    if request.eval_batch_size != "auto":
+        batch = int(request.eval_batch_size)
+    else:
+        batch = largest_fitting(range(1, EVAL_BATCH_CAP + 1), lambda b: need_at(b).fits) or 1
+        state.reasons.append(
+            f"eval batch {batch}: largest (up to {EVAL_BATCH_CAP}) whose generation with "
+            f"{request.num_beams} beams and eval-loss forward fit next to the resident "
+            f"optimizer state ({_gib(resident)})"
+        )
+    need = need_at(batch)
+    if not need.fits:
+        state.warnings.append(
+            f"evaluation at batch {batch} is predicted not to fit ({request.num_beams} beams, "
+            "optimizer state resident)"
+        )
+    return batch, need
+
+
+@dataclass(frozen=True)
+class _Generation:
+    batch: int
+    token_budget: int
+    row_cap: int
+    need: _Need
+
+
+def _choose_generation(planner: _Planner, state: _State) -> _Generation:
+    """Prediction batch at the longest source, its token budget, and a row cap checked at
+    the worst point of the budget (many short rows)."""
+    request = planner.request
+    beams, new = request.num_beams, request.new_tokens
+    options = predict_generate_options(state.options.precision)
+
+    def need_at(batch: int, source_len: int) -> _Need:
+        return planner.generate_need(batch, source_len, options, 0)
+
+    batch = largest_fitting(
+        _nice_batch_sizes(GENERATION_BATCH_CAP), lambda b: need_at(b, state.source_len).fits
+    )
+    if batch is None:
+        batch = 1
+        state.warnings.append("prediction at batch 1 is predicted not to fit")
+    budget = generation_token_budget(batch, state.source_len, new, beams)
+
+    def source_at(rows: int) -> int:
+        # The longest source ``rows`` rows may have within the budget.
+        return max(1, min(state.source_len, budget // (rows * beams) - new))
+
+    most_rows = max(batch, budget // generation_cost(1, new, beams))
+    candidates = [r for r in _nice_batch_sizes(GENERATION_BATCH_CAP) if batch <= r <= most_rows]
+    row_cap = largest_fitting(candidates, lambda r: need_at(r, source_at(r)).fits) or batch
+    need = need_at(batch, state.source_len)
+    state.reasons.append(
+        f"generation batch {batch} at source length {state.source_len} ({beams} beams, "
+        f"{new} new tokens, weights in {PREDICT_PRECISION[state.options.precision]}): needs "
+        f"{_gib(need.required_bytes)}; token budget {budget} = {batch} x ({state.source_len} "
+        f"+ {new}) x {beams}, at most {row_cap} rows per batch"
+    )
+    return _Generation(batch, budget, row_cap, need)
+
+
+def _alternatives(planner: _Planner, state: _State) -> list[str]:
+    """What would fit when nothing on the ladder does (each checked with the simulator)."""
+    request = planner.request
+    options = state.options
+    out: list[str] = []
+    lengths = [n for n in range(32, state.source_len, 32)]
+    shorter = largest_fitting(lengths, lambda n: planner.train_need(1, options, n).fits)
+    if shorter is not None:
+        out.append(
+            f"a shorter source: tokenizer.max_source_length={shorter}"
+            + _truncation_note(request.data_lengths, shorter)
+        )
+    need = planner.train_need(1, options, state.source_len)
+    larger = [
+        g
+        for g in catalog()
+        if g.total_bytes > planner.gpu.total_bytes
+        and required_bytes(need.peak_bytes, planner.overheads) <= usable_bytes(g, planner.overheads)
+    ]
+    if larger:
+        best = min(larger, key=lambda g: g.total_bytes)
+        out.append(f"a larger GPU: {best.slug} ({best.total_gib:.0f} GiB) or more")
+    if not planner.gpu.is_cpu and request.zero_stage == 0:
+        for world in (2, 4, 8):
+            if request.effective_batch_size % world:
+                continue
+            sharded = replace(request, zero_stage=3, offload=True, world_size=world)
+            trial = _Planner(sharded, planner.gpu, planner.overheads, planner.sim._simulator)
+            if trial.train_need(1, options, state.source_len).fits:
+                out.append(
+                    f"{world} GPUs with DeepSpeed ZeRO-3 and CPU offload "
+                    "(hardware.zero_stage=3, hardware.offload=true)"
+                )
+                break
+    if not request.lora:
+        out.append("LoRA adapters instead of full fine-tuning (model.lora.enabled=true)")
+    return out
+
+
 def make_plan(
     request: PlanRequest,
     gpu: GPU,
@@ -657,177 +1013,67 @@ def make_plan(
     Raises ``ConfigError`` for an invalid request or one the GPU cannot run.
     """
     validate_request(request)
-    overheads = overheads if overheads is not None else Overheads()
-    planner = _Planner(request, gpu, overheads, simulator or Simulator())
+    planner = _Planner(request, gpu, overheads or Overheads(), simulator or Simulator())
     family = request.family if request.family != "auto" else model_family(request.model_config)
     precision, reasons, warnings = choose_precision(request, gpu, family)
     if gpu.warning:
         warnings.append(gpu.warning)
-    options = TrainOptions(
-        precision=precision,  # type: ignore[arg-type]
-        optimizer=request.optimizer,  # type: ignore[arg-type]
-        gradient_checkpointing=request.gradient_checkpointing is True,
-        lora=request.lora,
-        lora_rank=request.lora_rank,
-    )
-    source_len = request.source_len
-    per_rank = request.per_rank_batch
+    state = _State(_initial_options(request, precision), request.source_len, reasons, warnings)
     fixed_micro = request.micro_batch_size if request.micro_batch_size != "auto" else None
-    smallest = fixed_micro or 1
 
-    # 1. The fallback ladder, only while the smallest allowed micro-batch does not fit.
-    need = planner.train_need(smallest, options, source_len)
-    tried: set[str] = set()
-    rejected: set[str] = set()
-    while not need.fits:
-        open_steps = [s for s in ladder_steps(request, options, source_len) if s.name not in tried]
-        if not open_steps:
-            break
-        step = open_steps[0]
-        tried.add(step.name)
-        trial = planner.train_need(smallest, step.options, step.source_len)
-        before = f"micro-batch {smallest} needs {_gib(need.required_bytes)}"
-        if trial.required_bytes < need.required_bytes:
-            reasons.append(
-                f"{step.description}: {before} > {_gib(planner.usable)} usable; "
-                f"with it {_gib(trial.required_bytes)}"
-            )
-            if step.name.startswith("source_len="):
-                # Only the final length matters to the user: replace an earlier halving.
-                warnings = [w for w in warnings if not w.startswith(_CUT_WARNING)]
-                warnings.append(f"{_CUT_WARNING}: {step.description}")
-            if step.name == "optimizer=adamw8bit":
-                warnings.append("8-bit AdamW needs the bitsandbytes package (CUDA only)")
-            options, source_len, need = step.options, step.source_len, trial
-        else:
-            rejected.add(step.name)
-            reasons.append(
-                f"{step.description}: skipped, it does not lower the need "
-                f"({_gib(trial.required_bytes)} vs {_gib(need.required_bytes)})"
-            )
-    fits = need.fits
-
-    # 2. Micro-batch: the largest divisor of the per-GPU batch that fits.
-    if not fits:
-        micro = smallest
-        reasons.append(
-            f"does not fit: micro-batch {micro} at source length {source_len} needs "
-            f"{_gib(need.required_bytes)} but {gpu.name} leaves {_gib(planner.usable)} usable "
-            "after every fallback; use a larger GPU, LoRA, more GPUs with DeepSpeed ZeRO, "
-            "or shorter sequences"
-        )
-    elif fixed_micro is not None:
-        micro = fixed_micro
-        reasons.append(
-            f"micro-batch {micro}: as requested; needs {_gib(need.required_bytes)} of "
-            f"{_gib(planner.usable)} usable"
-        )
-    else:
-        candidates = divisors(per_rank)
-        micro = (
-            largest_fitting(candidates, lambda m: planner.train_need(m, options, source_len).fits)
-            or 1
-        )
-        need = planner.train_need(micro, options, source_len)
-        larger = [d for d in candidates if d > micro]
-        why = f"the largest divisor of {per_rank} that fits"
-        if larger:
-            above = planner.train_need(larger[0], options, source_len)
-            why += f" ({larger[0]} would need {_gib(above.required_bytes)})"
-        reasons.append(
-            f"micro-batch {micro}: {why}; needs {_gib(need.required_bytes)} of "
-            f"{_gib(planner.usable)} usable on {gpu.name}"
-        )
-    accumulation = per_rank // micro
-    reasons.append(
-        f"effective batch {request.effective_batch_size} = micro-batch {micro} x "
-        f"{accumulation} accumulation steps x {request.world_size} GPU(s)"
-    )
-    if request.gradient_checkpointing == "auto" and not options.gradient_checkpointing:
-        reasons.append("gradient checkpointing off: not needed, it would cost ~30% more compute")
-    if request.zero_stage > 0:
-        where = "CPU" if request.offload else "the GPUs"
-        sharded = {1: "optimizer state", 2: "optimizer state and gradients"}.get(
-            request.zero_stage, "optimizer state, gradients and parameters"
-        )
-        reasons.append(
-            f"DeepSpeed ZeRO-{request.zero_stage}: {sharded} sharded over "
-            f"{request.world_size} GPU(s), optimizer state on {where}; per-rank model states "
-            f"{_gib(need.zero_states.gpu_bytes if need.zero_states else 0)} on the GPU"
-        )
-    elif request.world_size > 1:
-        reasons.append("counted one extra gradient copy per GPU for DDP's communication buckets")
-
-    # 3. Eval (generation while the optimizer state stays resident) and prediction batches.
-    resident = (
-        need.zero_states.optimizer_state_bytes
-        if need.zero_states is not None
-        else need.profile.breakdown.get("optimizer_state", 0)
-    )
-    if request.eval_batch_size != "auto":
-        eval_batch = int(request.eval_batch_size)
-        if not planner.generate_need(eval_batch, source_len, precision, resident).fits:
-            warnings.append(
-                f"eval batch {eval_batch} as requested is predicted not to fit "
-                f"({request.num_beams} beams, optimizer state resident)"
-            )
-    else:
-        eval_batch = (
-            largest_fitting(
-                range(1, EVAL_BATCH_CAP + 1),
-                lambda b: planner.generate_need(b, source_len, precision, resident).fits,
-            )
-            or 1
-        )
-        reasons.append(
-            f"eval batch {eval_batch}: largest (up to {EVAL_BATCH_CAP}) whose generation with "
-            f"{request.num_beams} beams fits next to the resident optimizer state "
-            f"({_gib(resident)})"
-        )
-    if not planner.generate_need(eval_batch, source_len, precision, resident).fits:
-        warnings.append(f"evaluation at batch {eval_batch} is predicted not to fit")
-    generation_batch = largest_fitting(
-        _nice_batch_sizes(GENERATION_BATCH_CAP),
-        lambda b: planner.generate_need(b, source_len, precision, 0).fits,
-    )
-    if generation_batch is None:
-        generation_batch = 1
-        warnings.append("prediction at batch 1 is predicted not to fit")
-    generate = planner.generate_need(generation_batch, source_len, precision, 0)
-    reasons.append(
-        f"generation batch {generation_batch} ({request.num_beams} beams, "
-        f"{request.new_tokens} new tokens): needs {_gib(generate.required_bytes)}"
-    )
-
-    open_steps = [s for s in ladder_steps(request, options, source_len) if s.name not in rejected]
+    _climb_ladder(planner, state, smallest=fixed_micro or 1)
+    fits = state.need is not None and state.need.fits
+    _choose_micro_batch(planner, state, fixed_micro)
+    geometry = request.geometry(state.micro)
+    _explain_engine(planner, state, geometry)
+    eval_batch, eval_need = _choose_eval_batch(planner, state)
+    generation = _choose_generation(planner, state)
+    alternatives = [] if fits else _alternatives(planner, state)
+    open_steps = [
+        s
+        for s in ladder_steps(request, state.options, state.source_len, gpu)
+        if s.name not in state.rejected
+    ]
+    need = state.need
+    assert need is not None
     return Plan(
         gpu=gpu,
-        micro_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
-        effective_batch_size=micro * accumulation * request.world_size,
+        geometry=geometry,
         eval_batch_size=eval_batch,
-        generation_batch_size=generation_batch,
-        generation_token_budget=generation_batch * source_len,
+        generation_batch_size=generation.batch,
+        generation_token_budget=generation.token_budget,
+        generation_row_cap=generation.row_cap,
         precision=precision,
-        optimizer=options.optimizer,
-        gradient_checkpointing=options.gradient_checkpointing,
-        source_len=source_len,
+        optimizer=state.options.optimizer,
+        gradient_checkpointing=state.options.gradient_checkpointing,
+        source_len=state.source_len,
         target_len=request.target_len,
         predicted_peak_bytes=need.peak_bytes,
         required_bytes=need.required_bytes,
         usable_bytes=planner.usable,
         train_profile=need.profile,
-        generate_profile=generate.profile,
+        generate_profile=generation.need.profile,
         fits=fits,
-        world_size=request.world_size,
         family=family,
-        reasons=reasons,
-        warnings=warnings,
+        reasons=state.reasons,
+        warnings=state.warnings,
         next_ladder_step=open_steps[0].name if open_steps else None,
         zero_stage=request.zero_stage,
         offload=request.offload,
         zero_states=need.zero_states,
+        requested_source_len=request.source_len,
+        eval_profile=eval_need.profile,
+        eval_required_bytes=eval_need.required_bytes,
+        generate_required_bytes=generation.need.required_bytes,
+        alternatives=alternatives,
+        architecture=_architecture(request.model_config),
     )
+
+
+def _architecture(config: PretrainedConfig) -> dict[str, Any]:
+    from dialsum.architectures import architecture_facts
+
+    return architecture_facts(config)
 
 
 # --------------------------------------------------------------------------------------
@@ -850,17 +1096,10 @@ def bucket_table(
     ``data_lengths`` rows longer than the bucket (None without data).
     """
     validate_request(request)
-    overheads = overheads if overheads is not None else Overheads()
-    planner = _Planner(request, gpu, overheads, simulator or Simulator())
+    planner = _Planner(request, gpu, overheads or Overheads(), simulator or Simulator())
     family = request.family if request.family != "auto" else model_family(request.model_config)
     precision, _, _ = choose_precision(request, gpu, family)
-    options = TrainOptions(
-        precision=precision,  # type: ignore[arg-type]
-        optimizer=request.optimizer,  # type: ignore[arg-type]
-        gradient_checkpointing=request.gradient_checkpointing is True,
-        lora=request.lora,
-        lora_rank=request.lora_rank,
-    )
+    options = _initial_options(request, precision)
     limit = max_source_positions(request.model_config)
     sources = sorted({n for n in source_lens if limit is None or n <= limit})
     targets = sorted({n for n in target_lens if limit is None or n <= limit})

@@ -10,21 +10,32 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Precision = Literal["fp32", "bf16", "fp16", "pure_bf16"]
-Optimizer = Literal["adamw", "adafactor", "adamw8bit", "sgd"]
+Optimizer = Literal["adamw", "adamw_foreach", "adafactor", "adamw8bit", "sgd"]
+Device = Literal["cuda", "cpu"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "pure_bf16")
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adafactor", "adamw8bit", "sgd")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_foreach", "adafactor", "adamw8bit", "sgd")
+DEVICES: tuple[str, ...] = ("cuda", "cpu")
 
 
 @dataclass(frozen=True)
 class TrainOptions:
-    """How a training step is run (everything that changes its memory, except shapes)."""
+    """How a training step is run (everything that changes its memory, except shapes).
+
+    ``micro_batches`` is how many micro-batches one traced step runs: 1 without gradient
+    accumulation, 2 with any accumulation (the second micro-batch runs forward/backward
+    with the first one's gradients alive; the third and later repeat the second).
+    ``device`` is where the step runs: ``cuda`` emulates CUDA's kernels and autocast on
+    the CPU trace, ``cpu`` traces the CPU kernels themselves (to check against a CPU run).
+    """
 
     precision: Precision = "fp32"
     optimizer: Optimizer = "adamw"
     gradient_checkpointing: bool = False
     lora: bool = False
     lora_rank: int = 8
+    micro_batches: int = 1
+    device: Device = "cuda"
 
 
 @dataclass(frozen=True)
@@ -38,12 +49,32 @@ class TrainShape:
 
 @dataclass(frozen=True)
 class GenerateShape:
-    """One generation call: ``batch`` inputs, ``num_beams`` beams, up to ``max_new_tokens``."""
+    """One generation call: ``batch`` inputs, ``num_beams`` beams, up to ``max_new_tokens``.
+
+    ``label_len`` > 0 adds the evaluation loss forward that the Trainer runs after
+    ``generate()`` when the batch has labels (``[batch, label_len]``).
+    """
 
     batch: int
     source_len: int
     max_new_tokens: int
     num_beams: int = 1
+    label_len: int = 0
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """How generation runs.
+
+    ``precision``: the dtype the weights are cast to (``predict``), or, with ``amp``, the
+    autocast dtype over fp32 master weights (evaluation inside bf16/fp16 training, where
+    accelerate wraps ``model.forward`` in autocast: decoder steps run under it, the encoder
+    pass - which ``generate()`` calls directly - does not). ``device`` as in TrainOptions.
+    """
+
+    precision: Precision = "fp32"
+    amp: bool = False
+    device: Device = "cuda"
 
 
 @dataclass

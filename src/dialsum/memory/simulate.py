@@ -23,6 +23,7 @@ one decoder step at the longest cache, and the logits processing of that step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from collections.abc import Callable, Iterator
@@ -38,16 +39,24 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from dialsum.memory import cache as trace_cache
 from dialsum.memory import timeline
-from dialsum.memory.allocator import round_allocation_bytes
+from dialsum.memory.allocator import exact_bytes, round_allocation_bytes
 from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
 from dialsum.memory.fake_model import (
     fake_model_from_config,
     trainable_params,
     unique_params,
 )
-from dialsum.memory.optimizers import make_optimizer, state_tensors
-from dialsum.memory.profile import GenerateShape, MemoryProfile, Precision, TrainOptions, TrainShape
+from dialsum.memory.optimizers import AdamW8bitModel, state_tensors
+from dialsum.memory.profile import (
+    GenerateOptions,
+    GenerateShape,
+    MemoryProfile,
+    Precision,
+    TrainOptions,
+    TrainShape,
+)
 from dialsum.memory.tracer import LiveStorageTracker, PeakRecord, RoundFn
+from dialsum.step import build_optimizer, step_forward_backward
 
 TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
 GENERATE_CATEGORIES = ("weights", "activations", "kv_cache", "logits", "temporaries")
@@ -120,11 +129,14 @@ def _random_ids(batch: int, length: int, vocab_size: int) -> torch.Tensor:
     return torch.randint(0, vocab_size, (batch, length), dtype=torch.long)
 
 
-def _train_batch(config: PretrainedConfig, shape: TrainShape) -> dict[str, torch.Tensor]:
+def _train_batch(config: PretrainedConfig, rows: int, shape: TrainShape) -> dict[str, torch.Tensor]:
+    # What the collator hands the trainer: source ids/mask [rows, source_len], labels and
+    # the shifted ``decoder_input_ids`` [rows, target_len] (int64, like a tokenizer's).
     return {
-        "input_ids": _random_ids(shape.batch, shape.source_len, config.vocab_size),
-        "attention_mask": torch.ones(shape.batch, shape.source_len, dtype=torch.long),
-        "labels": _random_ids(shape.batch, shape.target_len, config.vocab_size),
+        "input_ids": _random_ids(rows, shape.source_len, config.vocab_size),
+        "attention_mask": torch.ones(rows, shape.source_len, dtype=torch.long),
+        "labels": _random_ids(rows, shape.target_len, config.vocab_size),
+        "decoder_input_ids": _random_ids(rows, shape.target_len, config.vocab_size),
     }
 
 
@@ -147,10 +159,11 @@ def _build_train_rig(
     lora_rank = options.lora_rank if options.lora else None
     model = fake_model_from_config(config, mode, _weights_dtype(options.precision), lora_rank)
     if options.gradient_checkpointing:
-        checkpoint_kwargs = {
-            "use_reentrant": False,
-            "context_fn": checkpoint_context_fn(_amp_dtype(options.precision)),
-        }
+        amp = _amp_dtype(options.precision) if options.device == "cuda" else None
+        context_fn = checkpoint_context_fn(amp) if options.device == "cuda" else None
+        checkpoint_kwargs = {"use_reentrant": False}
+        if context_fn is not None:
+            checkpoint_kwargs["context_fn"] = context_fn
         # transformers renames this to activation_checkpointing_enable (old name deprecated).
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
@@ -163,7 +176,12 @@ def _build_train_rig(
     model.train()
     trainable = trainable_params(model)
     with mode:
-        optimizer = make_optimizer(options.optimizer, trainable)
+        if options.optimizer == "adamw8bit":
+            # bitsandbytes runs on CUDA only: its state is modelled (see optimizers.py).
+            optimizer = AdamW8bitModel(trainable)
+        else:
+            # The trainer's own optimizer construction (parameter groups, fused AdamW).
+            optimizer = build_optimizer(model, options.optimizer, lr=1e-4, weight_decay=0.01)
     total = sum(p.numel() for p in unique_params(model))
     trainable_count = sum(p.numel() for p in trainable)
     # ``params`` is the base model; with LoRA the adapters are the trainable part on top.
@@ -171,17 +189,40 @@ def _build_train_rig(
     return _TrainRig(model, optimizer, base, trainable_count)
 
 
-def _forward_loss(
-    rig: _TrainRig, batch: dict, emulation: CudaEmulationMode, amp: torch.dtype | None
-) -> torch.Tensor:
-    emulation.autocast_dtype = amp
-    outputs = rig.model(**batch)
-    if amp is not None:
-        # accelerate wraps forward in ``convert_outputs_to_fp32``: a transient fp32 logits copy.
-        outputs.logits.float()
-    emulation.clear_cache()  # autocast exit
-    emulation.autocast_dtype = None
-    return outputs.loss
+class _AmpForward:
+    """The model as accelerate prepares it for AMP: ``forward`` under autocast, then the
+    outputs converted to fp32 (``convert_outputs_to_fp32``: a fp32 copy of the logits).
+
+    On ``cuda`` the emulation applies CUDA's autocast lists and drops its weight cast cache
+    when the region exits; on ``cpu`` the real CPU autocast runs.
+    """
+
+    def __init__(
+        self, model: nn.Module, emulation: CudaEmulationMode, amp: torch.dtype, device: str
+    ) -> None:
+        self.model, self.emulation, self.amp, self.device = model, emulation, amp, device
+
+    def __call__(self, **inputs):
+        if self.device == "cpu":
+            with torch.autocast("cpu", dtype=self.amp):
+                outputs = self.model(**inputs)
+        else:
+            self.emulation.autocast_dtype = self.amp
+            try:
+                outputs = self.model(**inputs)
+            finally:
+                self.emulation.clear_cache()  # autocast exit
+                self.emulation.autocast_dtype = None
+        if outputs.logits.dtype != torch.float32:
+            outputs.logits = outputs.logits.float()
+        return outputs
+
+
+def _prepared_model(
+    model: nn.Module, emulation: CudaEmulationMode, precision: str, device: str
+) -> Callable:
+    amp = _amp_dtype(precision)
+    return model if amp is None else _AmpForward(model, emulation, amp, device)
 
 
 def _train_step(
@@ -190,16 +231,30 @@ def _train_step(
     tracker: LiveStorageTracker,
     emulation: CudaEmulationMode,
     options: TrainOptions,
+    micro: int,
 ) -> None:
-    amp = _amp_dtype(options.precision)
-    tracker.set_phase("forward", default_category="activations")
-    loss = _forward_loss(rig, batch, emulation, amp)
+    """One optimizer step as the guarded trainer runs it: ``step.step_forward_backward``
+    over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``."""
 
-    tracker.set_phase("backward")
-    if options.precision == "fp16":
-        loss = loss * GRAD_SCALER_INIT_SCALE
-    loss.backward()
-    del loss
+    def forward_phase(_chunk: dict) -> None:
+        tracker.set_phase("forward", default_category="activations")
+
+    def backward(loss: torch.Tensor) -> None:
+        tracker.set_phase("backward")
+        if options.precision == "fp16":
+            loss = loss * GRAD_SCALER_INIT_SCALE  # GradScaler.scale
+        loss.backward()
+
+    model = _prepared_model(rig.model, emulation, options.precision, options.device)
+    step_forward_backward(
+        model,
+        batch,
+        micro,
+        1.0,  # the normaliser is a Python float in the trainer too: no tensor
+        backward=backward,
+        before_micro_batch=forward_phase,
+        trim=False,  # fake tensors hold no values; the simulated rows are unpadded
+    )
 
     tracker.set_phase("optimizer")
     grads = [p.grad for p in trainable_params(rig.model) if p.grad is not None]
@@ -211,6 +266,11 @@ def _train_step(
     rig.optimizer.step()
     tracker.track_all(state_tensors(rig.optimizer), "optimizer_state")
     rig.optimizer.zero_grad(set_to_none=True)
+
+
+def _emulation_on(emulation: CudaEmulationMode, device: str) -> contextlib.AbstractContextManager:
+    """CUDA's kernel choices for a ``cuda`` trace; nothing for ``cpu`` (real CPU kernels)."""
+    return emulation if device == "cuda" else contextlib.nullcontext()
 
 
 def _track_model(tracker: LiveStorageTracker, model: nn.Module) -> None:
@@ -240,14 +300,15 @@ def _trace_train(
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
+    rows = shape.batch * options.micro_batches
     try:
-        with mode, tracker, emulation:
+        with mode, tracker, _emulation_on(emulation, options.device):
             _track_model(tracker, rig.model)
             for _ in range(2):
                 tracker.reset_peaks()
                 tracker.set_phase("data")
-                batch = _train_batch(config, shape)
-                _train_step(rig, batch, tracker, emulation, options)
+                batch = _train_batch(config, rows, shape)
+                _train_step(rig, batch, tracker, emulation, options, shape.batch)
                 del batch
                 if tracker.events is not None:
                     tracker.events.append(("step",))
@@ -315,6 +376,11 @@ def _replayed(
     return profile_of(base, steps)
 
 
+def default_round_fn(device: str) -> RoundFn:
+    """CUDA's caching allocator rounds blocks to 512 bytes; a CPU run counts exact bytes."""
+    return round_allocation_bytes if device == "cuda" else exact_bytes
+
+
 def _cached(
     key: str,
     cache_dir: str | Path | None,
@@ -323,7 +389,7 @@ def _cached(
     compute: Callable[[], MemoryProfile],
 ) -> MemoryProfile:
     """Disk cache around ``compute``; a custom ``round_fn`` bypasses it."""
-    cacheable = use_cache and round_fn is round_allocation_bytes
+    cacheable = use_cache and round_fn in (round_allocation_bytes, exact_bytes)
     cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
     if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
         return hit
@@ -340,7 +406,7 @@ def simulate_train(
     *,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
-    round_fn: RoundFn = round_allocation_bytes,
+    round_fn: RoundFn | None = None,
     replay_batches: bool = True,
 ) -> MemoryProfile:
     """Peak GPU memory of one training step of ``config`` at ``shape`` with ``options``.
@@ -359,6 +425,8 @@ def simulate_train(
     of the backward peak moves with depth when embedding gradients are large.
     """
 
+    round_fn = round_fn or default_round_fn(options.device)
+
     def trace_at(batch: int, record: bool) -> Traced:
         return _trace_train(config, replace(shape, batch=batch), options, round_fn, record)
 
@@ -376,7 +444,7 @@ def simulate_train(
             round_fn,
         )
 
-    key = trace_cache.cache_key("train", config, shape, options)
+    key = trace_cache.cache_key("train", config, shape, options, round_fn.__name__)
     return _cached(key, cache_dir, use_cache, round_fn, compute)
 
 
@@ -451,26 +519,33 @@ def _process_logits(raw_logits: torch.Tensor, batch: int, num_beams: int) -> Non
 def _trace_generate(
     config: PretrainedConfig,
     shape: GenerateShape,
-    precision: Precision,
+    options: GenerateOptions,
     round_fn: RoundFn,
     record: bool = False,
 ) -> tuple[MemoryProfile, list | None]:
     """(profile, recorded timeline or None)."""
     config = copy.deepcopy(config)
-    dtype = dtype_of(precision)
+    dtype = dtype_of(options.precision)
+    # predict casts the weights; evaluation inside AMP training keeps fp32 masters.
+    weights_dtype = None if options.amp or dtype == torch.float32 else dtype
     mode = FakeTensorMode()
-    model = fake_model_from_config(config, mode, None if dtype == torch.float32 else dtype)
+    model = fake_model_from_config(config, mode, weights_dtype)
     model.eval()
     tracker = LiveStorageTracker(round_fn, record=record)
+    emulation = CudaEmulationMode()
     rows = shape.batch * shape.num_beams
     with mode:
+        # Under autocast the K/V projections run in the low dtype: the cache is in ``dtype``.
         cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
-    with mode, tracker, CudaEmulationMode(), torch.no_grad():
+    amp_precision = options.precision if options.amp else "fp32"
+    with mode, tracker, _emulation_on(emulation, options.device), torch.no_grad():
         _track_model(tracker, model)
+        decoder = _prepared_model(model, emulation, amp_precision, options.device)
 
         tracker.set_phase("encoder")
         input_ids = _random_ids(shape.batch, shape.source_len, config.vocab_size)
         mask = torch.ones(shape.batch, shape.source_len, dtype=torch.long)
+        # generate() calls the encoder module itself, outside accelerate's autocast wrapper.
         encoded = model.get_encoder()(input_ids=input_ids, attention_mask=mask)
         # generate() expands encoder outputs to batch*beams rows and keeps them to the end.
         hidden = encoded.last_hidden_state.repeat_interleave(shape.num_beams, dim=0)
@@ -483,7 +558,7 @@ def _trace_generate(
         # from here on it counts, as after max_new_tokens - 1 steps.
         tracker.track_all(_cache_tensors(cache), "kv_cache")
         start = torch.zeros(rows, 1, dtype=torch.long)
-        outputs = model(
+        outputs = decoder(
             encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
             attention_mask=mask,
             decoder_input_ids=start,
@@ -496,6 +571,25 @@ def _trace_generate(
         tracker.set_phase("logits", default_category="logits")
         _process_logits(outputs.logits, shape.batch, shape.num_beams)
         del outputs
+        if shape.num_beams > 1:
+            # Beam search reorders every layer's self- and cross-attention K/V by the chosen
+            # beams (``index_select``: a new tensor while the old one is still alive).
+            tracker.set_phase("reorder")
+            cache.reorder_cache(torch.zeros(rows, dtype=torch.long))
+            tracker.track_all(_cache_tensors(cache), "kv_cache")
+        if shape.label_len:
+            # After generate() returns (cache and encoder outputs freed), the Trainer's
+            # prediction_step runs a no-grad forward with the labels for the eval loss.
+            del cache, hidden, mask
+            tracker.set_phase("eval_loss", default_category="activations")
+            batch = {
+                "input_ids": _random_ids(shape.batch, shape.source_len, config.vocab_size),
+                "attention_mask": torch.ones(shape.batch, shape.source_len, dtype=torch.long),
+                "labels": _random_ids(shape.batch, shape.label_len, config.vocab_size),
+                "decoder_input_ids": _random_ids(shape.batch, shape.label_len, config.vocab_size),
+            }
+            outputs = decoder(**batch)
+            del outputs, batch
     if tracker.events is not None:
         tracker.events.append(("step",))
     params = sum(p.numel() for p in unique_params(model))
@@ -518,32 +612,37 @@ def _generate_profile(
 def simulate_generate(
     config: PretrainedConfig,
     shape: GenerateShape,
-    precision: Precision = "fp32",
+    options: GenerateOptions | Precision = "fp32",
     *,
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
-    round_fn: RoundFn = round_allocation_bytes,
+    round_fn: RoundFn | None = None,
     replay_batches: bool = True,
 ) -> MemoryProfile:
-    """Peak GPU memory of ``generate()`` for ``shape``; weights cast to ``precision``.
+    """Peak GPU memory of ``generate()`` for ``shape`` run as ``options`` says (a bare
+    precision string means weights cast to it, as ``predict`` does).
 
     Phases: ``encoder`` (encoder pass under no_grad), ``decode_step`` (one decoder step with
     the self-attention cache at ``max_new_tokens`` and the cross-attention cache at
     ``source_len``, for ``batch*num_beams`` rows), ``logits`` (fp32 copy, log_softmax, beam
-    scores, top-k over ``[batch, beams*vocab]``). Breakdown: ``weights``, ``activations``
-    (encoder outputs kept through decoding), ``kv_cache``, ``logits``, ``temporaries``.
+    scores, top-k over ``[batch, beams*vocab]``), ``reorder`` (beam search's cache
+    reorder), ``eval_loss`` (with ``shape.label_len``: the Trainer's loss forward).
+    Breakdown: ``weights``, ``activations`` (encoder outputs kept through decoding),
+    ``kv_cache``, ``logits``, ``temporaries``.
     """
+    if isinstance(options, str):
+        options = GenerateOptions(precision=options)
+    round_fn = round_fn or default_round_fn(options.device)
 
     def trace_at(batch: int, record: bool) -> Traced:
-        return _trace_generate(config, replace(shape, batch=batch), precision, round_fn, record)
+        return _trace_generate(config, replace(shape, batch=batch), options, round_fn, record)
 
     def compute() -> MemoryProfile:
         if not (replay_batches and shape.batch > 1):
             return trace_at(shape.batch, False)[0]
         key = trace_cache.cache_key(
-            "generate-timeline", config, shape.source_len, shape.max_new_tokens,
-            shape.num_beams, precision, round_fn.__name__,
-        )  # fmt: skip
+            "generate-timeline", config, replace(shape, batch=0), options, round_fn.__name__
+        )
         return _replayed(
             key,
             shape.batch,
@@ -552,5 +651,5 @@ def simulate_generate(
             round_fn,
         )
 
-    key = trace_cache.cache_key("generate", config, shape, precision)
+    key = trace_cache.cache_key("generate", config, shape, options, round_fn.__name__)
     return _cached(key, cache_dir, use_cache, round_fn, compute)
