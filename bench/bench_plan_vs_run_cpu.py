@@ -1,0 +1,500 @@
+"""Plan vs run on the CPU: the planner's numbers against the real dialsum code, measured.
+
+No GPU is needed to check that "the plan is the run". For each model shape this runs, on
+the CPU with real tensors:
+
+- two optimizer steps of the real guarded trainer (``GuardedSeq2SeqTrainer`` built from
+  ``train.training_arguments``: its micro-batches, its token-sum loss, its optimizer);
+- an evaluation pass (``trainer.evaluate()``: beam-search ``generate()`` plus the eval-loss
+  forward, next to the resident optimizer state);
+- a ``predict`` pass (``infer.generate_summaries``, after the trainer is gone);
+
+and measures each phase's peak live tensor bytes with ``torch.profiler`` memory events
+(``dialsum.memory.measure``: independent of the simulator). The simulator predicts the
+same phases with ``device="cpu"`` (CPU kernels, exact bytes), as ``dialsum plan --gpu cpu``
+does. Targets: training within +-5 %, generation within +-10 %.
+
+Generation is forced to its full length (``min_new_tokens = max_new_tokens``): the plan
+sizes the cache for the longest summary, and random weights would otherwise stop early.
+
+Cap mode (``--caps``, on by default for the tiny model; ``--cap-gib X`` to choose): a
+``LiveBytesCap`` makes the CPU run raise a real ``torch.OutOfMemoryError`` above X GiB of
+live tensors, emulating a smaller device. For each cap the planner (``make_plan`` against
+``cpu_device(X)``) picks a micro-batch; the bench finds the true largest micro-batch that
+runs two steps without an OOM (bisection over the divisors of the step's rows), and
+counts the OOMs the guard recovered from at the planned setting. Goals: planned / true
+>= 0.95, 0 OOMs.
+
+    uv run python bench/bench_plan_vs_run_cpu.py                      # tiny, t5-60m, bart-60m
+    uv run python bench/bench_plan_vs_run_cpu.py --shapes tiny --source-len 128
+    uv run python bench/bench_plan_vs_run_cpu.py --model DIR --source-len 512 --batch 2
+    uv run python bench/bench_plan_vs_run_cpu.py --shapes tiny --cap-gib 0.05 --cap-gib 0.08
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from transformers import BartConfig, T5Config, TrainerCallback
+
+from dialsum.architectures import load_config, model_from_config
+from dialsum.config import load_section
+from dialsum.data import make_collator
+from dialsum.geometry import BatchGeometry, divisors
+from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
+from dialsum.infer import generate_summaries
+from dialsum.memory.gpus import cpu_device
+from dialsum.memory.guard import GuardState
+from dialsum.memory.live_cap import LiveBytesCap
+from dialsum.memory.measure import PhaseRecorder
+from dialsum.memory.optimizers import state_tensors
+from dialsum.memory.plan import Plan, PlanRequest, largest_fitting, make_plan
+from dialsum.memory.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
+from dialsum.memory.simulate import simulate_generate, simulate_train
+from dialsum.planning import overheads_for
+from dialsum.runs import new_run
+from dialsum.settings import Settings
+from dialsum.train import ListDataset, setup_model, training_arguments
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 2**30
+TRAIN_TOLERANCE, GENERATION_TOLERANCE = 0.05, 0.10
+
+
+# -- models --------------------------------------------------------------------------------
+
+
+def t5_60m() -> T5Config:
+    # t5-small's layout (60.5M parameters, tied head): 6+6 layers, d_model 512, ReLU d_ff 2048.
+    return T5Config(
+        vocab_size=32128,
+        d_model=512,
+        d_ff=2048,
+        d_kv=64,
+        num_layers=6,
+        num_decoder_layers=6,
+        num_heads=8,
+        feed_forward_proj="relu",
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+
+
+def bart_60m() -> BartConfig:
+    # A BART-base layout at d_model 512 (59.8M parameters): 6+6 layers, 8 heads, GELU 2048.
+    return BartConfig(
+        vocab_size=30000,
+        d_model=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        max_position_embeddings=1026,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
+        decoder_start_token_id=1,
+        forced_eos_token_id=1,
+    )
+
+
+@dataclass
+class Bench:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    cfg: object  # the tiny section, with the bench's overrides
+
+
+def build(name: str, model_dir: str | None, overrides: list[str]) -> Bench:
+    """The model under test and a tokenizer (the bundled tiny one: ids only matter)."""
+    cfg = load_section(ROOT / "config.yaml", "tiny", overrides)
+    tiny_model, tokenizer = setup_model(cfg)
+    if name == "tiny":
+        model = tiny_model
+    else:
+        config = (
+            load_config(model_dir)
+            if name == "model"
+            else {"t5-60m": t5_60m, "bart-60m": bart_60m}[name]()
+        )
+        model = model_from_config(config)
+    model.generation_config.pad_token_id = model.config.pad_token_id
+    model.generation_config.decoder_start_token_id = model.config.decoder_start_token_id
+    model.generation_config.eos_token_id = model.config.eos_token_id
+    return Bench(name, model, tokenizer, cfg)
+
+
+def fixed_rows(n: int, source_len: int, target_len: int, vocab: int, seed: int) -> list[dict]:
+    """Rows of ``source_len`` tokens, every second one a token shorter, and ``target_len``
+    labels: every batch of two or more rows is padded to ``source_len``, as real batches
+    are (a padded batch makes attention build its ``[batch, heads, L, L]`` mask; the
+    simulator always assumes one)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i in range(n):
+        length = source_len - (i % 2)
+        ids = torch.randint(4, vocab, (length,), generator=g).tolist()
+        labels = torch.randint(4, vocab, (target_len,), generator=g).tolist()
+        rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
+    return rows
+
+
+def tensor_bytes(model: torch.nn.Module) -> int:
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+# -- the real run --------------------------------------------------------------------------
+
+
+class PhaseMarks(TrainerCallback):
+    """Marks the trainer's phases for the profiler: the step's forward/backward over its
+    micro-batches, then the optimizer step."""
+
+    def __init__(self, recorder: PhaseRecorder) -> None:
+        self.recorder, self.open = recorder, None
+
+    def _switch(self, name: str | None) -> None:
+        if self.open is not None:
+            self.open.__exit__(None, None, None)
+        self.open = self.recorder.phase(name) if name else None
+        if self.open is not None:
+            self.open.__enter__()
+
+    def on_step_begin(self, *_, **__):
+        self._switch("train")
+
+    def on_pre_optimizer_step(self, *_, **__):
+        self._switch("optimizer")
+
+    def on_optimizer_step(self, *_, **__):
+        self._switch(None)
+
+
+@dataclass(frozen=True)
+class Setup:
+    source_len: int
+    target_len: int
+    micro: int
+    accumulation: int
+    eval_batch: int
+    beams: int
+    new_tokens: int
+    optimizer: str
+
+
+def make_trainer(bench: Bench, setup: Setup, out: Path, callbacks=()) -> GuardedSeq2SeqTrainer:
+    model = bench.model
+    rows = setup.micro * setup.accumulation
+    cfg = bench.cfg
+    cfg = replace(
+        cfg,
+        training=replace(
+            cfg.training,
+            max_steps=2,
+            eval_strategy="no",
+            save_strategy="no",
+            report_to=["none"],
+            logging_steps=1000,
+            effective_batch_size=rows,
+            micro_batch_size=setup.micro,
+            eval_batch_size=setup.eval_batch,
+            optimizer=setup.optimizer,
+        ),
+    )
+    settings = Settings(
+        device="cpu",
+        geometry=BatchGeometry.build(rows, 1, setup.micro),
+        eval_batch_size=setup.eval_batch,
+        generation_batch_size=setup.eval_batch,
+        generation_token_budget=0,
+        generation_row_cap=setup.eval_batch,
+        precision="fp32",
+        optimizer=setup.optimizer,
+        gradient_checkpointing=False,
+        source_len=setup.source_len,
+    )
+    gen_config = copy.deepcopy(model.generation_config)
+    gen_config.update(**gen_kwargs(setup))
+    args = training_arguments(cfg.training, settings, new_run(out, bench.name), gen_config)
+    vocab = min(model.config.vocab_size, len(bench.tokenizer))
+    return GuardedSeq2SeqTrainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(
+            fixed_rows(rows * 2, setup.source_len, setup.target_len, vocab, 0)
+        ),
+        eval_dataset=ListDataset(
+            fixed_rows(setup.eval_batch, setup.source_len, setup.target_len, vocab, 1)
+        ),
+        data_collator=make_collator(bench.tokenizer, model),
+        processing_class=bench.tokenizer,
+        guard=GuardState(micro_batch_size=setup.micro, eval_batch_size=setup.eval_batch),
+        optimizer_name=setup.optimizer,
+        # As in a real run: with metrics to compute, evaluation generates (without, the
+        # Trainer would only run the eval-loss forward).
+        compute_metrics=lambda _: {},
+        callbacks=list(callbacks),
+    )
+
+
+def gen_kwargs(setup: Setup) -> dict:
+    return {
+        "num_beams": setup.beams,
+        "max_new_tokens": setup.new_tokens,
+        "min_new_tokens": setup.new_tokens,
+        "early_stopping": False,
+        "length_penalty": 1.0,
+    }
+
+
+def measure(bench: Bench, setup: Setup, out: Path) -> tuple[dict[str, int], int]:
+    """Measured phase peaks of the real run, and the optimizer state bytes it kept."""
+    model = bench.model
+    baseline = tensor_bytes(model)
+    with PhaseRecorder(baseline_bytes=baseline) as recorder:
+        trainer = make_trainer(bench, setup, out, [])
+        trainer.add_callback(PhaseMarks(recorder))
+        trainer.train()
+        with recorder.phase("eval"):
+            trainer.evaluate()
+    peaks = recorder.peaks()
+    state_bytes = sum(t.untyped_storage().nbytes() for t in state_tensors(trainer.optimizer))
+    del trainer
+    gc.collect()
+    rows = fixed_rows(
+        setup.eval_batch, setup.source_len, 0, min(model.config.vocab_size, len(bench.tokenizer)), 2
+    )
+    with PhaseRecorder(baseline_bytes=tensor_bytes(model)) as recorder, recorder.phase("predict"):
+        generate_summaries(
+            model,
+            bench.tokenizer,
+            rows,
+            gen_kwargs(setup),
+            token_budget=10**9,
+            max_batch_size=setup.eval_batch,
+            progress=False,
+        )
+    peaks.update(recorder.peaks())
+    return peaks, state_bytes
+
+
+def predict(bench: Bench, setup: Setup, state_bytes: int) -> dict[str, int]:
+    config = bench.model.config
+    options = TrainOptions(
+        optimizer=setup.optimizer, device="cpu", micro_batches=2 if setup.accumulation > 1 else 1
+    )
+    train = simulate_train(
+        config, TrainShape(setup.micro, setup.source_len, setup.target_len), options
+    )
+    gen = GenerateOptions("fp32", device="cpu")
+    shape = GenerateShape(setup.eval_batch, setup.source_len, setup.new_tokens, setup.beams)
+    evaluation = simulate_generate(config, replace(shape, label_len=setup.target_len), gen)
+    prediction = simulate_generate(config, shape, gen)
+    return {
+        "train": max(train.phase_peaks["forward"], train.phase_peaks["backward"]),
+        "optimizer": train.phase_peaks["optimizer"],
+        "eval": evaluation.peak_bytes + state_bytes,
+        "predict": prediction.peak_bytes,
+    }
+
+
+# -- cap mode ------------------------------------------------------------------------------
+
+
+def run_capped(bench: Bench, setup: Setup, cap_bytes: int, out: Path) -> int:
+    """OOMs the guard recovered from in two capped steps at ``setup.micro`` (-1: failed)."""
+    model = bench.model
+    trainer = make_trainer(bench, setup, out)
+    cap = LiveBytesCap(cap_bytes)
+    cap.track_all(model.parameters())
+    cap.track_all(model.buffers())
+    try:
+        with cap:
+            trainer.train()
+        return len(trainer.guard.events)
+    except Exception as exc:  # noqa: BLE001 - an unrecoverable OOM counts as failure
+        print(f"    micro-batch {setup.micro}: {type(exc).__name__}: {str(exc)[:80]}")
+        return -1
+    finally:
+        del trainer
+        gc.collect()
+
+
+def cap_rows(bench: Bench, setup: Setup, caps: list[float], out: Path) -> list[dict]:
+    rows = setup.micro * setup.accumulation
+    request = PlanRequest(
+        model_config=bench.model.config,
+        source_len=setup.source_len,
+        target_len=setup.target_len,
+        effective_batch_size=rows,
+        optimizer=setup.optimizer,
+        gradient_checkpointing=False,
+        num_beams=setup.beams,
+        max_new_tokens=setup.new_tokens,
+        fallbacks=(),
+    )
+    results = []
+    for cap_gib in caps:
+        cap_bytes = int(cap_gib * GIB)
+        gpu = cpu_device(cap_bytes)
+        plan: Plan = make_plan(
+            request,
+            gpu,
+            overheads_for(
+                replace(bench.cfg, hardware=replace(bench.cfg.hardware, memory_margin=0.0)), gpu
+            ),
+        )
+        planned = plan.micro_batch_size if plan.fits else 0
+
+        def runs(m: int, cap_bytes: int = cap_bytes) -> bool:
+            at_m = replace(setup, micro=m, accumulation=rows // m)
+            return run_capped(bench, at_m, cap_bytes, out) == 0
+
+        true_max = largest_fitting(divisors(rows), runs) or 0
+        ooms = (
+            run_capped(
+                bench, replace(setup, micro=planned, accumulation=rows // planned), cap_bytes, out
+            )
+            if planned
+            else None
+        )
+        results.append(
+            {
+                "cap_gib": cap_gib,
+                "planned_micro_batch": planned,
+                "true_largest": true_max,
+                "ratio": round(planned / true_max, 3) if true_max else None,
+                "ooms_at_planned": ooms,
+            }
+        )
+        print(
+            f"  cap {cap_gib:.4f} GiB: planned {planned}, true largest {true_max}, "
+            f"ratio {results[-1]['ratio']}, OOMs at planned {ooms}"
+        )
+    return results
+
+
+def default_caps(bench: Bench, setup: Setup) -> list[float]:
+    """Three caps half-way between the predicted needs of micro-batches m and 2m."""
+    config = bench.model.config
+    rows = setup.micro * setup.accumulation
+    caps = []
+    for m in [d for d in divisors(rows) if 2 * d in divisors(rows)][:3]:
+        needs = []
+        for micro in (m, 2 * m):
+            options = TrainOptions(
+                optimizer=setup.optimizer, device="cpu", micro_batches=2 if rows // micro > 1 else 1
+            )
+            needs.append(
+                simulate_train(
+                    config, TrainShape(micro, setup.source_len, setup.target_len), options
+                ).peak_bytes
+            )
+        caps.append((needs[0] + needs[1]) / 2 / GIB)
+    return caps
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def compare(predicted: dict[str, int], measured: dict[str, int]) -> dict[str, dict]:
+    """Per phase: predicted, measured, their ratio and whether it is inside the target."""
+    rows = {}
+    for phase in ("train", "optimizer", "eval", "predict"):
+        ratio = predicted[phase] / measured[phase]
+        tolerance = TRAIN_TOLERANCE if phase in ("train", "optimizer") else GENERATION_TOLERANCE
+        inside = abs(ratio - 1) <= tolerance
+        rows[phase] = {
+            "predicted_bytes": predicted[phase],
+            "measured_bytes": measured[phase],
+            "ratio": round(ratio, 4),
+            "inside": inside,
+        }
+        print(
+            f"  {phase:9s} predicted {predicted[phase] / 2**20:9.2f} MiB  measured "
+            f"{measured[phase] / 2**20:9.2f} MiB  ratio {ratio:.3f}  "
+            f"{'ok' if inside else 'OUTSIDE'} (+-{tolerance:.0%})"
+        )
+    return rows
+
+
+def run_shape(name: str, args: argparse.Namespace, out: Path) -> dict:
+    bench = build(name, args.model, ["model.dropout=0.0"])
+    new_tokens = args.target_len
+    setup = Setup(args.source_len, args.target_len, args.batch, 2, args.eval_batch, args.beams,
+                  new_tokens, args.optimizer)  # fmt: skip
+    params = sum(p.numel() for p in bench.model.parameters())
+    print(
+        f"{name}: {params / 1e6:.1f}M parameters, {setup.source_len}/{setup.target_len} "
+        f"tokens, micro-batch {setup.micro} x {setup.accumulation}, eval batch "
+        f"{setup.eval_batch}, {setup.beams} beams, {setup.optimizer}"
+    )
+    start = time.perf_counter()
+    measured, state_bytes = measure(bench, setup, out)
+    entry = {
+        "params": params,
+        "setup": setup.__dict__,
+        "phases": compare(predict(bench, setup, state_bytes), measured),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if (args.cap_gib or name == "tiny") and not args.no_caps:
+        # Four micro-batch candidates per step (1, 2, 4, 8): room for the bisection.
+        capped = replace(setup, micro=2, accumulation=4)
+        caps = args.cap_gib or default_caps(bench, capped)
+        entry["caps"] = cap_rows(bench, capped, caps, out)
+    return entry
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["tiny", "t5-60m", "bart-60m"],
+        choices=["tiny", "t5-60m", "bart-60m"],
+    )
+    parser.add_argument("--model", help="a folder with config.json (random weights)")
+    parser.add_argument("--source-len", type=int, default=512)
+    parser.add_argument("--target-len", type=int, default=64)
+    parser.add_argument(
+        "--batch", type=int, default=2, help="micro-batch (2 micro-batches per step)"
+    )
+    parser.add_argument("--eval-batch", type=int, default=2)
+    parser.add_argument("--beams", type=int, default=4)
+    parser.add_argument(
+        "--optimizer", default="adamw", choices=["adamw", "adamw_foreach", "adafactor", "sgd"]
+    )
+    parser.add_argument(
+        "--cap-gib", type=float, action="append", help="cap mode at this size (repeat)"
+    )
+    parser.add_argument("--no-caps", action="store_true", help="skip cap mode")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    shapes = ["model"] if args.model else args.shapes
+    results: dict = {"torch": torch.__version__, "shapes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in shapes:
+            results["shapes"][name] = run_shape(name, args, Path(tmp))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    inside = all(p["inside"] for r in results["shapes"].values() for p in r["phases"].values())
+    print("all phases inside the targets" if inside else "some phases OUTSIDE the targets")
+
+
+if __name__ == "__main__":
+    main()
