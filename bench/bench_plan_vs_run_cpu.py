@@ -34,7 +34,6 @@ counts the OOMs the guard recovered from at the planned setting. Goals: planned 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import tempfile
@@ -43,30 +42,22 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from transformers import BartConfig, T5Config, TrainerCallback
+from transformers import BartConfig, T5Config
 
 from dialsum.architectures import load_config, model_from_config
 from dialsum.config import load_section
-from dialsum.data import make_collator
-from dialsum.geometry import BatchGeometry, divisors
-from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
-from dialsum.infer import generate_summaries
+from dialsum.geometry import divisors
 from dialsum.memory.gpus import cpu_device
-from dialsum.memory.guard import GuardState
 from dialsum.memory.live_cap import LiveBytesCap
-from dialsum.memory.measure import PhaseRecorder
-from dialsum.memory.optimizers import state_tensors
 from dialsum.memory.plan import Plan, PlanRequest, largest_fitting, make_plan
-from dialsum.memory.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_generate, simulate_train
+from dialsum.memory.profile import TrainOptions, TrainShape
+from dialsum.memory.simulate import simulate_train
+from dialsum.plan_check import Setup, compare, make_trainer, measure, predict
 from dialsum.planning import overheads_for
-from dialsum.runs import new_run
-from dialsum.settings import Settings
-from dialsum.train import ListDataset, setup_model, training_arguments
+from dialsum.train import setup_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30
-TRAIN_TOLERANCE, GENERATION_TOLERANCE = 0.05, 0.10
 
 
 # -- models --------------------------------------------------------------------------------
@@ -136,188 +127,13 @@ def build(name: str, model_dir: str | None, overrides: list[str]) -> Bench:
     return Bench(name, model, tokenizer, cfg)
 
 
-def fixed_rows(n: int, source_len: int, target_len: int, vocab: int, seed: int) -> list[dict]:
-    """Rows of ``source_len`` tokens, every second one a token shorter, and ``target_len``
-    labels: every batch of two or more rows is padded to ``source_len``, as real batches
-    are (a padded batch makes attention build its ``[batch, heads, L, L]`` mask; the
-    simulator always assumes one)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for i in range(n):
-        length = source_len - (i % 2)
-        ids = torch.randint(4, vocab, (length,), generator=g).tolist()
-        labels = torch.randint(4, vocab, (target_len,), generator=g).tolist()
-        rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
-    return rows
-
-
-def tensor_bytes(model: torch.nn.Module) -> int:
-    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
-    return sum(t.untyped_storage().nbytes() for t in tensors)
-
-
-# -- the real run --------------------------------------------------------------------------
-
-
-class PhaseMarks(TrainerCallback):
-    """Marks the trainer's phases for the profiler: the step's forward/backward over its
-    micro-batches, then the optimizer step."""
-
-    def __init__(self, recorder: PhaseRecorder) -> None:
-        self.recorder, self.open = recorder, None
-
-    def _switch(self, name: str | None) -> None:
-        if self.open is not None:
-            self.open.__exit__(None, None, None)
-        self.open = self.recorder.phase(name) if name else None
-        if self.open is not None:
-            self.open.__enter__()
-
-    def on_step_begin(self, *_, **__):
-        self._switch("train")
-
-    def on_pre_optimizer_step(self, *_, **__):
-        self._switch("optimizer")
-
-    def on_optimizer_step(self, *_, **__):
-        self._switch(None)
-
-
-@dataclass(frozen=True)
-class Setup:
-    source_len: int
-    target_len: int
-    micro: int
-    accumulation: int
-    eval_batch: int
-    beams: int
-    new_tokens: int
-    optimizer: str
-
-
-def make_trainer(bench: Bench, setup: Setup, out: Path, callbacks=()) -> GuardedSeq2SeqTrainer:
-    model = bench.model
-    rows = setup.micro * setup.accumulation
-    cfg = bench.cfg
-    cfg = replace(
-        cfg,
-        training=replace(
-            cfg.training,
-            max_steps=2,
-            eval_strategy="no",
-            save_strategy="no",
-            report_to=["none"],
-            logging_steps=1000,
-            effective_batch_size=rows,
-            micro_batch_size=setup.micro,
-            eval_batch_size=setup.eval_batch,
-            optimizer=setup.optimizer,
-        ),
-    )
-    settings = Settings(
-        device="cpu",
-        geometry=BatchGeometry.build(rows, 1, setup.micro),
-        eval_batch_size=setup.eval_batch,
-        generation_batch_size=setup.eval_batch,
-        generation_token_budget=0,
-        generation_row_cap=setup.eval_batch,
-        precision="fp32",
-        optimizer=setup.optimizer,
-        gradient_checkpointing=False,
-        source_len=setup.source_len,
-    )
-    gen_config = copy.deepcopy(model.generation_config)
-    gen_config.update(**gen_kwargs(setup))
-    args = training_arguments(cfg.training, settings, new_run(out, bench.name), gen_config)
-    vocab = min(model.config.vocab_size, len(bench.tokenizer))
-    return GuardedSeq2SeqTrainer(
-        model=model,
-        args=args,
-        train_dataset=ListDataset(
-            fixed_rows(rows * 2, setup.source_len, setup.target_len, vocab, 0)
-        ),
-        eval_dataset=ListDataset(
-            fixed_rows(setup.eval_batch, setup.source_len, setup.target_len, vocab, 1)
-        ),
-        data_collator=make_collator(bench.tokenizer, model),
-        processing_class=bench.tokenizer,
-        guard=GuardState(micro_batch_size=setup.micro, eval_batch_size=setup.eval_batch),
-        optimizer_name=setup.optimizer,
-        # As in a real run: with metrics to compute, evaluation generates (without, the
-        # Trainer would only run the eval-loss forward).
-        compute_metrics=lambda _: {},
-        callbacks=list(callbacks),
-    )
-
-
-def gen_kwargs(setup: Setup) -> dict:
-    return {
-        "num_beams": setup.beams,
-        "max_new_tokens": setup.new_tokens,
-        "min_new_tokens": setup.new_tokens,
-        "early_stopping": False,
-        "length_penalty": 1.0,
-    }
-
-
-def measure(bench: Bench, setup: Setup, out: Path) -> tuple[dict[str, int], int]:
-    """Measured phase peaks of the real run, and the optimizer state bytes it kept."""
-    model = bench.model
-    baseline = tensor_bytes(model)
-    with PhaseRecorder(baseline_bytes=baseline) as recorder:
-        trainer = make_trainer(bench, setup, out, [])
-        trainer.add_callback(PhaseMarks(recorder))
-        trainer.train()
-        with recorder.phase("eval"):
-            trainer.evaluate()
-    peaks = recorder.peaks()
-    state_bytes = sum(t.untyped_storage().nbytes() for t in state_tensors(trainer.optimizer))
-    del trainer
-    gc.collect()
-    rows = fixed_rows(
-        setup.eval_batch, setup.source_len, 0, min(model.config.vocab_size, len(bench.tokenizer)), 2
-    )
-    with PhaseRecorder(baseline_bytes=tensor_bytes(model)) as recorder, recorder.phase("predict"):
-        generate_summaries(
-            model,
-            bench.tokenizer,
-            rows,
-            gen_kwargs(setup),
-            token_budget=10**9,
-            max_batch_size=setup.eval_batch,
-            progress=False,
-        )
-    peaks.update(recorder.peaks())
-    return peaks, state_bytes
-
-
-def predict(bench: Bench, setup: Setup, state_bytes: int) -> dict[str, int]:
-    config = bench.model.config
-    options = TrainOptions(
-        optimizer=setup.optimizer, device="cpu", micro_batches=2 if setup.accumulation > 1 else 1
-    )
-    train = simulate_train(
-        config, TrainShape(setup.micro, setup.source_len, setup.target_len), options
-    )
-    gen = GenerateOptions("fp32", device="cpu")
-    shape = GenerateShape(setup.eval_batch, setup.source_len, setup.new_tokens, setup.beams)
-    evaluation = simulate_generate(config, replace(shape, label_len=setup.target_len), gen)
-    prediction = simulate_generate(config, shape, gen)
-    return {
-        "train": max(train.phase_peaks["forward"], train.phase_peaks["backward"]),
-        "optimizer": train.phase_peaks["optimizer"],
-        "eval": evaluation.peak_bytes + state_bytes,
-        "predict": prediction.peak_bytes,
-    }
-
-
 # -- cap mode ------------------------------------------------------------------------------
 
 
 def run_capped(bench: Bench, setup: Setup, cap_bytes: int, out: Path) -> int:
     """OOMs the guard recovered from in two capped steps at ``setup.micro`` (-1: failed)."""
     model = bench.model
-    trainer = make_trainer(bench, setup, out)
+    trainer = make_trainer(bench.model, bench.tokenizer, bench.cfg, setup, out)
     cap = LiveBytesCap(cap_bytes)
     cap.track_all(model.parameters())
     cap.track_all(model.buffers())
@@ -410,25 +226,13 @@ def default_caps(bench: Bench, setup: Setup) -> list[float]:
 # -- main ----------------------------------------------------------------------------------
 
 
-def compare(predicted: dict[str, int], measured: dict[str, int]) -> dict[str, dict]:
-    """Per phase: predicted, measured, their ratio and whether it is inside the target."""
-    rows = {}
-    for phase in ("train", "optimizer", "eval", "predict"):
-        ratio = predicted[phase] / measured[phase]
-        tolerance = TRAIN_TOLERANCE if phase in ("train", "optimizer") else GENERATION_TOLERANCE
-        inside = abs(ratio - 1) <= tolerance
-        rows[phase] = {
-            "predicted_bytes": predicted[phase],
-            "measured_bytes": measured[phase],
-            "ratio": round(ratio, 4),
-            "inside": inside,
-        }
+def print_rows(rows: dict[str, dict]) -> None:
+    for phase, row in rows.items():
         print(
-            f"  {phase:9s} predicted {predicted[phase] / 2**20:9.2f} MiB  measured "
-            f"{measured[phase] / 2**20:9.2f} MiB  ratio {ratio:.3f}  "
-            f"{'ok' if inside else 'OUTSIDE'} (+-{tolerance:.0%})"
+            f"  {phase:9s} predicted {row['predicted_bytes'] / 2**20:9.2f} MiB  measured "
+            f"{row['measured_bytes'] / 2**20:9.2f} MiB  ratio {row['ratio']:.3f}  "
+            f"{'ok' if row['inside'] else 'OUTSIDE'} (+-{row['tolerance']:.0%})"
         )
-    return rows
 
 
 def run_shape(name: str, args: argparse.Namespace, out: Path) -> dict:
@@ -443,11 +247,13 @@ def run_shape(name: str, args: argparse.Namespace, out: Path) -> dict:
         f"{setup.eval_batch}, {setup.beams} beams, {setup.optimizer}"
     )
     start = time.perf_counter()
-    measured, state_bytes = measure(bench, setup, out)
+    measured, state_bytes = measure(bench.model, bench.tokenizer, bench.cfg, setup, out)
+    rows = compare(predict(bench.model.config, setup, state_bytes), measured)
+    print_rows(rows)
     entry = {
         "params": params,
         "setup": setup.__dict__,
-        "phases": compare(predict(bench, setup, state_bytes), measured),
+        "phases": rows,
         "seconds": round(time.perf_counter() - start, 1),
     }
     if (args.cap_gib or name == "tiny") and not args.no_caps:

@@ -84,3 +84,25 @@ def test_write_submission_is_in_input_order(tiny, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         write_submission(out, table, ["only one"])
     assert len(out.read_text(encoding="utf-8").splitlines()) == len(table.records) + 1
+
+
+def test_batches_count_source_plus_new_tokens_times_beams_and_keep_a_row_cap(tiny) -> None:
+    cfg, model, tokenizer, _, _ = tiny
+    gen = generation_kwargs(cfg) | {"num_beams": 2, "max_new_tokens": 6, "early_stopping": True}
+    rows = [{"input_ids": [5] * 10, "attention_mask": [1] * 10} for _ in range(8)]
+    sizes: list[int] = []
+
+    def record(phase: str, n: int) -> None:
+        sizes.append(n)
+
+    # One row holds (10 source + 6 new tokens) x 2 beams = 32 tokens: 3 rows fit in 100.
+    generate_summaries(
+        model, tokenizer, rows, gen, token_budget=100, progress=False, fault_injector=record
+    )
+    assert sizes == [3, 3, 2]
+    sizes.clear()
+    generate_summaries(
+        model, tokenizer, rows, gen, token_budget=100, max_batch_size=2, progress=False,
+        fault_injector=record,
+    )  # fmt: skip
+    assert sizes == [2, 2, 2, 2]

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 from torch.utils._pytree import tree_leaves
 
+from dialsum.memory.allocator import exact_bytes
 from dialsum.memory.tracer import LiveStorageTracker, RoundFn
 
 # ``torch.tensor(data)`` / ``torch.as_tensor`` build the tensor below the dispatcher and
@@ -52,11 +53,6 @@ def _storage_ids(tree) -> set[int]:
     return {
         id(leaf.untyped_storage()) for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)
     }
-
-
-def exact_bytes(nbytes: int) -> int:
-    """No rounding: a storage costs exactly the bytes it holds."""
-    return nbytes
 
 
 def _format_bytes(nbytes: int) -> str:
