@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -292,7 +293,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
     shapes = ["model"] if args.model else args.shapes
-    results: dict = {"torch": torch.__version__, "shapes": {}}
+    command = "uv run python bench/bench_plan_vs_run_cpu.py " + " ".join(sys.argv[1:])
+    results: dict = {"command": command.strip(), "torch": torch.__version__, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in shapes:
             results["shapes"][name] = run_shape(name, args, Path(tmp))

@@ -122,9 +122,14 @@ def plan_command(
     zero_stage: int | None = None,
     offload: bool | None = None,
 ) -> PlanResult:
-    from dialsum.architectures import load_config
     from dialsum.memory.plan import bucket_table, zero_states_json
-    from dialsum.planning import overheads_for, pick_gpu, plan_for_section, request_for_section
+    from dialsum.planning import (
+        device_for_section,
+        overheads_for,
+        plan_for_section,
+        request_for_section,
+        section_model_config,
+    )
 
     overrides = list(overrides)
     if effective_batch is not None:
@@ -147,12 +152,12 @@ def plan_command(
         raise ConfigError("plan: pass -c CONFIG -s SECTION, or --model HUB_ID_OR_DIR")
     if num_gpus < 1:
         raise ConfigError("--num-gpus must be >= 1")
-    model_config = load_config(cfg.model.name)
+    model_config = section_model_config(cfg)
     report, lengths, notes = None, None, []
     if data is not None:
         report, lengths = _data_lengths(cfg, data)
         notes.append(report.format())
-    device = pick_gpu(gpu or cfg.hardware.gpu)
+    device = device_for_section(cfg, gpu)
     plan = plan_for_section(
         cfg, model_config, report=report, world=num_gpus, gpu=device, data_lengths=lengths
     )

@@ -12,9 +12,36 @@ from dataclasses import replace
 from dialsum.architectures import load_config
 from dialsum.config import SectionConfig
 from dialsum.errors import ConfigError
-from dialsum.memory.gpus import GPU, detect_gpu, resolve_gpu
+from dialsum.memory.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
 from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, PlanRequest, make_plan
+
+
+def section_model_config(cfg: SectionConfig):
+    """The architecture config of the section's model, without loading weights: a built-in
+    or local ``config.json``, a hub id (network), or the offline tiny model's config."""
+    if cfg.model.name.startswith("tiny:"):
+        from dialsum.train import setup_model
+
+        return setup_model(cfg)[0].config
+    try:
+        return load_config(cfg.model.name)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"could not read the architecture of '{cfg.model.name}' (model.name): {first} "
+            "Without network access, point model.name to a folder holding its config.json."
+        ) from None
+
+
+def device_for_section(cfg: SectionConfig, spec: str | None = None) -> GPU:
+    """The device to plan for: ``spec`` (``--gpu``) or ``hardware.gpu``; ``cpu`` (or no GPU
+    named while ``hardware.memory_cap_gib`` is set) is this CPU, capped when a cap is set."""
+    spec = spec or cfg.hardware.gpu
+    cap = cfg.hardware.memory_cap_gib
+    if cap is not None and spec in ("auto", "cpu"):
+        return cpu_device(int(cap * 2**30))
+    return pick_gpu(spec)
 
 
 def pick_gpu(spec: str | None) -> GPU:
@@ -41,7 +68,7 @@ def request_for_section(
     """A planner request for ``cfg``; ``report`` (a data LengthReport) narrows the lengths
     to the longest the data really produces after truncation."""
     if model_config is None:
-        model_config = load_config(cfg.model.name)
+        model_config = section_model_config(cfg)
     t, tok, inf = cfg.training, cfg.tokenizer, cfg.inference
     source_len, target_len = tok.max_source_length, tok.max_target_length
     if report is not None:
@@ -99,5 +126,5 @@ def plan_for_section(
     request = request_for_section(
         cfg, model_config, report=report, world=world, data_lengths=data_lengths
     )
-    device = gpu if isinstance(gpu, GPU) else pick_gpu(gpu or cfg.hardware.gpu)
+    device = gpu if isinstance(gpu, GPU) else device_for_section(cfg, gpu)
     return make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)

@@ -97,7 +97,7 @@ def probe_one(cfg: SectionConfig, model, gpu: GPU, real: GPU, *, search: bool, e
             plan.generation_batch_size, plan.source_len, cfg.max_new_tokens, cfg.inference.num_beams
         ),
         device,
-        "bf16" if plan.precision in ("bf16", "pure_bf16") else "fp32",
+        plan.predict_precision,
     )
     result["generation"] = {
         "batch": plan.generation_batch_size,

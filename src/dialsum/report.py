@@ -332,11 +332,10 @@ def _compute_section(
     simulator: Simulator,
     advance: Callable[[], None],
 ) -> SectionGuide:
-    from dialsum.architectures import load_config
-    from dialsum.planning import plan_for_section
+    from dialsum.planning import plan_for_section, section_model_config
 
     cfg = load_section(config_path, name)
-    model_config = load_config(cfg.model.name)
+    model_config = section_model_config(cfg)
     facts = model_facts(cfg.model.name, model_config)
     memo = _SectionMemo(simulator)
     plans: dict[str, Plan] = {}

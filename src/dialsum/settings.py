@@ -204,11 +204,14 @@ def not_fitting_message(plan, cfg: SectionConfig) -> str:
         f"section '{cfg.name}' does not fit on {plan.gpu.name}: micro-batch "
         f"{plan.micro_batch_size} at source length {plan.source_len} needs "
         f"{plan.required_bytes / _GIB:.2f} GiB, {plan.usable_bytes / _GIB:.2f} GiB usable, "
-        "after every fallback step (gradient checkpointing, optimizer, shorter source).",
+        "after the fallback steps this section allows.",
         "Nothing was started. What would fit:",
     ]
-    lines += [f"  - {option}" for option in plan.alternatives] or ["  - a larger GPU"]
-    lines.append(f"See `dialsum plan -s {cfg.name} --gpu {plan.gpu.slug}` for the details.")
+    lines += [f"  - {option}" for option in plan.alternatives] or ["  - a larger device"]
+    where = f"--gpu {plan.gpu.slug}"
+    if plan.gpu.is_cpu and cfg.hardware.memory_cap_gib is not None:
+        where = f"--gpu cpu --set hardware.memory_cap_gib={cfg.hardware.memory_cap_gib}"
+    lines.append(f"See `dialsum plan -s {cfg.name} {where}` for the details.")
     return "\n".join(lines)
 
 

@@ -961,42 +961,60 @@ def _choose_generation(planner: _Planner, state: _State) -> _Generation:
     return _Generation(batch, budget, row_cap, need)
 
 
-def _alternatives(planner: _Planner, state: _State) -> list[str]:
+def _alternatives(planner: _Planner, state: _State, fixed_micro: int | None) -> list[str]:
     """What would fit when nothing on the ladder does (each checked with the simulator)."""
     request = planner.request
     options = state.options
+    micro = fixed_micro or 1
     out: list[str] = []
-    lengths = [n for n in range(32, state.source_len, 32)]
-    shorter = largest_fitting(lengths, lambda n: planner.train_need(1, options, n).fits)
+    if fixed_micro is not None and fixed_micro > 1:
+        smaller = largest_fitting(
+            [d for d in divisors(request.per_rank_batch) if d < fixed_micro],
+            lambda m: planner.train_need(m, options, state.source_len).fits,
+        )
+        if smaller is not None:
+            out.append(
+                f"a smaller micro-batch: training.micro_batch_size=auto (micro-batch {smaller} "
+                "fits, the effective batch stays the same)"
+            )
+    lengths = list(range(32, state.source_len, 32))
+    shorter = largest_fitting(lengths, lambda n: planner.train_need(micro, options, n).fits)
     if shorter is not None:
         out.append(
             f"a shorter source: tokenizer.max_source_length={shorter}"
             + _truncation_note(request.data_lengths, shorter)
         )
-    need = planner.train_need(1, options, state.source_len)
+    need = planner.train_need(micro, options, state.source_len)
+    if planner.gpu.is_cpu:
+        margin = planner.overheads.margin_fraction
+        cap_gib = need.required_bytes / (1 - margin) / 2**30
+        out.append(f"a larger device: hardware.memory_cap_gib={cap_gib:.3f} or more")
+        return out
     larger = [
         g
         for g in catalog()
         if g.total_bytes > planner.gpu.total_bytes
-        and required_bytes(need.peak_bytes, planner.overheads) <= usable_bytes(g, planner.overheads)
+        and need.required_bytes <= usable_bytes(g, planner.overheads)
     ]
     if larger:
         best = min(larger, key=lambda g: g.total_bytes)
         out.append(f"a larger GPU: {best.slug} ({best.total_gib:.0f} GiB) or more")
-    if not planner.gpu.is_cpu and request.zero_stage == 0:
+    if request.zero_stage == 0:
         for world in (2, 4, 8):
             if request.effective_batch_size % world:
                 continue
             sharded = replace(request, zero_stage=3, offload=True, world_size=world)
             trial = _Planner(sharded, planner.gpu, planner.overheads, planner.sim._simulator)
-            if trial.train_need(1, options, state.source_len).fits:
+            if trial.train_need(micro, options, state.source_len).fits:
                 out.append(
                     f"{world} GPUs with DeepSpeed ZeRO-3 and CPU offload "
                     "(hardware.zero_stage=3, hardware.offload=true)"
                 )
                 break
     if not request.lora:
-        out.append("LoRA adapters instead of full fine-tuning (model.lora.enabled=true)")
+        lora = replace(options, lora=True, lora_rank=request.lora_rank)
+        if planner.train_need(micro, lora, state.source_len).fits:
+            out.append("LoRA adapters instead of full fine-tuning (model.lora.enabled=true)")
     return out
 
 
@@ -1028,7 +1046,7 @@ def make_plan(
     _explain_engine(planner, state, geometry)
     eval_batch, eval_need = _choose_eval_batch(planner, state)
     generation = _choose_generation(planner, state)
-    alternatives = [] if fits else _alternatives(planner, state)
+    alternatives = [] if fits else _alternatives(planner, state, fixed_micro)
     open_steps = [
         s
         for s in ladder_steps(request, state.options, state.source_len, gpu)
