@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,11 +55,29 @@ def to_cli_args(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
     return train, predict
 
 
+def check_test_file(ns: argparse.Namespace) -> int:
+    """Validate the test CSV before training: a bad path or file must not cost a run."""
+    from dialsum.cli import err_console
+    from dialsum.config import load_section
+    from dialsum.data import read_dialogue_csv
+    from dialsum.errors import UserError
+
+    try:
+        cfg = load_section(ns.config, ns.section, list(ns.set))
+        read_dialogue_csv(Path(ns.test_data or cfg.data.test), "test")
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        return exc.exit_code
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from dialsum.cli import main as dialsum_main
 
     ns = build_parser().parse_args(argv)
     train, predict = to_cli_args(ns)
+    if not ns.no_predict and (code := check_test_file(ns)) != 0:
+        return code
     code = dialsum_main(train)
     if code != 0 or ns.no_predict:
         return code

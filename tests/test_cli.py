@@ -75,3 +75,55 @@ def test_plan_from_a_folder_with_only_config_json(tmp_path, capsys) -> None:
     for key in ("eval_batch_size", "generation_batch_size", "precision", "gradient_checkpointing",
                 "predicted_peak_bytes", "usable_bytes", "breakdown"):  # fmt: skip
         assert key in plan
+
+
+# -- usage errors: usage line, error, close match, exit 2, never a traceback ----------------
+
+USAGE_CASES = [
+    (["train", "--max_steps", "10"], "--max-steps"),  # the seed's spelling
+    (["train", "--max-steps"], "requires an argument"),
+    (["train", "--max-steps", "ten"], "valid integer"),
+    (["predict", "--outptu", "x.csv"], "--output"),
+    (["evaluate", "--pred"], "requires an argument"),
+    (["plan", "--gpu"], "requires an argument"),
+    (["plan", "--num-gpus", "two"], "valid integer"),
+    (["guide", "--nope"], "No such option"),
+    (["demo", "--max-steps", "x"], "valid integer"),
+    (["monitor", "--interval", "fast"], "Invalid value"),
+    (["probe", "--bogus"], "No such option"),
+    (["trian"], "No such command"),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), USAGE_CASES)
+def test_usage_errors_exit_2_with_usage_and_a_hint(argv, expected, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Usage:" in err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_exits_130_with_one_line(monkeypatch, capsys) -> None:
+    import dialsum.train as train_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "run_training", interrupted)
+    assert main(["train", "-s", "tiny"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err
+
+
+def test_a_config_error_does_not_wait_for_torch() -> None:
+    # Checked in a fresh interpreter: importing torch/transformers takes seconds.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from dialsum.cli import main; rc = main(['train', '-s', 'nope']); "
+        "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["2", "False", "False"]

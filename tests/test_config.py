@@ -141,3 +141,46 @@ def test_field_docs_cover_every_key() -> None:
     assert "training.effective_batch_size" in keys
     assert "model.lora.rank" in keys
     assert all(help for _, _, help in field_docs())
+
+
+# -- --set never silently drops a block; warmup is a fraction ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.=1", "empty part in the key path"),
+        (".seed=1", "empty part in the key path"),
+        ("training=1", "training is a block; set one of its keys"),
+        ("training.seed.x=1", "training.seed is a value"),
+    ],
+)
+def test_overrides_that_would_drop_a_block_are_refused(override, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_section(ROOT / "config.yaml", "tiny", [override, "training.max_steps=5"])
+
+
+def test_a_mapping_override_merges_into_the_block() -> None:
+    base = load_section(ROOT / "config.yaml", "tiny")
+    merged = load_section(ROOT / "config.yaml", "tiny", ["training={}", "training.max_steps=5"])
+    assert merged.training.learning_rate == base.training.learning_rate  # the section's
+    assert merged.training.max_steps == 5
+    seeded = load_section(ROOT / "config.yaml", "tiny", ["training={seed: 7}"])
+    assert (seeded.training.seed, seeded.training.learning_rate) == (7, base.training.learning_rate)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5, -0.1])
+def test_warmup_ratio_must_be_a_fraction(ratio) -> None:
+    with pytest.raises(ConfigError, match="training.warmup_ratio: a fraction"):
+        load_section(ROOT / "config.yaml", "tiny", [f"training.warmup_ratio={ratio}"])
+
+
+def test_empty_yaml_and_cycles_are_explained(tmp_path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="has no sections"):
+        load_section(empty, "tiny")
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text("sections:\n  a: {extends: b}\n  b: {extends: a}\n")
+    with pytest.raises(ConfigError, match="forms a cycle: a -> b -> a"):
+        load_section(cyclic, "a")

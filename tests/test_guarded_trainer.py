@@ -8,33 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dialsum.config import load_section
 from dialsum.memory.guard import GuardState, OOMUnrecoverable
 from dialsum.runs import latest_run
 from dialsum.step import slice_rows
 from dialsum.train import run_training
+from helpers import tiny_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def section(tmp_path: Path, *extra: str):
-    overrides = [
-        "data.max_train_samples=16",
-        "data.max_eval_samples=6",
-        "training.effective_batch_size=8",
-        "training.micro_batch_size=8",
-        "training.eval_batch_size=6",
-        "training.max_steps=3",
-        "training.eval_strategy=no",
-        "training.save_strategy=no",
-        "training.group_by_length=false",
-        "training.report_to=[none]",
-        "training.logging_steps=1",
-        "model.dropout=0.0",
-        f"training.output_dir={tmp_path}",
-        *extra,
-    ]
-    return load_section(ROOT / "config.yaml", "tiny", overrides)
+    return tiny_section(tmp_path, *extra)
 
 
 class InjectOOM:
@@ -109,7 +93,14 @@ def test_resume_keeps_the_reduced_micro_batch(tmp_path: Path) -> None:
         tmp_path, "training.save_strategy=steps", "training.save_steps=1", "training.max_steps=3"
     )
     seen = InjectOOM("train", 100)
-    result = run_training(resumed, resume=True, echo=lambda *_: None, fault_injector=seen)
+    result = run_training(
+        resumed,
+        resume=True,
+        resume_overrides=["training.max_steps=3"],
+        override_on_resume=True,
+        echo=lambda *_: None,
+        fault_injector=seen,
+    )
     assert result.run.path == run.path
     assert result.settings.micro_batch_size == 4
     assert seen.seen == [4, 4]  # the one remaining step, two micro-batches of 4

@@ -218,3 +218,15 @@ def test_lora_unknown_family_needs_targets() -> None:
     model.config.model_type = "mystery"
     with pytest.raises(ConfigError, match="target_modules"):
         apply_lora(model)
+
+
+def test_a_folder_without_tokenizer_files_is_refused(tiny_t5, tmp_path: Path) -> None:
+    # A checkpoint cut while saving, or weights + config only: transformers would load
+    # another tokenizer and the summaries would be nonsense with exit 0.
+    model, tokenizer = tiny_t5
+    save_pretrained(model, tokenizer, tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json", "spiece.model"):
+        (tmp_path / name).unlink(missing_ok=True)
+    with pytest.raises(ConfigError, match="has no tokenizer files") as err:
+        load_tokenizer(str(tmp_path))
+    assert str(tmp_path) in str(err.value)

@@ -103,7 +103,17 @@ def train(
     train_data: Annotated[Path | None, typer.Option(help="Training CSV.")] = None,
     val_data: Annotated[Path | None, typer.Option(help="Validation CSV.")] = None,
     output_dir: Annotated[Path | None, typer.Option(help="Folder for run folders.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the latest run of this section.")] = False,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a run exactly as saved: 'latest' (the newest run of the section "
+            "with a checkpoint; a bare --resume means this) or a run folder PATH."
+        ),
+    ] = None,
+    override_on_resume: Annotated[
+        bool,
+        typer.Option(help="With --resume: apply the given flags/--set to the saved config."),
+    ] = False,
 ) -> None:
     """Fine-tune a model on a config section.
 
@@ -112,11 +122,10 @@ def train(
       dialsum train -c config.yaml -s eenzeenee
       dialsum train -s kobart --set training.learning_rate=3e-5 --max-steps 100
       dialsum train -s eenzeenee --resume
+      dialsum train -s eenzeenee --resume runs/eenzeenee/20260101-120000
+      dialsum train -s eenzeenee --resume --max-steps 2000 --override-on-resume
       torchrun --nproc_per_node 4 -m dialsum train -s kobart   # 4 GPUs, same config
     """
-    from dialsum.distributed import is_main_process
-    from dialsum.train import run_training
-
     overrides = _overrides(
         set_,
         max_steps=max_steps,
@@ -125,8 +134,18 @@ def train(
         val_data=val_data,
         output_dir=output_dir,
     )
+    # The config is checked before torch/transformers are imported (seconds).
     cfg = _load(config, section, overrides)
-    result = run_training(cfg, resume=resume, echo=echo)
+    from dialsum.distributed import is_main_process
+    from dialsum.train import run_training
+
+    result = run_training(
+        cfg,
+        resume=resume,
+        resume_overrides=overrides,
+        override_on_resume=override_on_resume,
+        echo=echo,
+    )
     if not is_main_process():
         return
     _print_metrics("training finished", result.metrics)
@@ -152,13 +171,12 @@ def predict(
       dialsum predict -c config.yaml -s eenzeenee
       dialsum predict -s kobart --checkpoint runs/kobart/20260101-120000/best --output sub.csv
     """
-    from dialsum.distributed import is_main_process
-    from dialsum.predict import run_predict
-
-    if not is_main_process():
+    if int(os.environ.get("RANK", "0")) != 0:
         # Prediction is not sharded: under a launcher rank 0 writes the one submission.
         return
     cfg = _load(config, section, _overrides(set_, test_data=test_data))
+    from dialsum.predict import run_predict
+
     path, n = run_predict(cfg, checkpoint=checkpoint, output=output, echo=echo)
     echo(f"wrote {n} summaries to {path}")
 
@@ -376,29 +394,65 @@ def _print_metrics(title: str, metrics: dict) -> None:
     console.print(table)
 
 
+# Usage errors of the (vendored) click that typer runs on: print usage, error and the close
+# match click suggests, exit 2 - never a traceback.
+_USAGE_ERRORS = tuple(
+    {cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"}
+)
+
+INTERRUPTED = 130
+
+
+def _bare_resume(args: list[str]) -> list[str]:
+    """``--resume`` with no value means the latest run (the seed's spelling)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, "latest")
+            break
+    return out
+
+
+def _show_usage_error(exc, args: list[str]) -> None:
+    """Click's message; errors raised before a command context exists (an option missing
+    its value) get the usage line here, so every usage error shows one."""
+    if getattr(exc, "ctx", None) is None and getattr(exc, "exit_code", 1) == 2:
+        verb = next((a for a in args if not a.startswith("-")), "")
+        command = f"dialsum {verb}".strip()
+        err_console.print(
+            f"Usage: {command} [OPTIONS]\nTry '{command} --help' for help.\n",
+            markup=False,
+            soft_wrap=True,
+        )
+    exc.show()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dialsum`` script; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("transformers", "accelerate", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     started = time.time()
+    args = _bare_resume(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = INTERRUPTED
+    except _USAGE_ERRORS as exc:
+        _show_usage_error(exc, args)
         return exc.exit_code
-    except typer.Abort:
-        err_console.print("aborted")
-        return 130
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
     finally:
         logging.getLogger(__name__).debug("took %.1fs", time.time() - started)
-    return 0
+    if code == INTERRUPTED:
+        err_console.print(
+            "interrupted (Ctrl-C). A training run continues from its last checkpoint with "
+            "`dialsum train -s SECTION --resume`.",
+            markup=False,
+            soft_wrap=True,
+        )
+    return code if isinstance(code, int) else 0

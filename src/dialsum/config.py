@@ -217,11 +217,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Parse ``path``; duplicate keys and syntax errors become one ConfigError."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}. Pass -c/--config PATH to a YAML file.")
-    text = path.read_text(encoding="utf-8-sig")
-    loader = _StrictLoader(text)
+    loader = _StrictLoader(_config_text(path))
     loader.duplicate_keys = []
     try:
-        data = loader.get_single_data()
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     finally:
@@ -232,7 +232,49 @@ def read_yaml(path: Path) -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with 'sections:'.")
+    _check_top_blocks(path, root, data)
     return data
+
+
+def _config_text(path: Path) -> str:
+    """The file as text. YAML is UTF-8; a CP949 file (saved by a Korean Windows editor) is
+    named as such rather than decoded by guess, since other YAML tools would misread it."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        try:
+            raw.decode("cp949")
+            found = "it looks CP949/EUC-KR encoded"
+        except UnicodeDecodeError:
+            found = "it is neither UTF-8 nor CP949 text"
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 ({found}); re-save the file as UTF-8 "
+            "(in Notepad: Save as, Encoding UTF-8)"
+        ) from None
+
+
+_BLOCK_EXAMPLES = {
+    "sections": "sections:\n  tiny:\n    model: {name: tiny:t5}",
+    "defaults": "defaults:\n  training: {seed: 42}",
+}
+
+
+def _check_top_blocks(path: Path, root: yaml.Node | None, data: dict[str, Any]) -> None:
+    """``sections`` and ``defaults`` must be mappings; a YAML list ('- name:') is the usual
+    slip, and would otherwise surface as a TypeError deep inside the merge."""
+    pairs = root.value if isinstance(root, yaml.MappingNode) else []
+    lines = {k.value: k.start_mark.line + 1 for k, _ in pairs if isinstance(k, yaml.ScalarNode)}
+    for key, example in _BLOCK_EXAMPLES.items():
+        value = data.get(key)
+        if value is None or isinstance(value, dict):
+            continue
+        kind = "a list" if isinstance(value, list) else f"a {type(value).__name__}"
+        raise ConfigError(
+            f"{path}: line {lines.get(key, '?')}: '{key}' must be a mapping of names to "
+            f"blocks, not {kind} (no '-' before the names); write it as:\n{example}"
+        )
 
 
 # ---------------------------------------------------------------------------- validation
@@ -351,6 +393,11 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
     for key, value in positive.items():
         if value is not None and value < 1:
             errors.append(f"{key}: must be >= 1, got {value}")
+    if not 0 <= t.warmup_ratio < 1:
+        errors.append(
+            f"training.warmup_ratio: a fraction of the training steps in [0, 1), got "
+            f"{t.warmup_ratio} (0.05 = the first 5% of steps warm up)"
+        )
     if not 0 < t.learning_rate < 1:
         errors.append(f"training.learning_rate: expected a value in (0, 1), got {t.learning_rate}")
     if not 0 <= cfg.hardware.memory_margin < 0.5:
@@ -402,14 +449,20 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 def _resolve_raw(doc: dict[str, Any], name: str, path: Path, chain: tuple[str, ...] = ()) -> dict:
     sections = doc.get("sections") or {}
+    if not sections:
+        raise ConfigError(
+            f"{path} has no sections (is the file empty?): add a 'sections:' mapping with "
+            f"a section named '{name}' (see the project's config.yaml for an example)"
+        )
     if name not in sections:
         names = sorted(sections)
         raise ConfigError(
             f"{path}: unknown section '{name}'{_suggest(name, names)}. "
-            f"Available sections: {', '.join(names) or '(none)'}"
+            f"Available sections: {', '.join(names)}"
         )
     if name in chain:
-        raise ConfigError(f"{path}: sections.{name}.extends forms a cycle: {' -> '.join(chain)}")
+        loop = " -> ".join((*chain, name))
+        raise ConfigError(f"{path}: sections.{name}.extends forms a cycle: {loop}")
     raw = sections[name] or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: sections.{name} must be a mapping of blocks")
@@ -429,9 +482,14 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.path=value, e.g. training.seed=1")
     key, _, text = item.partition("=")
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
-        raise ConfigError(f"--set {item!r}: empty key path")
+    keys = [k.strip() for k in key.strip().split(".")]
+    if not any(keys):
+        raise ConfigError(f"--set {item!r}: empty key path; expected e.g. training.seed=1")
+    if not all(keys):
+        raise ConfigError(
+            f"--set {item!r}: empty part in the key path {key.strip()!r}; "
+            "expected dotted names such as training.learning_rate=3e-5"
+        )
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
@@ -440,17 +498,34 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` items to a section's raw mapping.
+
+    A mapping value merges into a block (``training={seed: 1}`` sets one key); a block is
+    never replaced by a scalar nor a scalar descended into: either would silently drop
+    the section's values, which the user meant to keep.
+    """
     out = copy.deepcopy(raw)
     for item in overrides:
         keys, value = parse_override(item)
         node = out
-        for k in keys[:-1]:
-            child = node.get(k)
+        for depth, k in enumerate(keys[:-1]):
+            child = node.setdefault(k, {})
             if not isinstance(child, dict):
-                child = {}
-                node[k] = child
+                where = ".".join(keys[: depth + 1])
+                raise ConfigError(
+                    f"--set {item!r}: {where} is a value ({child!r}), not a block with keys"
+                )
             node = child
-        node[keys[-1]] = value
+        last, where = keys[-1], ".".join(keys)
+        if isinstance(node.get(last), dict):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"--set {item!r}: {where} is a block; set one of its keys, e.g. "
+                    f"{where}.{next(iter(node[last]), 'key')}=VALUE"
+                )
+            node[last] = deep_merge(node[last], value)
+        else:
+            node[last] = value
     return out
 
 

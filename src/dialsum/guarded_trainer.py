@@ -30,6 +30,7 @@ here. Under DeepSpeed the Trainer accumulates ``micro_batch_size`` rows at a tim
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,8 @@ from dialsum.memory.guard import (
 from dialsum.step import build_optimizer, label_token_count, step_forward_backward
 
 log = logging.getLogger(__name__)
+
+RUN_LOSS_FILE = "dialsum_loss.json"
 
 
 class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
@@ -258,6 +261,62 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
     def _pad_id(self) -> int:
         tok = self.processing_class
         return int(getattr(tok, "pad_token_id", 0) or 0)
+
+    # ------------------------------------------------------------------ run loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        self._resumed_from = (
+            resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
+        )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _loss_sum_so_far(self) -> float:
+        """Sum of the per-step losses of this process's part of the run (the Trainer's
+        running total, plus the not yet logged remainder, averaged over ranks)."""
+        remainder = self._tr_loss.detach()
+        if self.accelerator.num_processes > 1:
+            remainder = self.accelerator.gather(remainder.reshape(1)).mean()
+        return float(self._total_loss_scalar) + float(remainder.item())
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        # The loss sum of every step so far travels with the checkpoint, so a resumed run
+        # reports its train_loss over the whole run, not over the resumed part only.
+        total = self._prior_loss()[0] + self._loss_sum_so_far()
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.is_world_process_zero() and folder.is_dir():
+            from dialsum.runs import write_json_atomic
+
+            write_json_atomic(
+                folder / RUN_LOSS_FILE, {"loss_sum": total, "steps": self.state.global_step}
+            )
+
+    def _prior_loss(self) -> tuple[float, int | None]:
+        """(loss sum, steps) of the run before the checkpoint this run resumed from;
+        ``(0.0, 0)`` for a fresh run, ``(0.0, None)`` when the checkpoint has no record."""
+        resumed = getattr(self, "_resumed_from", None)
+        if not resumed:
+            return 0.0, 0
+        try:
+            data = json.loads((Path(resumed) / RUN_LOSS_FILE).read_text(encoding="utf-8"))
+            return float(data["loss_sum"]), int(data["steps"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0, None
+
+    def run_loss_metrics(self) -> dict[str, Any]:
+        """``train_loss`` over the whole run (all steps, resumed or not), and what it spans."""
+        prior_sum, prior_steps = self._prior_loss()
+        steps = int(self.state.global_step)
+        if prior_steps is None:
+            first = int(getattr(self, "_initial_global_step", 0)) + 1
+            return {"train_loss_steps": f"{first}-{steps} (resumed part only: no record "
+                    "of the earlier steps in the checkpoint)"}  # fmt: skip
+        total = prior_sum + self._total_loss_scalar_final()
+        return {"train_loss": total / max(steps, 1), "train_loss_steps": f"1-{steps}"}
+
+    def _total_loss_scalar_final(self) -> float:
+        # After train() the Trainer has drained the remainder into its running total.
+        return float(self._total_loss_scalar)
 
     # ------------------------------------------------------------------ bookkeeping
 

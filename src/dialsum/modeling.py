@@ -161,12 +161,27 @@ def _quiet_untie_advice() -> Iterator[None]:
         log.removeFilter(advice_filter)
 
 
+# A saved tokenizer: its config plus the vocabulary in one of the forms transformers writes.
+_TOKENIZER_VOCAB_FILES = ("tokenizer.json", "spiece.model", "sentencepiece.bpe.model", "vocab.json")
+
+
 def _check_local_dir(name_or_path: str, what: str) -> None:
     """Fail early, with the path, when a local model directory is missing or incomplete."""
     path = Path(name_or_path).expanduser()
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or path.exists()
     if not looks_local:
         return  # a hub id such as "owner/name"
+    if what == "tokenizer" and path.is_dir():
+        has_vocab = any((path / name).is_file() for name in _TOKENIZER_VOCAB_FILES)
+        if not ((path / "tokenizer_config.json").is_file() and has_vocab):
+            # transformers would quietly fall back to another tokenizer: summaries made of
+            # the wrong vocabulary (<extra_id_96> ...) and exit 0.
+            raise ConfigError(
+                f"{path} has no tokenizer files (tokenizer_config.json and one of "
+                f"{', '.join(_TOKENIZER_VOCAB_FILES)}): a checkpoint cut while saving, or "
+                "weights only. Use the run's best/ folder or another complete checkpoint, or "
+                "copy the tokenizer files of the model it was trained from into it."
+            )
     if not path.is_dir():
         raise ConfigError(
             f"{what} directory {str(path)!r} does not exist. Give a hub id "

@@ -30,13 +30,9 @@ from dialsum.memory.guard import GuardState
 from dialsum.metrics import make_compute_metrics
 from dialsum.modeling import apply_lora, load_model, load_tokenizer, resolve_model
 from dialsum.monitor import MemoryMonitorCallback
-from dialsum.runs import (
-    RunDir,
-    latest_run,
-    new_run,
-    write_json_atomic,
-    write_yaml_atomic,
-)
+from dialsum.resume import LATEST, find_resume_run, resumed_config
+from dialsum.run_lock import RunLock
+from dialsum.runs import RunDir, new_run, write_json_atomic, write_yaml_atomic
 from dialsum.settings import Settings, resolve_settings, use_cuda
 
 log = logging.getLogger(__name__)
@@ -222,7 +218,7 @@ def training_arguments(
         max_steps=t.max_steps,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
-        warmup_steps=t.warmup_ratio,
+        warmup_steps=t.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio
         lr_scheduler_type=t.lr_scheduler_type,
         optim=optim,
         max_grad_norm=t.max_grad_norm,
@@ -299,23 +295,6 @@ def _write_deepspeed_config(
     return run.deepspeed_config
 
 
-def _find_resume_run(cfg: SectionConfig) -> tuple[RunDir, Path]:
-    """The latest run of this section and its last checkpoint (nothing is created)."""
-    run = latest_run(cfg.training.output_dir, cfg.name)
-    if run is None:
-        raise UserError(
-            f"--resume: no earlier run of section '{cfg.name}' under "
-            f"{cfg.training.output_dir}; start one without --resume"
-        )
-    checkpoint = run.last_checkpoint()
-    if checkpoint is None:
-        raise UserError(
-            f"--resume: {run.path} has no checkpoint yet; set training.save_strategy "
-            "(e.g. steps with --save-steps N) or start a new run"
-        )
-    return run, checkpoint
-
-
 def apply_source_len(cfg: SectionConfig, settings: Settings) -> SectionConfig:
     """The section as the run tokenizes it: the planner's source length when it cut it."""
     if settings.source_len >= cfg.tokenizer.max_source_length:
@@ -324,14 +303,43 @@ def apply_source_len(cfg: SectionConfig, settings: Settings) -> SectionConfig:
     return dataclasses.replace(cfg, tokenizer=tokenizer)
 
 
-def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hooks) -> TrainResult:
+def run_training(
+    cfg: SectionConfig,
+    *,
+    resume: str | bool | None = None,
+    resume_overrides: list[str] | tuple[str, ...] = (),
+    override_on_resume: bool = False,
+    echo=print,
+    **hooks,
+) -> TrainResult:
+    """Train ``cfg``: a new run, or ``resume`` (``"latest"``/``True`` or a run folder)
+    continued exactly as saved (see ``resume.py``)."""
+    main = int(os.environ.get("RANK", "0")) == 0
+    echo = echo if main else _silent
+    locks: list[RunLock] = []  # one process per run folder, for the whole run
+    try:
+        resumed = None
+        if resume:
+            resumed = find_resume_run(cfg, LATEST if resume is True else str(resume))
+            if main:
+                locks.append(RunLock(resumed[0].path, echo=echo))
+                locks[-1].acquire()
+            cfg = resumed_config(
+                resumed[0], list(resume_overrides), allow_changes=override_on_resume, echo=echo
+            )
+        return _train(cfg, resumed, locks, echo, **hooks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> TrainResult:
     require_deepspeed(cfg.hardware.zero_stage, cuda=use_cuda(cfg))
     require_loggers(cfg.training)
     # Under torchrun/accelerate: start the process group now, so the ranks can agree on
     # the run folder before anything is written. Only rank 0 talks and writes run files.
     distributed.ensure_process_group(cpu=not use_cuda(cfg))
     main = distributed.is_main_process()
-    echo = echo if main else _silent
     set_seed(cfg.training.seed)
     # Data, model and plan are settled before anything is written: a bad CSV or a plan
     # that does not fit leaves no run folder.
@@ -340,19 +348,12 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
         model, tokenizer = setup_model(cfg)
     report = length_report(cfg, train_table, tokenizer)
     echo(report.format())
-    resumed = _find_resume_run(cfg) if resume else None
     guard = None
     if resumed is not None and resumed[0].guard.is_file():
         guard = GuardState.load(resumed[0].guard)
     settings = resolve_settings(cfg, model.config, report=report, guard=guard, echo=echo)
     cfg = apply_source_len(cfg, settings)
-    # Rank 0 creates the folder and shares its path: a timestamped name read from each
-    # rank's clock could differ by a second.
-    if resumed is not None:
-        run, checkpoint = resumed
-    else:
-        run = distributed.on_main_then_share(lambda: new_run(cfg.training.output_dir, cfg.name))
-        checkpoint = None
+    run, checkpoint = resumed if resumed is not None else (_new_run(cfg, locks, echo), None)
     echo(f"run folder: {run.path}")
     if guard is None:
         guard = GuardState(
@@ -362,30 +363,17 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
         lora = cfg.model.lora
         model = apply_lora(model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout)
     if main:
-        if not resume:
-            write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
         write_json_atomic(run.plan, settings.to_json())
         guard.save(run.guard)
     deepspeed_config = _write_deepspeed_config(cfg, settings, model.config, run)
     _configure_loggers(cfg.training, run)
-
-    gen = generation_kwargs(cfg)
     trainer = build_trainer(
-        cfg,
-        settings,
-        run,
-        model,
-        tokenizer,
-        train_table,
-        dev_table,
-        gen,
-        guard,
-        deepspeed_config=deepspeed_config,
-        **hooks,
-    )
+        cfg, settings, run, model, tokenizer, train_table, dev_table, generation_kwargs(cfg),
+        guard, deepspeed_config=deepspeed_config, **hooks,
+    )  # fmt: skip
     with memory_cap(settings, model):
         train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        metrics: dict[str, float] = dict(train_out.metrics)
+        metrics: dict[str, float] = dict(train_out.metrics) | trainer.run_loss_metrics()
         if dev_table is not None and cfg.training.eval_strategy != "no":
             metrics.update(trainer.evaluate())
     save_best(trainer, cfg, run, tokenizer)
@@ -397,6 +385,21 @@ def run_training(cfg: SectionConfig, *, resume: bool = False, echo=print, **hook
         guard.save(run.guard)
         write_json_atomic(run.metrics, metrics)
     return TrainResult(run=run, metrics=metrics, settings=settings)
+
+
+def _new_run(cfg: SectionConfig, locks: list[RunLock], echo) -> RunDir:
+    """Rank 0 creates the folder, locks it and writes ``config.yaml`` at once (an
+    interruption right after leaves a folder that says what it was); the other ranks get
+    its path from rank 0 (a timestamp read from each rank's clock could differ)."""
+
+    def create() -> RunDir:
+        run = new_run(cfg.training.output_dir, cfg.name)
+        locks.append(RunLock(run.path, echo=echo))
+        locks[-1].acquire()
+        write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
+        return run
+
+    return distributed.on_main_then_share(create)
 
 
 def memory_cap(settings: Settings, model):

@@ -169,3 +169,15 @@ def test_wandb_without_the_extra_is_a_clear_error(tmp_path: Path, capsys) -> Non
     assert code == 2
     assert "uv sync --extra wandb" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_seed_command_checks_the_test_file_before_training(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable, str(ROOT / "code/trainer.py"), "--config", str(CONFIG),
+        "--config-section", "tiny", "--max_steps", "2", "--output-dir", str(tmp_path),
+        "--test-data", str(tmp_path / "missing.csv"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "missing.csv" in done.stderr
+    assert not (tmp_path / "tiny").exists()  # nothing trained, no run folder

@@ -230,3 +230,31 @@ def test_cache_hit_is_identical_and_fast(tmp_path) -> None:
     assert time.perf_counter() - start < 0.5
     assert second == first
     assert len(list(tmp_path.glob("*.json"))) == 1
+
+
+def test_evaluation_inside_amp_training_keeps_fp32_weights_and_a_low_precision_cache() -> None:
+    from dialsum.memory.profile import GenerateOptions
+
+    shape = GenerateShape(batch=2, source_len=64, max_new_tokens=16, num_beams=4)
+    amp = simulate_generate(small_t5(), shape, GenerateOptions("bf16", amp=True), use_cache=False)
+    cast = simulate_generate(small_t5(), shape, GenerateOptions("bf16"), use_cache=False)
+    fp32 = simulate_generate(small_t5(), shape, GenerateOptions("fp32"), use_cache=False)
+    # Evaluation during bf16 AMP training: fp32 master weights stay, autocast's per-step
+    # weight casts come on top; predict after training casts the weights instead.
+    assert amp.breakdown["weights"] == fp32.breakdown["weights"] == weights_bytes(small_t5())
+    assert cast.breakdown["weights"] == weights_bytes(small_t5(), torch.bfloat16)
+    assert amp.peak_bytes > cast.peak_bytes
+    # K/V projections run under autocast: the cache is bf16, as after a cast.
+    assert amp.breakdown["kv_cache"] == cast.breakdown["kv_cache"]
+    assert amp.breakdown["kv_cache"] * 2 == fp32.breakdown["kv_cache"]
+
+
+def test_evaluation_adds_the_eval_loss_forward() -> None:
+    shape = GenerateShape(batch=4, source_len=32, max_new_tokens=8, num_beams=1)
+    with_loss = simulate_generate(
+        small_t5(), GenerateShape(4, 32, 8, 1, label_len=64), use_cache=False
+    )
+    plain = simulate_generate(small_t5(), shape, use_cache=False)
+    assert "eval_loss" in with_loss.phase_peaks and "eval_loss" not in plain.phase_peaks
+    # The loss forward holds [4, 64, 1000] fp32 logits (1,024,000 bytes) and more.
+    assert with_loss.phase_peaks["eval_loss"] > weights_bytes(small_t5()) + 4 * 64 * 1000 * 4

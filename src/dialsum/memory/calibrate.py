@@ -1,9 +1,9 @@
 """Measurements on a real device: the ground truth the simulator is checked against.
 
-Used by ``dialsum probe`` (writes a calibration file the planner then uses) and by
-``bench/gpu_validate.py`` (predicted vs measured for the real architectures). Everything
-here runs real kernels; on a CPU the functions still run (for tests) but only CUDA
-devices report allocator peaks.
+Used by ``dialsum probe`` (writes a calibration file the planner then uses). The training
+steps are the run's own (``step.step_forward_backward`` and ``step.build_optimizer``).
+Everything here runs real kernels; on a CPU the functions still run (for tests) but only
+CUDA devices report allocator peaks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import nn
 
 from dialsum.memory.guard import is_oom
 from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
+from dialsum.step import build_optimizer, label_token_count, step_forward_backward
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -58,36 +59,54 @@ def set_checkpointing(model: nn.Module, enabled: bool) -> None:
         model.activation_checkpointing_disable()
 
 
-def make_optimizer(params, name: str, lr: float = 1e-4) -> torch.optim.Optimizer:
-    """The optimizers the simulator models, built the same way (foreach AdamW on CUDA)."""
-    params = [p for p in params if p.requires_grad]
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, foreach=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(params, lr=lr, scale_parameter=False, relative_step=False)
-    if name == "adamw8bit":
-        import bitsandbytes as bnb  # optional: only on CUDA machines that install it
-
-        return bnb.optim.AdamW8bit(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
 def random_batch(
-    vocab_size: int, shape: TrainShape, device: torch.device, pad_id: int = 0
+    model: nn.Module, shape: TrainShape, device: torch.device, seed: int = 0
 ) -> dict[str, torch.Tensor]:
-    """Full-length random rows: [batch, source_len] inputs, [batch, target_len] labels."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, vocab_size, (shape.batch, shape.source_len), generator=g)
-    labels = torch.randint(4, vocab_size, (shape.batch, shape.target_len), generator=g)
-    return {
-        "input_ids": ids.to(device),
-        "attention_mask": torch.ones_like(ids).to(device),
-        "labels": labels.to(device),
-    }
+    """Full-length random rows as the collator delivers them: [batch, source_len] inputs,
+    [batch, target_len] labels and the decoder inputs shifted from them."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(4, vocab, (shape.batch, shape.source_len), generator=g)
+    labels = torch.randint(4, vocab, (shape.batch, shape.target_len), generator=g)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    batch["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _train_steps(
+    model: nn.Module,
+    batches,
+    options: TrainOptions,
+    device: torch.device,
+) -> bool:
+    """The run's training step on each batch (one micro-batch per step) and its optimizer;
+    False when one raised an OOM (caught)."""
+    set_checkpointing(model, options.gradient_checkpointing)
+    model.train()
+    optimizer = build_optimizer(model, options.optimizer, lr=1e-5)
+    amp = _AMP_DTYPES.get(options.precision)
+    try:
+        for batch in batches:
+            rows = int(batch["labels"].shape[0])
+
+            def autocast(amp=amp):
+                return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+
+            # Loss scaling (fp16) changes values, not memory: the plain backward is kept.
+            step_forward_backward(
+                model, batch, rows, float(label_token_count(batch["labels"])), context=autocast
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        _sync(device)
+        return True
+    except Exception as exc:  # noqa: BLE001 - only OOMs are expected here
+        if not is_oom(exc):
+            raise
+        return False
+    finally:
+        del optimizer
+        model.zero_grad(set_to_none=True)
 
 
 def measure_train(
@@ -102,39 +121,71 @@ def measure_train(
     Two steps, like the simulator: the first creates the optimizer state, the second runs
     with it in memory. An OOM is caught and reported as ``oom=True``.
     """
-    set_checkpointing(model, options.gradient_checkpointing)
-    model.train()
-    optimizer = make_optimizer(model.parameters(), options.optimizer)
-    scaler = torch.amp.GradScaler(device.type) if options.precision == "fp16" else None
-    batch = random_batch(model.config.vocab_size, shape, device)
-    amp = _AMP_DTYPES.get(options.precision)
+    batch = random_batch(model, shape, device)
     _reset(device)
     started = time.perf_counter()
-    oom = False
-    try:
-        for _ in range(steps):
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = model(**batch).loss
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            del loss
-        _sync(device)
-    except Exception as exc:  # noqa: BLE001 - only OOMs are expected here
-        if not is_oom(exc):
-            raise
-        oom = True
+    ok = _train_steps(model, [batch] * steps, options, device)
     seconds = time.perf_counter() - started
     allocated, reserved = _peaks(device)
-    del optimizer, batch
-    model.zero_grad(set_to_none=True)
+    del batch
     _reset(device)
-    return Measurement(allocated, reserved, seconds, oom)
+    return Measurement(allocated, reserved, seconds, not ok)
+
+
+def fragmentation_fraction(max_allocated_bytes: int, max_reserved_bytes: int) -> float:
+    """Reserved minus allocated at the peaks, as a fraction of the allocated peak (what
+    ``overheads.required_bytes`` adds to a predicted peak); 0 when nothing was allocated,
+    at most 0.99 (the calibration file's limit)."""
+    if max_allocated_bytes <= 0:
+        return 0.0
+    waste = max(0, max_reserved_bytes - max_allocated_bytes) / max_allocated_bytes
+    return round(min(waste, 0.99), 4)
+
+
+def variable_lengths(steps: int, longest: int, seed: int = 0) -> list[int]:
+    """``steps`` lengths drawn between a quarter of ``longest`` and ``longest``, in random
+    order, the longest among them: batches of ever new sizes, as real data gives."""
+    g = torch.Generator().manual_seed(seed)
+    low = max(1, longest // 4)
+    lengths = torch.randint(low, longest + 1, (steps,), generator=g).tolist()
+    lengths[int(torch.randint(0, steps, (1,), generator=g))] = longest
+    return [int(n) for n in lengths]
+
+
+@dataclass
+class FragmentationMeasurement:
+    max_allocated_bytes: int
+    max_reserved_bytes: int
+    source_lengths: list[int]
+    target_lengths: list[int]
+    oom: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return fragmentation_fraction(self.max_allocated_bytes, self.max_reserved_bytes)
+
+
+def measure_fragmentation(
+    model: nn.Module,
+    shape: TrainShape,
+    options: TrainOptions,
+    device: torch.device,
+    steps: int = 8,
+    seed: int = 0,
+) -> FragmentationMeasurement:
+    """Reserved vs allocated peaks over ``steps`` training steps whose batches have
+    ``shape.batch`` rows and variable source/target lengths up to ``shape``'s."""
+    sources = variable_lengths(steps, shape.source_len, seed)
+    targets = variable_lengths(steps, shape.target_len, seed + 1)
+    batches = (
+        random_batch(model, TrainShape(shape.batch, src, tgt), device, seed=i)
+        for i, (src, tgt) in enumerate(zip(sources, targets, strict=True))
+    )
+    _reset(device)
+    ok = _train_steps(model, batches, options, device)
+    allocated, reserved = _peaks(device)
+    _reset(device)
+    return FragmentationMeasurement(allocated, reserved, sources, targets, oom=not ok)
 
 
 def measure_generate(
@@ -179,12 +230,17 @@ def context_bytes(device_index: int = 0) -> int | None:
 
     NVML ``used`` counts every process; run this where dialsum is the only GPU process.
     """
-    from dialsum.monitor import nvml_devices
+    from dialsum.monitor import NvmlDevice
 
-    devices = nvml_devices()
-    if not devices or not torch.cuda.is_available():
+    if not torch.cuda.is_available():
         return None
-    used = devices[device_index].used_bytes
+    nvml = NvmlDevice.for_cuda_device(device_index)  # by PCI bus id: NVML's order differs
+    if nvml is None:
+        return None
+    try:
+        used = nvml.memory()[0]
+    finally:
+        nvml.close()
     return max(0, used - int(torch.cuda.memory_reserved(device_index)))
 
 
@@ -194,6 +250,7 @@ def write_calibration(
     gpu: str,
     cuda_context_bytes: int,
     fragmentation_fraction: float,
+    allocator: str | None = None,
     library_workspace_bytes: int | None = None,
     extra: dict | None = None,
 ) -> None:
@@ -206,6 +263,8 @@ def write_calibration(
         "cuda_context_bytes": int(cuda_context_bytes),
         "fragmentation_fraction": round(float(fragmentation_fraction), 4),
     }
+    if allocator is not None:
+        data["allocator"] = allocator  # the mode the fragmentation was measured under
     if library_workspace_bytes is not None:
         data["library_workspace_bytes"] = int(library_workspace_bytes)
     if extra:

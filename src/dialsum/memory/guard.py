@@ -22,6 +22,8 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
+from dialsum.errors import UserError
+
 T = TypeVar("T")
 
 Phase = Literal["train", "eval", "predict"]
@@ -61,6 +63,10 @@ NOT_RECOVERABLE_PHRASES: tuple[str, ...] = (
 
 # Builds without distributed support may lack the type; an empty tuple matches nothing.
 _DIST_BACKEND_ERROR: Any = getattr(torch.distributed, "DistBackendError", ())
+
+
+class GuardStateError(UserError, ValueError):
+    """``guard.json`` cannot be read (cut short by a crash, edited by hand)."""
 
 
 class OOMUnrecoverable(RuntimeError):
@@ -203,19 +209,28 @@ class GuardState:
     def from_json(cls, text: str) -> GuardState:
         try:
             data = json.loads(text)
-            version = data.get("version")
-            if version != cls.VERSION:
-                raise ValueError(f"unsupported version {version!r} (expected {cls.VERSION})")
-            events = [RecoveryEvent(**event) for event in data["events"]]
+        except json.JSONDecodeError as exc:
+            raise GuardStateError(
+                f"line {exc.lineno} column {exc.colno}: {exc.msg} (the file is cut short "
+                "or was edited by hand)"
+            ) from None
+        if not isinstance(data, dict):
+            raise GuardStateError(f"expected a JSON object, found {type(data).__name__}")
+        if data.get("version") != cls.VERSION:
+            raise GuardStateError(
+                f"unsupported version {data.get('version')!r} (expected {cls.VERSION})"
+            )
+        missing = [k for k in ("micro_batch_size", "eval_batch_size", "events") if k not in data]
+        if missing:
+            raise GuardStateError(f"missing key(s) {', '.join(missing)}")
+        try:
             return cls(
                 micro_batch_size=int(data["micro_batch_size"]),
                 eval_batch_size=int(data["eval_batch_size"]),
-                events=events,
+                events=[RecoveryEvent(**event) for event in data["events"]],
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(
-                f"invalid guard state: {exc}; delete the file to start from the plan's sizes"
-            ) from exc
+        except (ValueError, TypeError) as exc:
+            raise GuardStateError(f"bad value: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically: a crash mid-write must not leave a half file for ``--resume``."""
@@ -226,11 +241,16 @@ class GuardState:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GuardState:
+        """Read ``guard.json``; a damaged file is a user error that says what to do."""
         target = Path(path)
         try:
             return cls.from_json(target.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ValueError(f"{target}: {exc}") from exc
+        except (GuardStateError, UnicodeDecodeError) as exc:
+            raise GuardStateError(
+                f"{target}: unreadable OOM guard state: {exc}. Delete the file (the run then "
+                "starts again from the plan's batch sizes and re-learns any smaller ones) or "
+                "restore it, then run again"
+            ) from None
 
 
 def free_device_memory() -> None:

@@ -44,15 +44,15 @@ class Overheads:
     - ``library_workspace_bytes`` (default 64 MiB): cuBLAS and cuBLASLt workspaces, which
       PyTorch allocates through its caching allocator (up to 32 MiB per handle on Hopper,
       about 8 MiB elsewhere), so they count against usable memory but are not in the trace.
-    - ``fragmentation_fraction`` (default 0.08): reserved minus allocated at the peak, as a
-      fraction of the predicted peak. The caching allocator rounds blocks and cannot always
-      reuse freed blocks for differently sized tensors (variable-length batches make it
-      worse); 5-10% is typical for transformer training.
+    - ``fragmentation_fraction``: reserved minus allocated at the peak, as a fraction of
+      the predicted peak. It depends on the allocator mode (``allocator``), see
+      ``ALLOCATOR_FRAGMENTATION``; the dataclass default (0.08) is the default allocator's.
     - ``margin_fraction`` (default 0.05): a safety margin as a fraction of the GPU's total
       memory, for other processes on a shared server and for prediction error.
 
     ``source`` says where the numbers came from ("defaults" or the calibration file);
-    ``gpu`` and ``measured_at`` are copied from a calibration file.
+    ``gpu`` and ``measured_at`` are copied from a calibration file; ``allocator`` is the
+    allocator mode the fragmentation applies to ("default" or "expandable_segments").
     """
 
     cuda_context_bytes: int = 768 * _MIB
@@ -62,6 +62,33 @@ class Overheads:
     source: str = "defaults"
     gpu: str | None = None
     measured_at: str | None = None
+    allocator: str = "default"
+
+
+ALLOCATOR_FRAGMENTATION: dict[str, float] = {
+    "expandable_segments": 0.03,
+    "default": 0.08,
+}
+"""Fragmentation allowance per allocator mode (``allocator_env``), before calibration.
+
+- ``expandable_segments`` (0.03): what dialsum runs use unless you set the allocator
+  yourself. A segment grows and shrinks in place, so freed memory is reused whatever the
+  next tensor's size; what stays is page and block rounding, a few percent.
+- ``default`` (0.08): the classic caching allocator. Freed blocks of one size cannot
+  always serve the next size; 5-10 % is typical with fixed-size batches, variable-length
+  batches can leave far more (public reports up to ~50 %).
+
+``dialsum probe`` measures reserved-minus-allocated over a short run with
+variable-length batches on your GPU and writes it to the calibration file, which then
+replaces the allowance of the mode it was measured under.
+"""
+
+
+def overheads_for_allocator(mode: str) -> Overheads:
+    """The documented defaults with the fragmentation allowance of allocator ``mode``."""
+    if mode not in ALLOCATOR_FRAGMENTATION:
+        raise ValueError(f"unknown allocator mode {mode!r}; use {sorted(ALLOCATOR_FRAGMENTATION)}")
+    return Overheads(fragmentation_fraction=ALLOCATOR_FRAGMENTATION[mode], allocator=mode)
 
 
 def _ceil_times(value: int, fraction: float) -> int:
@@ -97,15 +124,16 @@ def default_calibration_path() -> Path:
 
 _BYTE_KEYS = ("cuda_context_bytes", "library_workspace_bytes")
 _FRACTION_KEYS = ("fragmentation_fraction", "margin_fraction")
-_TEXT_KEYS = ("gpu", "measured_at")
+_TEXT_KEYS = ("gpu", "measured_at", "allocator")
 
 
-def load_calibration(path: str | Path) -> Overheads:
+def load_calibration(path: str | Path, base: Overheads | None = None) -> Overheads:
     """Overheads measured on a real device, from the JSON file a calibration probe writes.
 
     Keys: ``cuda_context_bytes``, ``library_workspace_bytes`` (non-negative integers),
     ``fragmentation_fraction``, ``margin_fraction`` (numbers in [0, 1)), ``gpu``,
-    ``measured_at`` (text). Missing keys keep their defaults; other keys are ignored so a
+    ``measured_at``, ``allocator`` (text). Missing keys keep their value in ``base``
+    (default: ``Overheads()``); other keys are ignored so a
     newer probe can add fields, except a near-miss of a known key (a typo), which is an
     error. Any problem raises ``ConfigError`` naming the file and the key.
     """
@@ -129,10 +157,10 @@ def load_calibration(path: str | Path) -> Overheads:
         ) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where} must hold a JSON object, not {type(data).__name__}")
-    return replace(_overheads_from_dict(data, where), source=str(file))
+    return replace(_overheads_from_dict(data, where, base or Overheads()), source=str(file))
 
 
-def _overheads_from_dict(data: dict, where: str) -> Overheads:
+def _overheads_from_dict(data: dict, where: str, base: Overheads) -> Overheads:
     known = _BYTE_KEYS + _FRACTION_KEYS + _TEXT_KEYS
     for key in data:
         if key in known:
@@ -164,16 +192,34 @@ def _overheads_from_dict(data: dict, where: str) -> Overheads:
             if not isinstance(data[key], str):
                 raise ConfigError(f"{where}: key {key!r} must be text, got {data[key]!r}")
             values[key] = data[key]
-    return replace(Overheads(), **values)
+    if values.get("allocator", base.allocator) not in ALLOCATOR_FRAGMENTATION:
+        raise ConfigError(
+            f"{where}: key 'allocator' must be one of {sorted(ALLOCATOR_FRAGMENTATION)}, "
+            f"got {values['allocator']!r}"
+        )
+    return replace(base, **values)
 
 
 def default_overheads() -> Overheads:
-    """Calibrated overheads when a calibration file exists, else the documented defaults.
+    """Calibrated overheads when a calibration file exists, else the documented defaults,
+    with the fragmentation allowance of the allocator mode a run here uses
+    (``allocator_env.planned_allocator_mode``: expandable segments unless you set one).
 
     A file named by ``$DIALSUM_CALIBRATION`` must exist (the user asked for it); the default
-    location may be absent.
+    location may be absent. A fragmentation measured under the other allocator mode does
+    not apply: the mode's allowance is kept (a file without ``allocator`` applies as is).
     """
+    from dialsum.allocator_env import planned_allocator_mode
+
+    base = overheads_for_allocator(planned_allocator_mode())
     path = default_calibration_path()
-    if os.environ.get(CALIBRATION_ENV) or path.is_file():
-        return load_calibration(path)
-    return Overheads()
+    if not (os.environ.get(CALIBRATION_ENV) or path.is_file()):
+        return base
+    calibrated = load_calibration(path, base)
+    if calibrated.allocator != base.allocator:
+        return replace(
+            calibrated,
+            fragmentation_fraction=base.fragmentation_fraction,
+            allocator=base.allocator,
+        )
+    return calibrated

@@ -96,6 +96,14 @@ class MemoryProfile:
     phase_peaks: dict[str, int] = field(default_factory=dict)
     # Each phase's peak split by category (training only; sums to phase_peaks[phase]).
     phase_breakdowns: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Compute cost of the traced step per phase (``dialsum.memory.flops``): FLOPs, bytes
+    # moved and kernels. Training: ``forward``/``backward`` of one micro-batch of ``batch``
+    # rows, ``optimizer`` once per step. Generation: ``encoder``, one token at the longest
+    # cache (``decode_step``, ``logits``, ``reorder``), one at a shorter cache
+    # (``decode_short``) and ``eval_loss``. Empty for profiles that did not trace costs.
+    flops: dict[str, int] = field(default_factory=dict)
+    bytes_moved: dict[str, int] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)

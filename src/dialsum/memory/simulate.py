@@ -41,6 +41,7 @@ from dialsum.memory import cache as trace_cache
 from dialsum.memory import timeline
 from dialsum.memory.allocator import exact_bytes, round_allocation_bytes
 from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
+from dialsum.memory.flops import COSTS, CostMeter, interpolate_costs, short_cache_len
 from dialsum.memory.fake_model import (
     fake_model_from_config,
     trainable_params,
@@ -299,12 +300,15 @@ def _trace_train(
     tracker = LiveStorageTracker(round_fn, record=record)
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
+    # Below the tracker on the dispatch stack: FLOPs, bytes moved and kernels of the step.
+    meter = CostMeter(lambda: tracker.phase)
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
     rows = shape.batch * options.micro_batches
     try:
-        with mode, tracker, _emulation_on(emulation, options.device):
+        with mode, meter, tracker, _emulation_on(emulation, options.device):
             _track_model(tracker, rig.model)
             for _ in range(2):
+                meter.reset()  # the costs kept are the second (steady) step's
                 tracker.reset_peaks()
                 tracker.set_phase("data")
                 batch = _train_batch(config, rows, shape)
@@ -316,7 +320,33 @@ def _trace_train(
     finally:
         for hook in hooks:
             hook.remove()
-    return _train_profile(rig.params, rig.trainable, step_peaks), tracker.events
+    profile = _train_profile(rig.params, rig.trainable, step_peaks)
+    _set_costs(profile, _per_micro_batch(meter.phases(_TRAIN_COST_PHASES), options.micro_batches))
+    return profile, tracker.events
+
+
+_TRAIN_COST_PHASES = ("forward", "backward", "optimizer")
+
+
+def _per_micro_batch(costs: dict[str, dict[str, int]], micro_batches: int) -> dict:
+    """Forward/backward per micro-batch (the step ran ``micro_batches`` of them; a second
+    one adds into existing gradients, so this is their mean); the optimizer once."""
+    return {
+        cost: {
+            phase: value // micro_batches if phase != "optimizer" else value
+            for phase, value in by_phase.items()
+        }
+        for cost, by_phase in costs.items()
+    }
+
+
+def _set_costs(profile: MemoryProfile, costs: dict[str, dict[str, int]]) -> MemoryProfile:
+    profile.flops, profile.bytes_moved, profile.kernels = (dict(costs[c]) for c in COSTS)
+    return profile
+
+
+def _costs(profile: MemoryProfile) -> dict[str, dict[str, int]]:
+    return {"flops": profile.flops, "bytes_moved": profile.bytes_moved, "kernels": profile.kernels}
 
 
 def _train_profile(
@@ -348,8 +378,8 @@ def _train_profile(
     )
 
 
-# Recorded timelines for this process: key -> (profile at REPLAY_LO, events LO, events HI).
-_TIMELINES: dict[str, tuple[MemoryProfile, list, list]] = {}
+# Recorded timelines for this process: key -> (profiles at REPLAY_LO and HI, events LO, HI).
+_TIMELINES: dict[str, tuple[MemoryProfile, MemoryProfile, list, list]] = {}
 REPLAY_LO, REPLAY_HI = 2, 3
 
 Traced = tuple[MemoryProfile, list | None]
@@ -366,14 +396,16 @@ def _replayed(
     ``trace_at(batch, record)`` traces, ``profile_of(base, steps)`` builds the profile."""
     if key not in _TIMELINES:
         (lo, e_lo), (hi, e_hi) = (trace_at(b, True) for b in (REPLAY_LO, REPLAY_HI))
-        _TIMELINES[key] = (lo, e_lo, e_hi)
+        _TIMELINES[key] = (lo, hi, e_lo, e_hi)
         if batch in (REPLAY_LO, REPLAY_HI):
             return lo if batch == REPLAY_LO else hi
-    base, e_lo, e_hi = _TIMELINES[key]
+    base, hi, e_lo, e_hi = _TIMELINES[key]
     steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, batch, round_fn)
-    if not steps:
+    # FLOPs, bytes moved and kernels are sums over the same ops: affine in the batch too.
+    costs = interpolate_costs(_costs(base), _costs(hi), REPLAY_LO, REPLAY_HI, batch)
+    if not steps or costs is None:
         return trace_at(batch, False)[0]  # not exactly replayable: trace directly
-    return profile_of(base, steps)
+    return _set_costs(profile_of(base, steps), costs)
 
 
 def default_round_fn(device: str) -> RoundFn:
@@ -538,7 +570,8 @@ def _trace_generate(
         # Under autocast the K/V projections run in the low dtype: the cache is in ``dtype``.
         cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
     amp_precision = options.precision if options.amp else "fp32"
-    with mode, tracker, _emulation_on(emulation, options.device), torch.no_grad():
+    meter = CostMeter(lambda: tracker.phase)  # below the tracker: see simulate_train
+    with mode, meter, tracker, _emulation_on(emulation, options.device), torch.no_grad():
         _track_model(tracker, model)
         decoder = _prepared_model(model, emulation, amp_precision, options.device)
 
@@ -552,31 +585,9 @@ def _trace_generate(
         mask = mask.repeat_interleave(shape.num_beams, dim=0)
         del encoded, input_ids
         tracker.track_all([hidden, mask], "activations")
-
-        tracker.set_phase("decode_step")
-        # The cache was built untracked (building it has transients generate() never has);
-        # from here on it counts, as after max_new_tokens - 1 steps.
-        tracker.track_all(_cache_tensors(cache), "kv_cache")
-        start = torch.zeros(rows, 1, dtype=torch.long)
-        outputs = decoder(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-            attention_mask=mask,
-            decoder_input_ids=start,
-            use_cache=True,
-            **{_cache_kwarg(model): cache},
-        )
-        tracker.track_all(_cache_tensors(cache), "kv_cache")
-        tracker.track(outputs.logits, "logits")
-
-        tracker.set_phase("logits", default_category="logits")
-        _process_logits(outputs.logits, shape.batch, shape.num_beams)
-        del outputs
-        if shape.num_beams > 1:
-            # Beam search reorders every layer's self- and cross-attention K/V by the chosen
-            # beams (``index_select``: a new tensor while the old one is still alive).
-            tracker.set_phase("reorder")
-            cache.reorder_cache(torch.zeros(rows, dtype=torch.long))
-            tracker.track_all(_cache_tensors(cache), "kv_cache")
+        hidden_like = (hidden.shape, hidden.dtype)
+        # generate()'s running ids stay alive to the end (the [rows, 1] start tensor here).
+        ids = _decode_token(decoder, model, cache, hidden, mask, shape, tracker)
         if shape.label_len:
             # After generate() returns (cache and encoder outputs freed), the Trainer's
             # prediction_step runs a no-grad forward with the labels for the eval loss.
@@ -590,10 +601,66 @@ def _trace_generate(
             }
             outputs = decoder(**batch)
             del outputs, batch
+        del ids
     if tracker.events is not None:
         tracker.events.append(("step",))
+    short = short_cache_len(shape.max_new_tokens)
+    if short < shape.max_new_tokens:
+        # The cost of a token grows with the cache: one more token at a shorter cache,
+        # outside the memory tracker, gives the slope (``flops.decode_total``).
+        with mode:
+            hidden = torch.zeros(hidden_like[0], dtype=hidden_like[1])
+            mask = torch.ones(rows, shape.source_len, dtype=torch.long)
+            cache = _prefilled_cache(config, rows, short - 1, shape.source_len, dtype)
+        meter.phase_of = lambda: "decode_short"
+        with mode, meter, _emulation_on(emulation, options.device), torch.no_grad():
+            _decode_token(decoder, model, cache, hidden, mask, shape, LiveStorageTracker(round_fn))
     params = sum(p.numel() for p in unique_params(model))
-    return _generate_profile(params, tracker.peak, tracker.phase_records), tracker.events
+    profile = _generate_profile(params, tracker.peak, tracker.phase_records)
+    _set_costs(profile, meter.phases(_GENERATE_COST_PHASES))
+    return profile, tracker.events
+
+
+_GENERATE_COST_PHASES = ("encoder", "decode_step", "logits", "reorder", "eval_loss", "decode_short")
+
+
+def _decode_token(
+    decoder: Callable,
+    model: nn.Module,
+    cache: EncoderDecoderCache,
+    hidden: torch.Tensor,
+    mask: torch.Tensor,
+    shape: GenerateShape,
+    tracker: LiveStorageTracker,
+) -> torch.Tensor:
+    """One generated token: the decoder step on ``cache``, its logits processing and beam
+    search's cache reorder (phases ``decode_step``, ``logits``, ``reorder``)."""
+    rows = shape.batch * shape.num_beams
+    tracker.set_phase("decode_step")
+    # The cache was built untracked (building it has transients generate() never has);
+    # from here on it counts, as after max_new_tokens - 1 steps.
+    tracker.track_all(_cache_tensors(cache), "kv_cache")
+    start = torch.zeros(rows, 1, dtype=torch.long)
+    outputs = decoder(
+        encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+        attention_mask=mask,
+        decoder_input_ids=start,
+        use_cache=True,
+        **{_cache_kwarg(model): cache},
+    )
+    tracker.track_all(_cache_tensors(cache), "kv_cache")
+    tracker.track(outputs.logits, "logits")
+
+    tracker.set_phase("logits", default_category="logits")
+    _process_logits(outputs.logits, shape.batch, shape.num_beams)
+    del outputs
+    if shape.num_beams > 1:
+        # Beam search reorders every layer's self- and cross-attention K/V by the chosen
+        # beams (``index_select``: a new tensor while the old one is still alive).
+        tracker.set_phase("reorder")
+        cache.reorder_cache(torch.zeros(rows, dtype=torch.long))
+        tracker.track_all(_cache_tensors(cache), "kv_cache")
+    return start
 
 
 def _generate_profile(

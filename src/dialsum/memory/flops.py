@@ -1,0 +1,243 @@
+"""What a traced step costs in compute: FLOPs, bytes moved and kernels, per phase.
+
+The memory trace already runs every aten op of the real step on fake tensors; a
+``CostMeter`` rides along on the same ops (it sits below ``LiveStorageTracker`` on the
+dispatch stack, so the tracker sees exactly the ops it saw before):
+
+- **FLOPs** are counted by ``torch.utils.flop_counter.FlopCounterMode`` (2·m·n·k per
+  matmul, the two attention matmuls of SDPA kernels, and their backward formulas). Only
+  matmul-like ops have FLOP formulas: element-wise work is memory traffic, counted next.
+  Gradient checkpointing's recompute runs inside ``loss.backward()`` and is counted in
+  the ``backward`` phase, as it runs.
+- **Bytes moved**: what an eager, unfused kernel reads and writes: every input tensor plus
+  every output (and every argument the op mutates in place), once per op. View ops move
+  nothing; allocations (``empty``) launch nothing.
+- **Kernels**: one per op that moves bytes (what the host must issue to the device).
+
+The numbers of one phase are sums over its ops; they scale exactly with the batch (every
+size does), so they replay from the recordings at two batch sizes like the memory
+timeline does (``interpolate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from fractions import Fraction
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
+
+_aten = torch.ops.aten
+
+# Ops that allocate without running a kernel: no traffic, nothing to issue.
+_NO_KERNEL = frozenset(
+    {
+        _aten.empty,
+        _aten.empty_strided,
+        _aten.empty_like,
+        _aten.new_empty,
+        _aten.new_empty_strided,
+        _aten.lift_fresh,
+        _aten._local_scalar_dense,
+    }
+)
+
+COSTS: tuple[str, ...] = ("flops", "bytes_moved", "kernels")
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a kernel touches in ``tensor``: its elements, but no more than its storage
+    (an expanded ``[B, H, L, S]`` view of a ``[1, H, L, S]`` bias reads the small one)."""
+    itemsize = tensor.element_size()
+    try:
+        stored = tensor.untyped_storage().nbytes()
+    except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, nested)
+        stored = tensor.numel() * itemsize
+    return min(tensor.numel() * itemsize, stored)
+
+
+def op_traffic_bytes(func, args: tuple, kwargs: dict, out) -> int:
+    """Bytes read (every input tensor) + written (every output and mutated argument)."""
+    inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    read = sum(tensor_bytes(t) for t in inputs)
+    written = {id(t): t for t in tree_leaves(out) if isinstance(t, torch.Tensor)}
+    schema = func._schema
+    for position, argument in enumerate(schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        value = args[position] if position < len(args) else kwargs.get(argument.name)
+        for t in tree_leaves(value):
+            if isinstance(t, torch.Tensor):
+                written[id(t)] = t
+    return read + sum(tensor_bytes(t) for t in written.values())
+
+
+class _PhaseFlopCounter(FlopCounterMode):
+    """``FlopCounterMode`` that also books each op's FLOPs to the meter's current phase."""
+
+    def __init__(self, meter: CostMeter) -> None:
+        super().__init__(display=False)
+        self._meter = meter
+
+    def _count_flops(self, func_packet, out, args, kwargs):
+        counts = self.flop_counts["Global"]
+        before = counts.get(func_packet, 0)
+        out = super()._count_flops(func_packet, out, args, kwargs)
+        added = counts.get(func_packet, 0) - before
+        if added:
+            self._meter.add("flops", added)
+        return out
+
+
+class _TrafficMode(TorchDispatchMode):
+    """Bytes moved and kernels per op, booked to the meter's current phase."""
+
+    def __init__(self, meter: CostMeter) -> None:
+        super().__init__()
+        self._meter = meter
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.is_view or func._overloadpacket in _NO_KERNEL:
+            return out
+        self._meter.add("bytes_moved", op_traffic_bytes(func, args, kwargs, out))
+        self._meter.add("kernels", 1)
+        return out
+
+
+class CostMeter:
+    """FLOPs, bytes moved and kernels of the ops run inside it, split by phase.
+
+    ``phase_of()`` names the phase of the op being run (the tracer's phase); enter the
+    meter *before* the ``LiveStorageTracker`` so the tracker stays on top of the stack.
+    """
+
+    def __init__(self, phase_of: Callable[[], str]) -> None:
+        self.phase_of = phase_of
+        self.costs: dict[str, dict[str, int]] = {name: {} for name in COSTS}
+        self._flops = _PhaseFlopCounter(self)
+        self._traffic = _TrafficMode(self)
+
+    def add(self, cost: str, amount: int) -> None:
+        by_phase = self.costs[cost]
+        phase = self.phase_of()
+        by_phase[phase] = by_phase.get(phase, 0) + amount
+
+    def reset(self) -> None:
+        self.costs = {name: {} for name in COSTS}
+
+    def phases(self, names: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
+        """``{cost: {phase: amount}}`` for ``names`` (every phase seen when None; a named
+        phase without ops counts 0)."""
+        out: dict[str, dict[str, int]] = {}
+        for cost, by_phase in self.costs.items():
+            keys = names if names is not None else tuple(by_phase)
+            out[cost] = {phase: int(by_phase.get(phase, 0)) for phase in keys}
+        return out
+
+    def __enter__(self) -> CostMeter:
+        self._flops.__enter__()
+        self._traffic.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._traffic.__exit__(*exc)
+        self._flops.__exit__(*exc)
+
+
+# -- replay across batch sizes -----------------------------------------------------------
+
+
+def interpolate(
+    lo: dict[str, int], hi: dict[str, int], lo_batch: int, hi_batch: int, batch: int
+) -> dict[str, int] | None:
+    """Per-phase counts at ``batch`` from counts at ``lo_batch`` and ``hi_batch``.
+
+    Every count is a sum over ops whose sizes are affine in the batch, so the count is too;
+    None when some interpolated value is not a non-negative integer (not affine: the
+    caller traces directly instead).
+    """
+    if set(lo) != set(hi):
+        return None
+    out: dict[str, int] = {}
+    for phase in lo:
+        value = Fraction(lo[phase]) + Fraction(batch - lo_batch, hi_batch - lo_batch) * (
+            hi[phase] - lo[phase]
+        )
+        if value.denominator != 1 or value < 0:
+            return None
+        out[phase] = int(value)
+    return out
+
+
+def interpolate_costs(
+    lo: dict[str, dict[str, int]],
+    hi: dict[str, dict[str, int]],
+    lo_batch: int,
+    hi_batch: int,
+    batch: int,
+) -> dict[str, dict[str, int]] | None:
+    """``interpolate`` for each of ``COSTS``; None if any is not exactly affine."""
+    out = {}
+    for cost in COSTS:
+        value = interpolate(lo.get(cost, {}), hi.get(cost, {}), lo_batch, hi_batch, batch)
+        if value is None:
+            return None
+        out[cost] = value
+    return out
+
+
+# -- generation: from one decoder step to every generated token ------------------------
+
+
+def short_cache_len(max_new_tokens: int) -> int:
+    """Second cache length a decoder step is traced at (keys seen by the step's query):
+    half the longest, at least 2 (an empty cache takes another code path)."""
+    return max(2, max_new_tokens // 2) if max_new_tokens > 2 else max_new_tokens
+
+
+def decode_total(at_longest: int, at_short: int, longest: int, short: int) -> int:
+    """Sum over the ``longest`` steps of generation (step ``t`` attends to ``t`` keys) of
+    a per-step cost that is affine in ``t``, from its values at ``longest`` and ``short``.
+
+    A decoder step's linear layers, cross-attention and logits cost the same every step;
+    self-attention reads and multiplies ``t`` cached keys/values: ``c(t) = c(N) - b (N - t)``
+    with ``b = (c(N) - c(short)) / (N - short)``, so ``sum_{t=1..N} c(t) = N c(N) - b N(N-1)/2``.
+    With one traced length only (``short == longest``) every step is charged the longest
+    one's cost: an upper bound.
+    """
+    n = longest
+    if short == longest:
+        return n * at_longest
+    slope = Fraction(at_longest - at_short, longest - short)
+    total = n * at_longest - slope * Fraction(n * (n - 1), 2)
+    return max(0, round(total))
+
+
+DECODE_TOKEN_PHASES: tuple[str, ...] = ("decode_step", "logits", "reorder")
+"""Phases of one generated token at the longest cache (the ``decode_short`` probe ran
+the same three at ``short_cache_len``)."""
+
+
+def generation_totals(
+    costs: dict[str, dict[str, int]], max_new_tokens: int
+) -> dict[str, dict[str, int]]:
+    """``{cost: {"encoder", "decode", "eval_loss", "total"}}`` of one generation call:
+    the encoder pass, every decoder step (``decode_total``) and, when traced, the
+    evaluation's loss forward; ``total`` is their sum."""
+    out: dict[str, dict[str, int]] = {}
+    for cost in COSTS:
+        by_phase = costs.get(cost, {})
+        longest = sum(by_phase.get(phase, 0) for phase in DECODE_TOKEN_PHASES)
+        short = by_phase.get("decode_short", longest)
+        decode = decode_total(longest, short, max_new_tokens, short_cache_len(max_new_tokens))
+        parts = {
+            "encoder": by_phase.get("encoder", 0),
+            "decode": decode,
+            "eval_loss": by_phase.get("eval_loss", 0),
+        }
+        out[cost] = {**parts, "total": sum(parts.values())}
+    return out

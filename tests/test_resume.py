@@ -1,0 +1,90 @@
+"""--resume continues a run exactly as saved; one process per run folder; whole-run loss."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dialsum.errors import UserError
+from dialsum.run_lock import LOCK_NAME, RunLock
+from dialsum.runs import latest_run, new_run
+from dialsum.train import run_training
+from helpers import tiny_section
+
+quiet = lambda *_: None  # noqa: E731
+SAVING = ("training.save_strategy=steps", "training.save_steps=2")
+
+
+def test_resume_without_flags_continues_as_saved(tmp_path: Path) -> None:
+    first = run_training(tiny_section(tmp_path, *SAVING, "training.max_steps=2"), echo=quiet)
+    # The current command line says 5 steps and no saving: the saved run says 2 and saving.
+    cli = tiny_section(tmp_path, "training.max_steps=2")
+    cli.training.max_steps, cli.training.save_strategy = 5, "no"
+    resumed = run_training(cli, resume=True, echo=quiet)
+    assert resumed.run.path == first.run.path
+    assert resumed.metrics["train_loss_steps"] == "1-2"  # nothing left to train
+
+
+def test_changed_flags_on_resume_are_refused_then_recorded(tmp_path: Path) -> None:
+    run_training(tiny_section(tmp_path, *SAVING, "training.max_steps=2"), echo=quiet)
+    cfg = tiny_section(tmp_path, *SAVING)
+    with pytest.raises(UserError, match=r"training.max_steps: 2 \(saved\) -> 4"):
+        run_training(cfg, resume=True, resume_overrides=["training.max_steps=4"], echo=quiet)
+    result = run_training(
+        cfg, resume=True, resume_overrides=["training.max_steps=4"], override_on_resume=True,
+        echo=quiet,
+    )  # fmt: skip
+    assert result.metrics["train_loss_steps"] == "1-4"
+    saved = yaml.safe_load((result.run.path / "config.yaml").read_text())
+    assert saved["training"]["max_steps"] == 4
+    history = yaml.safe_load((result.run.path / "resume_overrides.yaml").read_text())
+    assert history[0]["changes"] == {"training.max_steps": {"saved": 2, "given": 4}}
+
+
+def test_train_loss_after_resume_is_the_whole_runs_mean(tmp_path: Path) -> None:
+    whole = run_training(tiny_section(tmp_path / "a", *SAVING, "training.max_steps=4"), echo=quiet)
+    run_training(tiny_section(tmp_path / "b", *SAVING, "training.max_steps=2"), echo=quiet)
+    resumed = run_training(
+        tiny_section(tmp_path / "b"), resume=True, resume_overrides=["training.max_steps=4"],
+        override_on_resume=True, echo=quiet,
+    )  # fmt: skip
+    assert resumed.metrics["train_loss_steps"] == "1-4"
+    assert resumed.metrics["train_loss"] == pytest.approx(whole.metrics["train_loss"], rel=1e-5)
+
+
+def test_resume_skips_a_newer_run_without_checkpoint_and_takes_a_path(tmp_path: Path) -> None:
+    older = run_training(tiny_section(tmp_path, *SAVING, "training.max_steps=2"), echo=quiet)
+    newer = new_run(tmp_path, "tiny")  # e.g. interrupted before its first checkpoint
+    (newer.path / "config.yaml").write_text(older.run.config.read_text())
+    assert latest_run(tmp_path, "tiny").path == newer.path
+    result = run_training(tiny_section(tmp_path), resume=True, echo=quiet)
+    assert result.run.path == older.run.path
+    by_path = run_training(tiny_section(tmp_path), resume=str(older.run.path), echo=quiet)
+    assert by_path.run.path == older.run.path
+    with pytest.raises(UserError, match="not a run folder"):
+        run_training(tiny_section(tmp_path), resume=str(tmp_path), echo=quiet)
+
+
+def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(tmp_path: Path) -> None:
+    messages: list[str] = []
+    live = pytest.raises(UserError, match=f"in use by process {os.getpid()}")
+    with RunLock(tmp_path, echo=messages.append), live:
+        RunLock(tmp_path).acquire()
+    assert not (tmp_path / LOCK_NAME).exists()  # released
+    import socket
+
+    dead_pid = 2**22 + 12345  # above any pid_max in use: no such process
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead_pid, "host": socket.gethostname()}))
+    with RunLock(tmp_path, echo=messages.append):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert messages == [f"taking over a stale run lock of process {dead_pid} (no longer running)"]
+
+
+def test_resume_while_the_run_is_alive_is_refused(tmp_path: Path) -> None:
+    first = run_training(tiny_section(tmp_path, *SAVING, "training.max_steps=2"), echo=quiet)
+    with RunLock(first.run.path), pytest.raises(UserError, match="in use by process"):
+        run_training(tiny_section(tmp_path), resume=True, echo=quiet)
