@@ -1,147 +1,263 @@
-"""Predicted vs measured peak memory on a CUDA GPU, for the three real architectures.
+"""The plan against the real dialsum runs on one CUDA GPU, for the three built-in models.
 
-    uv run python bench/gpu_validate.py --out gpu_validate.json        # on a CUDA machine
-    uv run python bench/gpu_validate.py --smoke                        # CPU: code path only
+    uv run python bench/gpu_validate.py                # a CUDA machine: <= 8 minutes
+    uv run python bench/gpu_validate.py --smoke        # CPU: the same code path, tiny model
 
-Random weights (memory does not depend on their values), full-length random batches.
-For every case it prints the simulator's prediction, ``torch.cuda.max_memory_allocated``
-and ``max_memory_reserved``, and the error of the prediction against the allocated peak.
-Budget: about 8 minutes on one H200 (each case is two training steps or one generate()).
+For each architecture (eenzeenee T5, csebuetnlp mT5, digit82 KoBART: random weights from
+the shipped config.json, the tiny tokenizer, no downloads; see ``dialsum.gpu_check``):
+
+1. the real run: ``dialsum train --max-steps 3`` with evaluation, then ``dialsum
+   predict``, at the settings the run plans for this GPU, on dialogues that fill the
+   source length and generation forced to full length; per phase (train / eval /
+   predict) the plan's predicted peak vs ``torch.cuda.max_memory_allocated`` (and the
+   active peak), and the plan's required bytes vs ``max_memory_reserved``;
+2. emulated smaller GPUs of 16, 24 and 40 GiB (``set_per_process_memory_fraction``): the
+   planned micro-batch vs the largest that really trains, and OOMs at the planned
+   settings (training steps, one evaluation, one generation pass).
+
+``--smoke`` runs all of it on the tiny T5 at tiny shapes on the CPU, with no CUDA call:
+a live-bytes cap of 16, 24 and 40 MiB stands in for the memory fraction, and nothing is
+measured in the real run (the JSON says ``"measured": false``). A test runs it.
+
+Output: one JSON file (``--out``, default ``bench/results/gpu_validate[_smoke].json``):
+
+    {"format": "gpu_validate/1", "smoke": bool, "device": str, "torch": str,
+     "cuda": str | null, "allocator": {...} | null, "seconds": float,
+     "runs": {ARCH: {"model": str, "settings": {micro_batch_size, precision, ...},
+                     "measured": bool, "oom_recoveries": int, "predict_oom_splits": int,
+                     "phases": {PHASE: {"predicted_peak_bytes", "max_allocated_bytes",
+                                        "allocated_ratio", "active_peak_bytes",
+                                        "active_ratio", "planned_required_bytes",
+                                        "max_reserved_bytes", "reserved_ratio"}},
+                     "run": str, "seconds": float}},
+     "emulated": {ARCH: [{"gpu": "16GB", "size_bytes": int, "memory_fraction": float,
+                          "planned_micro_batch": int, "planned_fits": bool,
+                          "true_largest_micro_batch": int | null, "searched_up_to": int,
+                          "largest_divisor_that_runs": int | null,
+                          "ooms_at_planned": {"train": int, "eval": int, "predict": int}
+                                             | null (the plan does not fit),
+                          "precision": str, "gradient_checkpointing": bool,
+                          "seconds": float}]},
+     "skipped": [str]}
+
+Ratios are measured / predicted (null when not measured). Then one summary table.
+A time budget (``--budget-s``, default 450) skips what would not fit in 8 minutes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import T5Config
 
-from dialsum.architectures import known_config, model_from_config
-from dialsum.memory.calibrate import measure_generate, measure_train
-from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_generate, simulate_train
+from dialsum import gpu_check
 
-GIB = 1024**3
-MODELS = {
-    "eenzeenee": "eenzeenee/t5-base-korean-summarization",
-    "xlsum_mt5": "csebuetnlp/mT5_multilingual_XLSum",
-    "kobart": "digit82/kobart-summarization",
-}
-# (batch, source_len, target_len, precision, gradient checkpointing)
-TRAIN_CASES = [
-    (1, 512, 64, "fp32", False),
-    (4, 512, 64, "fp32", False),
-    (8, 512, 64, "bf16", False),
-    (16, 256, 64, "bf16", False),
-    (8, 512, 64, "bf16", True),
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "config.yaml"
+GIB, MIB = 2**30, 2**20
+
+# (section, model id, tiny tokenizer family)
+ARCHITECTURES = [
+    ("eenzeenee", "eenzeenee/t5-base-korean-summarization", "t5"),
+    ("xlsum_mt5", "csebuetnlp/mT5_multilingual_XLSum", "t5"),
+    ("kobart", "digit82/kobart-summarization", "bart"),
 ]
-# (batch, source_len, max_new_tokens, beams, precision)
-GENERATE_CASES = [
-    (8, 512, 64, 4, "fp32"),
-    (32, 512, 84, 4, "bf16"),
+SIZES_GIB = (16, 24, 40)
+# Rows per split: 3 steps of the effective batch, the eval and generation batch caps.
+ROWS = {"train": 64, "dev": 64, "test": 256}
+SMOKE_ROWS = {"train": 24, "dev": 4, "test": 8}
+RUN_OVERRIDES = [
+    "training.max_steps=3",
+    "training.eval_strategy=steps",
+    "training.eval_steps=1000",  # one evaluation: run_training's, after the steps
+    "training.save_strategy=no",
+    "training.logging_steps=1",
+]
+SMOKE_OVERRIDES = [
+    "tokenizer.max_source_length=48",
+    "tokenizer.max_target_length=12",
+    "inference.max_new_tokens=6",
+    "inference.num_beams=2",
+    "inference.batch_size=auto",
+    "training.effective_batch_size=8",
+    "training.micro_batch_size=auto",
+    "training.eval_batch_size=auto",
+    "training.report_to=[none]",
+    "hardware.memory_cap_gib=0.25",  # planned and capped like a device (CPU kernels)
 ]
 
 
-def tiny_t5() -> T5Config:
-    return T5Config(
-        vocab_size=512, d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
-        tie_word_embeddings=False, decoder_start_token_id=0,
-    )  # fmt: skip
+def targets(smoke: bool):
+    """(arch, section, model id, architecture config, tokenizer family)."""
+    if smoke:
+        from transformers import T5Config
+
+        # The tiny T5 of the demo, one layer each side: every check costs half the ops.
+        config = T5Config(vocab_size=2048, d_model=32, d_ff=64, d_kv=8, num_layers=1,
+                          num_decoder_layers=1, num_heads=4, feed_forward_proj="relu",
+                          tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                          decoder_start_token_id=0)  # fmt: skip
+        return [("tiny", "tiny", "tiny T5 (random init)", config, "t5")]
+    from dialsum.architectures import known_config
+
+    return [
+        (sec, sec, model_id, known_config(model_id), fam) for sec, model_id, fam in ARCHITECTURES
+    ]
 
 
-def error_pct(predicted: int, measured: int) -> float | None:
-    return round(100 * (predicted - measured) / measured, 2) if measured else None
+def validate(smoke: bool, work: Path, budget_s: float, echo) -> dict:
+    from dialsum.train import length_report, read_tables, setup_model, tiny_texts_from
 
-
-def run(smoke: bool) -> list[dict]:
-    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
-    models = {"tiny_t5": tiny_t5()} if smoke else {k: known_config(v) for k, v in MODELS.items()}
-    train_cases = [(2, 32, 8, "fp32", False), (2, 32, 8, "fp32", True)] if smoke else TRAIN_CASES
-    gen_cases = [(2, 32, 8, 2, "fp32")] if smoke else GENERATE_CASES
-    rows = []
-    for name, config in models.items():
-        model = model_from_config(config, device=device)
-        for batch, src, tgt, precision, gc in train_cases:
-            options = TrainOptions(precision=precision, gradient_checkpointing=gc)  # type: ignore[arg-type]
-            shape = TrainShape(batch, src, tgt)
-            predicted = simulate_train(config, shape, options)
-            measured = measure_train(model, shape, options, device)
-            rows.append(
-                {
-                    "model": name,
-                    "kind": "train",
-                    "shape": asdict(shape),
-                    "precision": precision,
-                    "gradient_checkpointing": gc,
-                    "predicted_bytes": predicted.peak_bytes,
-                    "predicted_phase": predicted.peak_phase,
-                    **{k: v for k, v in asdict(measured).items()},
-                    "error_pct": error_pct(predicted.peak_bytes, measured.max_allocated_bytes),
-                }
-            )
-            print_row(rows[-1])
-        for batch, src, new, beams, precision in gen_cases:
-            gshape = GenerateShape(batch, src, new, beams)
-            predicted = simulate_generate(config, gshape, precision)  # type: ignore[arg-type]
-            if precision == "bf16":
-                model.to(torch.bfloat16)
-            measured = measure_generate(model, gshape, device, "fp32")
-            model.to(torch.float32)
-            rows.append(
-                {
-                    "model": name,
-                    "kind": "generate",
-                    "shape": asdict(gshape),
-                    "precision": precision,
-                    "predicted_bytes": predicted.peak_bytes,
-                    "predicted_phase": predicted.peak_phase,
-                    **{k: v for k, v in asdict(measured).items()},
-                    "error_pct": error_pct(predicted.peak_bytes, measured.max_allocated_bytes),
-                }
-            )
-            print_row(rows[-1])
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
-
-
-def print_row(r: dict) -> None:
-    shape = "x".join(str(v) for v in r["shape"].values())
-    measured = r["max_allocated_bytes"] / GIB if r["max_allocated_bytes"] else float("nan")
-    err = "n/a" if r["error_pct"] is None else f"{r['error_pct']:+.1f}%"
-    gc = str(r.get("gradient_checkpointing", "-"))
-    print(
-        f"{r['model']:10s} {r['kind']:8s} {shape:14s} {r['precision']:5s} "
-        f"gc={gc:5s} predicted {r['predicted_bytes'] / GIB:7.2f} "
-        f"GiB  measured {measured:7.2f} GiB (reserved {r['max_reserved_bytes'] / GIB:6.2f})  "
-        f"error {err}{'  OOM' if r['oom'] else ''}",
-        flush=True,
+    started = time.perf_counter()
+    out: dict = {"runs": {}, "emulated": {}, "skipped": []}
+    data = gpu_check.write_long_csvs(
+        ROOT / "data/sample", work / "data", SMOKE_ROWS if smoke else ROWS
     )
+    base = [f"data.{split}={path}" for split, path in data.items()]
+    base += [f"training.output_dir={work / 'runs'}", *RUN_OVERRIDES]
+    base += SMOKE_OVERRIDES if smoke else []
+    prepared = []
+    for arch, name, model_id, config, family in targets(smoke):
+        if time.perf_counter() - started > budget_s:
+            out["skipped"].append(f"{arch}: real run (time budget)")
+            continue
+        echo(f"[{arch}] model folder, then train + evaluate + predict")
+        probe_cfg = gpu_check.section(CONFIG, name, base)
+        folder = gpu_check.write_model_folder(
+            config, family, tiny_texts_from(probe_cfg)(), work / arch
+        )
+        overrides = [*base, f"model.name={folder}", f"tokenizer.name={folder}"]
+        cfg = gpu_check.section(CONFIG, name, overrides)
+        out["runs"][arch] = {"model": model_id, **gpu_check.real_run(cfg, work, echo=None)}
+        prepared.append((arch, name, overrides))
+        _free()
+    if smoke:  # the same proportions in units of 1/8 MiB: 2, 3, 5 MiB (2 MiB fits nothing)
+        sizes = [(s * MIB // 8, f"{s / 8:g}MiB") for s in SIZES_GIB]
+    else:
+        sizes = [(s * GIB, f"{s}GB") for s in SIZES_GIB]
+    for arch, name, overrides in prepared:
+        cfg = gpu_check.section(CONFIG, name, overrides)
+        model, tokenizer = setup_model(cfg)
+        train_table, _ = read_tables(cfg, dev=False, echo=lambda *_: None)
+        report = length_report(cfg, train_table, tokenizer)
+        rows = out["emulated"].setdefault(arch, [])
+        for size, label in sizes:
+            if time.perf_counter() - started > budget_s:
+                out["skipped"].append(f"{arch}: emulated {label} (time budget)")
+                continue
+            echo(f"[{arch}] emulated {label}: planned settings, then the largest micro-batch")
+            emulation = gpu_check.Emulation(size, label, cuda=not smoke)
+            cfg_for = lambda extra, name=name, overrides=overrides: gpu_check.section(  # noqa: E731
+                CONFIG, name, [*overrides, *extra]
+            )
+            search_factor = 2 if smoke else 4
+            rows.append(
+                gpu_check.emulated(
+                    model, tokenizer, cfg_for, report, emulation, work / "trials", search_factor
+                )
+            )
+        del model
+        _free()
+    return out
 
 
-def main() -> None:
+def _free() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def _gib(n) -> str:
+    return "-" if n is None else f"{n / GIB:.2f}"
+
+
+def _ratio(r) -> str:
+    return "-" if r is None else f"{r:.2f}"
+
+
+def summary_table(result: dict):
+    """One table: per architecture the phases of the real run, then the emulated GPUs."""
+    from rich.table import Table
+
+    table = Table(title="plan vs run (GiB; ratios measured / planned)")
+    for col in ("arch", "check", "planned", "measured", "measured/planned", "OOMs"):
+        table.add_column(col, justify="left" if col in ("arch", "check") else "right")
+    for arch, run in result["runs"].items():
+        for phase, row in run["phases"].items():
+            planned = (
+                f"{_gib(row['predicted_peak_bytes'])} (req {_gib(row['planned_required_bytes'])})"
+            )
+            measured = f"{_gib(row['max_allocated_bytes'])} (res {_gib(row['max_reserved_bytes'])})"
+            ratios = f"{_ratio(row['allocated_ratio'])} / {_ratio(row['reserved_ratio'])}"
+            ooms = {"train": run["oom_recoveries"], "predict": run["predict_oom_splits"]}.get(
+                phase, ""
+            )
+            table.add_row(
+                arch,
+                phase,
+                planned,
+                measured if run["measured"] else "not measured",
+                ratios,
+                str(ooms),
+            )
+        for row in result["emulated"].get(arch, []):
+            planned = f"micro {row['planned_micro_batch']}" + (
+                "" if row["planned_fits"] else " (no fit)"
+            )
+            divisor = row["largest_divisor_that_runs"]
+            measured = f"largest {row['true_largest_micro_batch']} (divisor {divisor})"
+            ratio = "-" if not divisor else f"{row['planned_micro_batch'] / divisor:.2f}"
+            ooms = row["ooms_at_planned"]
+            oom_text = "-" if ooms is None else f"{ooms['train']}/{ooms['eval']}/{ooms['predict']}"
+            table.add_row(arch, f"emulated {row['gpu']}", planned, measured, ratio, oom_text)
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model on CPU (code path)")
-    parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON")
-    args = parser.parse_args()
-    started = time.time()
-    rows = run(args.smoke)
-    errors = [abs(r["error_pct"]) for r in rows if r["error_pct"] is not None and not r["oom"]]
-    summary = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU (no CUDA)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument("--budget-s", type=float, default=450.0, help="skip work beyond this")
+    args = parser.parse_args(argv)
+    out_path = args.out or ROOT / "bench/results" / (
+        "gpu_validate_smoke.json" if args.smoke else "gpu_validate.json"
+    )
+    allocator = None
+    if not args.smoke:
+        if not torch.cuda.is_available():
+            sys.exit("gpu_validate needs a CUDA GPU; run it with --smoke on a CPU")
+        from dialsum.gpu_support import prepare_cuda_run
+
+        allocator = prepare_cuda_run(print).to_json()  # before anything starts CUDA
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu-validate-") as work:
+        result = validate(
+            args.smoke, Path(work), args.budget_s, echo=lambda m: print(m, flush=True)
+        )
+    head = {
+        "format": "gpu_validate/1",
+        "smoke": args.smoke,
+        "device": "cpu" if args.smoke else torch.cuda.get_device_name(),
         "torch": torch.__version__,
-        "seconds": round(time.time() - started, 1),
-        "max_abs_error_pct": max(errors) if errors else None,
-        "mean_abs_error_pct": round(sum(errors) / len(errors), 2) if errors else None,
+        "cuda": torch.version.cuda,
+        "allocator": allocator,
+        "seconds": round(time.perf_counter() - started, 1),
     }
-    print(json.dumps(summary))
-    if args.out:
-        args.out.write_text(json.dumps({"summary": summary, "rows": rows}, indent=2))
+    result = head | result
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    from rich.console import Console
+
+    Console(width=140).print(summary_table(result))
+    print(f"wrote {out_path} ({result['seconds']}s)")
+    return result
 
 
 if __name__ == "__main__":

@@ -184,3 +184,8 @@ def test_empty_yaml_and_cycles_are_explained(tmp_path) -> None:
     cyclic.write_text("sections:\n  a: {extends: b}\n  b: {extends: a}\n")
     with pytest.raises(ConfigError, match="forms a cycle: a -> b -> a"):
         load_section(cyclic, "a")
+
+
+def test_a_directory_is_not_reported_as_missing(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_section(tmp_path, "tiny")

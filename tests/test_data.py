@@ -103,7 +103,8 @@ def test_extra_columns_ignored_and_extra_references(tmp_path: Path) -> None:
 
 def test_unterminated_quote_is_an_error(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, HEADER + 't_0,"대화가 안 끝남,요약,주제\nt_1,a,b,c\n'))
-    assert "CSV syntax error" in message
+    assert "unclosed quote in record 2 (fname 't_0')" in message
+    assert "dialogue field opens a quote on text line 2" in message
 
 
 # --------------------------------------------------------------------------- cleaning

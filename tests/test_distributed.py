@@ -79,3 +79,57 @@ def test_settings_split_the_effective_batch_over_processes(monkeypatch: pytest.M
     assert (settings.micro_batch_size, settings.gradient_accumulation_steps) == (8, 1)
     assert settings.micro_batch_size * settings.gradient_accumulation_steps * 2 == 16
     assert "micro-batch 16 -> 8" in settings.reasons[-1]
+
+
+@pytest.fixture
+def world_of_one(tmp_path):
+    """A real gloo process group of one rank in this process (all_reduce runs for real)."""
+    from torch import distributed as dist
+
+    store = dist.FileStore(str(tmp_path / "store"), 1)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _params_with_grads(sizes: list[int]) -> list[torch.nn.Parameter]:
+    params = []
+    for i, n in enumerate(sizes):
+        param = torch.nn.Parameter(torch.zeros(n))
+        param.grad = torch.arange(n, dtype=torch.float32) + i
+        params.append(param)
+    return params
+
+
+def test_a_gradient_larger_than_a_bucket_is_reduced_in_place(world_of_one) -> None:
+    # mT5's 250k x 768 embedding gradient (732 MiB) is one bucket of its own: a flat copy
+    # of it would need that much again, right after the ranks agreed the step worked.
+    from dialsum.memory.live_cap import LiveBytesCap
+
+    params = _params_with_grads([1000, 5, 5])  # 4000-byte gradient, 100-byte buckets
+    expected = [p.grad.clone() for p in params]
+    with LiveBytesCap(1 << 40) as cap:
+        cap.track_all(p.grad for p in params)
+        cap.cap_bytes = cap.current_bytes + 200  # a small bucket's copy fits, 4000 does not
+        distributed.average_gradients(params, bucket_bytes=100)
+    for param, grad in zip(params, expected, strict=True):
+        assert torch.equal(param.grad, grad)  # one rank: the average is the gradient
+
+
+def test_with_staging_the_reduce_allocates_nothing(world_of_one) -> None:
+    from dialsum.memory.live_cap import LiveBytesCap
+
+    params = _params_with_grads([1000, 5, 5, 7, 3])
+    staging = distributed.reduce_staging(params, bucket_bytes=100)
+    # fp32 buckets: [1000] alone, [5, 5, 7, 3] -> one 20-float staging buffer
+    assert [(k[0], t.numel()) for k, t in staging.items()] == [(torch.float32, 20)]
+    expected = [p.grad.clone() for p in params]
+    with LiveBytesCap(1 << 40) as cap:
+        cap.track_all(p.grad for p in params)
+        cap.track_all(staging.values())
+        cap.cap_bytes = cap.current_bytes  # not one byte more
+        distributed.average_gradients(params, staging, bucket_bytes=100)
+    for param, grad in zip(params, expected, strict=True):
+        assert torch.equal(param.grad, grad)

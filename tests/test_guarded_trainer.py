@@ -131,3 +131,16 @@ def test_slice_rows_trims_padding_to_the_chunk() -> None:
     assert chunk["input_ids"].tolist() == [[5, 6]]
     assert chunk["labels"].tolist() == [[9]]
     assert chunk["decoder_input_ids"].tolist() == [[0]]
+
+
+def test_resume_does_not_report_tied_embeddings_as_missing() -> None:
+    from transformers import T5Config
+
+    from dialsum.architectures import model_from_config
+    from dialsum.guarded_trainer import untied_missing_keys
+
+    config = T5Config(vocab_size=64, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2,
+                      tie_word_embeddings=False, decoder_start_token_id=0)  # fmt: skip
+    missing = ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight", "lm_head.weight"]
+    # encoder/decoder embed_tokens are `shared` (loaded); the untied head really is missing.
+    assert untied_missing_keys(model_from_config(config), missing) == ["lm_head.weight"]

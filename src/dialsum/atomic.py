@@ -33,16 +33,41 @@ _DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.E
 def staged_path(path: Path, suffix: str = ".tmp") -> Path:
     """An empty temp file next to ``path``, with a new file's permissions (umask applied)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    return _new_temp(path.parent, path.name, suffix)
+
+
+def _new_temp(folder: Path, name: str, suffix: str) -> Path:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(_TEMP_ATTEMPTS):
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        tmp = folder / f".{name}.{secrets.token_hex(4)}{suffix}"
         try:
             fd = os.open(tmp, flags, _NEW_FILE_MODE)
         except FileExistsError:
             continue
         os.close(fd)
         return tmp
-    raise FileExistsError(errno.EEXIST, f"no free temp file name next to {path}")
+    raise FileExistsError(errno.EEXIST, f"no free temp file name in {folder}")
+
+
+def write_problem(path: Path) -> str | None:
+    """Why ``atomic_open(path)`` would fail, or None; checks without writing ``path``.
+
+    Creates (and removes) a probe file in the folder the write would create files in, or
+    in its nearest existing parent when folders are still to be made: permission bits
+    alone do not say what a read-only mount, an ACL or root would allow.
+    """
+    if path.is_dir():
+        return f"{path} is a directory"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, so nothing can be created under it"
+    try:
+        _new_temp(folder, path.name, ".probe").unlink()
+    except OSError as exc:
+        return f"cannot create files in {folder} ({exc.strerror or exc})"
+    return None
 
 
 def fsync_dir(folder: Path) -> None:

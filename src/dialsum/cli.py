@@ -233,8 +233,12 @@ def plan(
         str | None, typer.Option(help="Hub id or local folder (config.json is enough).")
     ] = None,
     gpu: Annotated[
-        str | None, typer.Option(help="GPU slug (a100-40gb), size (24GB); default: detected.")
+        list[str] | None,
+        typer.Option(help="GPU slug (a100-40gb) or size (24GB); default: detected; repeatable."),
     ] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Plan on every --gpu; one table ranked by epoch time.")
+    ] = False,
     source_len: Annotated[int | None, typer.Option(help="Encoder tokens (with --model).")] = None,
     target_len: Annotated[int | None, typer.Option(help="Decoder tokens (with --model).")] = None,
     effective_batch: Annotated[
@@ -267,15 +271,22 @@ def plan(
       dialsum plan -c config.yaml -s xlsum_mt5 --gpu v100-16gb --num-gpus 4 --zero-stage 2
       dialsum plan --model digit82/kobart-summarization --source-len 512 \\
           --target-len 100 --gpu a100-40gb
+      dialsum plan -c config.yaml -s kobart --gpu t4-16gb --gpu a100-40gb --compare
     """
 
     from dialsum.plan_cli import plan_command
+    from dialsum.plan_compare import compare_command
 
-    result = plan_command(
+    gpus = list(gpu or [])
+    command = plan_command
+    if compare or len(gpus) > 1:
+        command = lambda **kw: compare_command(gpus=gpus, **kw)  # noqa: E731
+    elif gpus:
+        command = lambda **kw: plan_command(gpu=gpus[0], **kw)  # noqa: E731
+    result = command(
         config=config,
         section=section,
         model=model,
-        gpu=gpu,
         source_len=source_len,
         target_len=target_len,
         effective_batch=effective_batch,

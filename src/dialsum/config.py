@@ -215,6 +215,8 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse ``path``; duplicate keys and syntax errors become one ConfigError."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; pass -c/--config PATH to a YAML file.")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}. Pass -c/--config PATH to a YAML file.")
     loader = _StrictLoader(_config_text(path))

@@ -20,12 +20,13 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any, Literal
 
 from dialsum.atomic import atomic_open
 from dialsum.errors import DataError
+
+if TYPE_CHECKING:  # reading CSVs (dialsum evaluate) must not wait for transformers
+    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase
 
 Split = Literal["train", "dev", "test"]
 
@@ -175,20 +176,96 @@ def _parse_csv(path: Path, text: str) -> tuple[list[str], list[tuple[int, list[s
     # rest of the file into one field.
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[tuple[int, list[str]]] = []
+    record_start = 1  # text line of the record being read
     try:
         for line, fields in enumerate(reader, start=1):
             rows.append((line, fields))
+            record_start = reader.line_num + 1
     except csv.Error as exc:
-        raise DataError(
-            f"{path}: CSV syntax error near text line {reader.line_num} ({exc}); a field that "
-            'starts with " must end with " and quotes inside it must be doubled ("")'
-        ) from exc
+        raise _syntax_error(path, text, rows, record_start, reader.line_num, exc) from None
     if not rows:
         raise DataError(f"{path}: the file is empty; expected a CSV with a header line")
     header = [name.strip().lstrip("\ufeff").lower() for name in rows[0][1]]
     # Blank lines between rows are not data; spreadsheet line numbers still count them.
     data = [(line, fields) for line, fields in rows[1:] if any(f.strip() for f in fields)]
     return header, data
+
+
+_QUOTE_FIX = 'a field that starts with " must end with " and quotes inside it must be doubled ("")'
+_FIELD_END = re.compile(r"[,\r\n]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # how the csv reader counts text lines
+
+
+def _syntax_error(
+    path: Path,
+    text: str,
+    rows: list[tuple[int, list[str]]],
+    record_start: int,
+    gave_up: int,
+    exc: csv.Error,
+) -> DataError:
+    """Name the record and the line where its broken quoted field *opened*.
+
+    The parser only notices a missing closing quote where it finds the next quote (often
+    in a later record, read as the closing one) or at the end of the file, which can be
+    hundreds of lines below the mistake.
+    """
+    offset = _line_offset(text, record_start)
+    broken = _broken_quote(text, offset)
+    if broken is None:
+        return DataError(f"{path}: CSV syntax error near text line {gave_up} ({exc}); {_QUOTE_FIX}")
+    index, opened_at, before = broken
+    header = [name.strip().lstrip("\ufeff").lower() for name in rows[0][1]] if rows else []
+    column = header[index] if index < len(header) else f"field {index + 1}"
+    fname = before[header.index("fname")].strip() if "fname" in header[:index] else ""
+    record = f"record {len(rows) + 1}" + (f" (fname {fname!r})" if fname else "")
+    opened = len(_LINE_BREAK.findall(text, 0, opened_at)) + 1
+    end = "the end of the file" if "end of data" in str(exc) else f"text line {gave_up}"
+    return DataError(
+        f"{path}: unclosed quote in {record}, which starts on text line {record_start}: "
+        f"its {column} field opens a quote on text line {opened} that is not closed "
+        f"where the field ends (the parser gave up at {end}); {_QUOTE_FIX}"
+    )
+
+
+def _line_offset(text: str, line: int) -> int:
+    """Character offset where text line ``line`` (1-based) starts."""
+    offset = 0
+    for number, match in enumerate(_LINE_BREAK.finditer(text), start=2):
+        if number > line:
+            break
+        offset = match.end()
+    return offset
+
+
+def _broken_quote(text: str, pos: int) -> tuple[int, int, list[str]] | None:
+    """Walk one record from ``pos`` as the csv module does; for a quoted field that never
+    closes properly return (field index, offset of its opening quote, fields before it)."""
+    fields: list[str] = []
+    while True:
+        if text.startswith('"', pos):
+            opened_at, value, pos = pos, [], pos + 1
+            while True:
+                close = text.find('"', pos)
+                if close < 0:
+                    return len(fields), opened_at, fields  # the file ends inside the quote
+                value.append(text[pos:close])
+                pos = close + 1
+                if not text.startswith('"', pos):
+                    break
+                value.append('"')  # a doubled quote is a literal one
+                pos += 1
+            if pos < len(text) and text[pos] not in ",\r\n":
+                return len(fields), opened_at, fields  # closed, then more text: misread
+            fields.append("".join(value))
+        else:
+            match = _FIELD_END.search(text, pos)
+            end = match.start() if match else len(text)
+            fields.append(text[pos:end])
+            pos = end
+        if pos >= len(text) or text[pos] != ",":
+            return None  # the record ended normally: the error is something else
+        pos += 1
 
 
 def _require_columns(path: Path, header: list[str], required: Sequence[str], what: str) -> None:
@@ -503,6 +580,8 @@ def make_collator(
     With ``model`` the collator also builds ``decoder_input_ids`` (shifted labels), which
     the model would otherwise derive itself; passing it keeps shapes explicit for tracing.
     """
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(
         tokenizer,
         model=model,

@@ -6,12 +6,14 @@ output's location printed at the end.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 from dialsum.config import SectionConfig
 from dialsum.infer import predict_table, write_submission
 from dialsum.metrics import format_scores, score_summaries
+from dialsum.run_memory import MemorySummary, PhasePeaks
 from dialsum.settings import resolve_settings
 from dialsum.train import read_tables, run_training, setup_model
 
@@ -22,6 +24,15 @@ def _dev_scores(
     summaries = predict_table(cfg, model, tokenizer, dev_table, settings)
     refs = [r.references for r in dev_table.records]
     return score_summaries(summaries, refs), summaries
+
+
+def _memory_summary(result, predict: MemorySummary) -> MemorySummary:
+    """Training's phases (from the run's metrics.json) and the test prediction's."""
+    try:
+        saved = json.loads(result.run.metrics.read_text(encoding="utf-8")).get("memory", {})
+    except (OSError, ValueError):
+        saved = {}
+    return MemorySummary.from_json(saved).merged(predict)
 
 
 def run_demo(cfg: SectionConfig, echo=print) -> dict:
@@ -49,7 +60,10 @@ def run_demo(cfg: SectionConfig, echo=print) -> dict:
     echo(f"dev after training:  {format_scores(after)}")
 
     echo("[4/4] predicting the test dialogues")
-    summaries = predict_table(cfg, model, tokenizer, test_table, settings)
+    phases = PhasePeaks.for_device(result.settings.device)
+    with phases.phase("predict"):
+        summaries = predict_table(cfg, model, tokenizer, test_table, settings)
+    memory = _memory_summary(result, MemorySummary.build(phases, result.settings.plan))
     write_submission(result.run.submission, test_table, summaries)
 
     elapsed = time.time() - started
@@ -62,6 +76,8 @@ def run_demo(cfg: SectionConfig, echo=print) -> dict:
     echo(f"trained model:     {result.run.best}")
     echo(f"dev predictions:   {dev_pred}")
     echo(f"submission:        {result.run.submission} ({len(summaries)} rows)")
+    for line in memory.lines():
+        echo(line)
     echo(f"took {elapsed:.0f}s")
     echo(f"score it yourself: dialsum evaluate --pred {dev_pred} --ref {cfg.data.dev}")
     return {"before": before, "after": after, "run": result.run, "seconds": elapsed}

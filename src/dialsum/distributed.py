@@ -152,13 +152,41 @@ def gradient_buckets(
     return buckets
 
 
-def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
+def reduce_staging(
+    parameters: Iterable[torch.nn.Parameter], bucket_bytes: int = BUCKET_BYTES
+) -> dict[tuple[torch.dtype, torch.device], torch.Tensor]:
+    """One flat buffer per dtype and device, as large as the largest bucket of several
+    gradients, for ``average_gradients`` to copy buckets into.
+
+    Made once, before the first forward (a gradient has its parameter's shape, dtype and
+    device, so the buckets are known from the parameters): the reduce, which runs after
+    the ranks agreed that the step worked, then allocates nothing, so it cannot run out of
+    memory half-way when some ranks are already waiting in the collective.
+    """
+    trainable = [p for p in parameters if p.requires_grad]
+    numels: dict[tuple[torch.dtype, torch.device], int] = {}
+    for bucket in gradient_buckets(trainable, bucket_bytes):
+        if len(bucket) > 1:
+            key = (bucket[0].dtype, bucket[0].device)
+            numels[key] = max(numels.get(key, 0), sum(t.numel() for t in bucket))
+    return {key: torch.empty(n, dtype=key[0], device=key[1]) for key, n in numels.items()}
+
+
+def average_gradients(
+    parameters: Iterable[torch.nn.Parameter],
+    staging: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None = None,
+    bucket_bytes: int = BUCKET_BYTES,
+) -> None:
     """Average ``.grad`` over all ranks in place, the way DDP's reducer does.
 
     The guarded trainer runs every micro-batch under ``no_sync`` and calls this only after
     all ranks agreed that the step succeeded: DDP would start its all-reduce inside the
     last backward, where a peer that hit an OOM is not, and the ranks would hang or pair
     mismatched collectives.
+
+    A gradient larger than a bucket is reduced where it lies (a flat copy would double it:
+    +732 MiB for mT5's embedding); smaller ones are packed into ``staging`` (see
+    ``reduce_staging``), or into a new flat bucket without it.
     """
     if not is_initialized():
         return
@@ -168,13 +196,63 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
         if param.grad is None:
             # Every rank must reduce the same tensors in the same order.
             param.grad = torch.zeros_like(param)
-    grads = [p.grad for p in trainable]
-    for bucket in gradient_buckets(grads):
+    for bucket in gradient_buckets([p.grad for p in trainable], bucket_bytes):
+        if len(bucket) == 1 and bucket[0].is_contiguous():
+            _all_reduce_mean(bucket[0], world)
+        else:
+            _reduce_bucket(bucket, world, staging)
+
+
+def _all_reduce_mean(tensor: torch.Tensor, world: int) -> None:
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    tensor.div_(world)
+
+
+def _reduce_bucket(
+    bucket: list[torch.Tensor],
+    world: int,
+    staging: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None,
+) -> None:
+    """Copy the bucket into one flat buffer, reduce it with one collective, copy back."""
+    numel = sum(g.numel() for g in bucket)
+    buffer = (staging or {}).get((bucket[0].dtype, bucket[0].device))
+    if buffer is not None and buffer.numel() >= numel:
+        flat = torch.cat([g.reshape(-1) for g in bucket], out=buffer[:numel])
+    else:
         flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-        flat.div_(world)
-        offset = 0
-        for grad in bucket:
-            n = grad.numel()
-            grad.copy_(flat[offset : offset + n].view_as(grad))
-            offset += n
+    _all_reduce_mean(flat, world)
+    offset = 0
+    for grad in bucket:
+        n = grad.numel()
+        grad.copy_(flat[offset : offset + n].view_as(grad))
+        offset += n
+
+
+def reduce_or_stop(
+    model: torch.nn.Module,
+    staging: dict[tuple[torch.dtype, torch.device], torch.Tensor] | None,
+    *,
+    step: int,
+    hint: str | None,
+) -> None:
+    """``average_gradients`` for the guarded trainer. An OOM inside the collective's own
+    buffers cannot be redone - the peers are already reducing - so it stops the run with
+    the plan's next ladder step instead of a raw traceback (the launcher then stops the
+    peers)."""
+    from dialsum.memory.guard import OOMUnrecoverable, is_oom
+
+    try:
+        average_gradients(model.parameters(), staging)
+        return
+    except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
+        # NCCL reports its own allocation failures as DistBackendError "... out of memory".
+        if not (is_oom(exc) or "out of memory" in str(exc).lower()):
+            raise
+        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    hint = hint or "a smaller model or more GPU memory per rank"
+    raise OOMUnrecoverable(
+        f"out of memory while averaging gradients over ranks, after every rank finished step "
+        f"{step} ({error}); the peers are already inside the collective, so the step cannot "
+        f"be redone. Next step: {hint}. Then continue from the last checkpoint with --resume.",
+        hint=hint,
+    )

@@ -19,3 +19,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Invalid data file (missing column, empty dialogue, duplicate fname, ...)."""
+
+
+class OutputError(UserError):
+    """An output file cannot be written (a folder in the way, no permission, disk full)."""

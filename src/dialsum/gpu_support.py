@@ -125,7 +125,7 @@ def matching_cuda_builds(
 
 
 def cuda_tag(cuda: str) -> str:
-    """"12.6" -> "cu126": the wheel label and the PyTorch index folder."""
+    """ "12.6" -> "cu126": the wheel label and the PyTorch index folder."""
     return "cu" + cuda.replace(".", "")
 
 
@@ -134,10 +134,7 @@ def install_command(build: TorchBuild, cuda: str) -> str:
     environment. The local label pins the build: a plain ``torch==2.15.0`` is already
     satisfied by 2.15.0+cu132 and would install nothing."""
     tag = cuda_tag(cuda)
-    return (
-        f'uv pip install "torch=={build.public_version}+{tag}" '
-        f"--index-url {PYTORCH_INDEX}/{tag}"
-    )
+    return f'uv pip install "torch=={build.public_version}+{tag}" --index-url {PYTORCH_INDEX}/{tag}'
 
 
 def needed_build_text(capability: tuple[int, int], build: TorchBuild, releases=None) -> str:
@@ -150,7 +147,8 @@ def needed_build_text(capability: tuple[int, int], build: TorchBuild, releases=N
             f"{capability[0]}.{capability[1]}; pick an older torch release that does "
             "(see README, Older GPUs)"
         )
-    return f"the CUDA {fits[0]} build of torch {build.public_version}: {install_command(build, fits[0])}"
+    command = install_command(build, fits[0])
+    return f"the CUDA {fits[0]} build of torch {build.public_version}: {command}"
 
 
 def unsupported_message(
@@ -200,3 +198,16 @@ def plan_warning(gpu, build: TorchBuild | None = None) -> str | None:
         f"the installed {build.describe()} cannot run the {gpu.name} (sm_{major}{minor}); "
         f"on that GPU install {needed_build_text(capability, build)}"  # type: ignore[arg-type]
     )
+
+
+def prepare_cuda_run(echo=print, device_index: int | None = None):
+    """What ``train``, ``predict`` and ``probe`` do before anything else on a CUDA run:
+    the allocator setting first (it must be in the environment before CUDA starts), then
+    the supported-GPU check (which starts CUDA). Returns the ``AllocatorSetting``."""
+    from dialsum.allocator_env import configure_allocator
+    from dialsum.distributed import local_rank
+
+    setting = configure_allocator()
+    echo(setting.describe())
+    require_supported_gpu(local_rank() if device_index is None else device_index)
+    return setting

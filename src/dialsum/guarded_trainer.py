@@ -40,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import Seq2SeqTrainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
-from dialsum.distributed import average_gradients
+from dialsum.distributed import reduce_or_stop, reduce_staging
 from dialsum.memory.guard import (
     GuardState,
     OOMUnrecoverable,
@@ -53,6 +54,7 @@ from dialsum.memory.guard import (
     next_micro_batch,
     run_with_oom_retry,
 )
+from dialsum.optimizer_guard import guard_optimizer_step
 from dialsum.step import build_optimizer, label_token_count, step_forward_backward
 
 log = logging.getLogger(__name__)
@@ -72,10 +74,13 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         label_smoothing: float = 0.0,
         fault_injector: Callable[[str, int], None] | None = None,
         optimizer_name: str = "adamw",
+        memory_phases=None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.optimizer_name = optimizer_name
+        # run_memory.PhasePeaks shared with the monitor callback: evaluate() is its eval phase.
+        self.memory_phases = memory_phases
         self.guard = guard
         self.guard_path = guard_path
         self.ladder_hint = ladder_hint
@@ -83,6 +88,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         # Test hook: called as (phase, batch_rows) before each micro-batch; may raise an OOM.
         self.fault_injector = fault_injector
         self.step_attempts: list[int] = []
+        self._reduce_staging: dict | None = None  # DDP: see ``_ensure_reduce_staging``
 
     # ------------------------------------------------------------------ training
 
@@ -107,6 +113,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             self.step_attempts.append(micro)
             error_msg = None
             try:
+                self._ensure_reduce_staging(model)
                 loss = self._forward_backward(model, inputs, rows, micro, normalizer)
             except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
                 if not is_oom(exc):
@@ -121,7 +128,8 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             agreed = agree_on_batch(new_micro)
             if agreed == micro and not failed:
                 if self._is_data_parallel():
-                    average_gradients(model.parameters())
+                    step = self.state.global_step + 1
+                    reduce_or_stop(model, self._reduce_staging, step=step, hint=self.ladder_hint)
                 return loss.detach()
             # Redo the step from zeroed gradients: nothing of the failed attempt is kept.
             loss = None
@@ -174,7 +182,21 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             betas=(self.args.adam_beta1, self.args.adam_beta2),
             eps=self.args.adam_epsilon,
         )
+        # Adam's state is created inside the first step(): an OOM there is retried once.
+        guard_optimizer_step(self.optimizer, on_retry=self._optimizer_retry, hint=self.ladder_hint)
         return self.optimizer
+
+    def _optimizer_retry(self, message: str) -> None:
+        micro = self.guard.micro_batch_size  # unchanged: the state does not shrink with it
+        self._record("train", micro, micro, message)
+
+    def _ensure_reduce_staging(self, model: nn.Module) -> None:
+        """DDP: the flat buffer the gradient reduce packs small gradients into, made before
+        the first forward and kept. Made here, inside the attempt, an OOM is one the ranks
+        agree on like any other; made after the agreement, it would leave the peers waiting
+        in the collective for a rank that died."""
+        if self._is_data_parallel() and self._reduce_staging is None:
+            self._reduce_staging = reduce_staging(model.parameters())
 
     def _is_data_parallel(self) -> bool:
         return self.accelerator.num_processes > 1
@@ -219,6 +241,36 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
 
     # ------------------------------------------------------------------ evaluation
 
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The stock evaluation, measured as the run's eval phase; its peaks are logged
+        after it (the Trainer logs the eval metrics before ``evaluate`` returns)."""
+        phases = self.memory_phases
+        if phases is None or not phases.measured:
+            return super().evaluate(*args, **kwargs)
+        with phases.phase("eval"):
+            metrics = super().evaluate(*args, **kwargs)
+        self.log(phases.logs("eval"))
+        return metrics
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(*args, **kwargs)
+        self._agree_on_eval_batch()
+        return output
+
+    def _agree_on_eval_batch(self) -> None:
+        """Adopt the smallest eval batch of any rank once an evaluation is over.
+
+        An eval OOM on a rank other than 0 shrinks only that rank's batch, and rank 0 writes
+        guard.json: without this, ``--resume`` and the next evaluation would OOM on that
+        rank again. Agreed once per evaluation loop, which every rank runs, rather than per
+        batch: ranks need not see the same number of eval batches, and a collective one
+        rank skips would hang the others.
+        """
+        own = self.guard.eval_batch_size or _NO_LIMIT  # 0: no limit, the whole batch
+        agreed = agree_on_batch(own)
+        if agreed < own:
+            self._record("eval", own, agreed, "a peer rank ran out of memory")
+
     def prediction_step(
         self,
         model: nn.Module,
@@ -262,12 +314,23 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         tok = self.processing_class
         return int(getattr(tok, "pad_token_id", 0) or 0)
 
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Drop tied weights from the "missing keys" warning of a resume: T5's encoder and
+        decoder ``embed_tokens`` *are* ``shared`` (saved once), so nothing is missing."""
+        really_missing = untied_missing_keys(self.model, load_result.missing_keys)
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=really_missing))
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthGroupedSampler(sampler, seed=self.args.seed)
+        return sampler
+
     # ------------------------------------------------------------------ run loss
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        self._resumed_from = (
-            resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
-        )
+        # Read now: checkpoint rotation may delete the checkpoint during this run.
+        self._prior = _read_run_loss(resume_from_checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _loss_sum_so_far(self) -> float:
@@ -294,14 +357,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
     def _prior_loss(self) -> tuple[float, int | None]:
         """(loss sum, steps) of the run before the checkpoint this run resumed from;
         ``(0.0, 0)`` for a fresh run, ``(0.0, None)`` when the checkpoint has no record."""
-        resumed = getattr(self, "_resumed_from", None)
-        if not resumed:
-            return 0.0, 0
-        try:
-            data = json.loads((Path(resumed) / RUN_LOSS_FILE).read_text(encoding="utf-8"))
-            return float(data["loss_sum"]), int(data["steps"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0.0, None
+        return getattr(self, "_prior", (0.0, 0))
 
     def run_loss_metrics(self) -> dict[str, Any]:
         """``train_loss`` over the whole run (all steps, resumed or not), and what it spans."""
@@ -346,6 +402,51 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         if self.ladder_hint:
             msg += f" Next step: {self.ladder_hint}."
         return msg
+
+
+_NO_LIMIT = 2**31 - 1
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """``group_by_length`` batches whose order depends on (seed, epoch) only.
+
+    transformers' ``LengthGroupedSampler`` draws its permutation from the global RNG when
+    iteration starts; a resumed run reaches that point with another RNG state, so it
+    replays a *different* order than the run it continues (and the weights differ). The
+    Trainer calls ``set_epoch`` on the sampler at every epoch, as for accelerate's seedable
+    random sampler: the permutation of epoch ``e`` is then drawn from ``seed + e``.
+    """
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int) -> None:
+        self.batch_size, self.lengths = sampler.batch_size, sampler.lengths
+        self.generator, self.seed, self.epoch = None, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def untied_missing_keys(model: nn.Module, missing_keys: list[str]) -> list[str]:
+    """The missing keys whose parameter is not shared with a loaded one (tied weights are
+    saved once, under one name: the others are not missing)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = set(missing_keys)
+    loaded = {id(p) for name, p in params.items() if name not in missing}
+    return [k for k in missing_keys if k not in params or id(params[k]) not in loaded]
+
+
+def _read_run_loss(checkpoint: str | bool | None) -> tuple[float, int | None]:
+    """The loss record a checkpoint carries (see ``_save_checkpoint``)."""
+    if not isinstance(checkpoint, str):
+        return 0.0, 0
+    try:
+        data = json.loads((Path(checkpoint) / RUN_LOSS_FILE).read_text(encoding="utf-8"))
+        return float(data["loss_sum"]), int(data["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0, None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -21,7 +21,6 @@ example, averaged over the corpus) times 100.
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 import statistics
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from rouge_score import rouge_scorer
 
+from dialsum import data as data_mod
 from dialsum.errors import DataError
 
 if TYPE_CHECKING:
@@ -42,9 +42,6 @@ ROUGE_TYPES: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")
 # `\w` covers Hangul too, so Korean-named masks ("#사람1#") also stay whole.
 _MASK_RE = re.compile(r"#\w+#")
 _WHITESPACE_RE = re.compile(r"\s+")
-# Reference columns of the competition dev/test CSVs: summary, summary1, summary2, ...
-_REF_COLUMN_RE = re.compile(r"summary\d*")
-_ENCODINGS: tuple[str, ...] = ("utf-8-sig", "cp949")
 _MAX_LISTED = 10
 
 
@@ -194,73 +191,6 @@ def format_scores(scores: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- CSV files
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Header and ``(first line, row)`` pairs; utf-8 (with or without BOM), else cp949."""
-    if not path.is_file():
-        raise DataError(f"{path}: file not found; check the path")
-    for encoding in _ENCODINGS:
-        try:
-            with path.open(encoding=encoding, newline="") as f:
-                reader = csv.DictReader(f)
-                header = list(reader.fieldnames or [])
-                rows = []
-                # Dialogues span several lines, so a row starts one line after the
-                # previous row ended (reader.line_num is the last line read).
-                start = reader.line_num + 1
-                for row in reader:
-                    rows.append((start, row))
-                    start = reader.line_num + 1
-            return header, rows
-        except UnicodeDecodeError:
-            continue
-    raise DataError(f"{path}: not UTF-8 or CP949 text; re-save it as UTF-8")
-
-
-def _require_columns(path: Path, header: list[str], needed: Sequence[str]) -> None:
-    missing = [c for c in needed if c not in header]
-    if missing:
-        raise DataError(
-            f"{path}: missing column(s) {', '.join(missing)}; header is "
-            f"{', '.join(header) or '(empty)'}; expected at least {', '.join(needed)}"
-        )
-
-
-def _row_fname(path: Path, line: int, row: dict[str, str], seen: set[str]) -> str:
-    fname = (row.get("fname") or "").strip()
-    if not fname:
-        raise DataError(f"{path}: line {line} has an empty fname; fill it in or drop the row")
-    if fname in seen:
-        raise DataError(f"{path}: line {line}: duplicate fname {fname!r}; keep one row per fname")
-    seen.add(fname)
-    return fname
-
-
-def _read_predictions(path: Path) -> dict[str, str]:
-    header, rows = _read_csv(path)
-    _require_columns(path, header, ("fname", "summary"))
-    seen: set[str] = set()
-    # None means a short row; treat its summary as empty (scores 0), not as an error.
-    return {_row_fname(path, line, row, seen): row.get("summary") or "" for line, row in rows}
-
-
-def _read_references(path: Path) -> dict[str, list[str]]:
-    header, rows = _read_csv(path)
-    _require_columns(path, header, ("fname", "summary"))
-    ref_columns = [c for c in header if _REF_COLUMN_RE.fullmatch(c)]
-    seen: set[str] = set()
-    references: dict[str, list[str]] = {}
-    for line, row in rows:
-        fname = _row_fname(path, line, row, seen)
-        refs = [row[c].strip() for c in ref_columns if (row.get(c) or "").strip()]
-        if not refs:
-            raise DataError(
-                f"{path}: line {line} (fname {fname!r}) has no reference summary in "
-                f"{', '.join(ref_columns)}; fill one in or drop the row"
-            )
-        references[fname] = refs
-    return references
-
-
 def _listed(names: Sequence[str]) -> str:
     shown = ", ".join(names[:_MAX_LISTED])
     more = f" (+{len(names) - _MAX_LISTED} more)" if len(names) > _MAX_LISTED else ""
@@ -289,12 +219,15 @@ def evaluate_files(pred_csv: str | Path, ref_csv: str | Path) -> dict[str, float
     """Score a prediction CSV (``fname,summary``) against a reference CSV.
 
     The reference CSV is the competition dev format ``fname,dialogue,summary`` with
-    optional extra references in ``summary1``, ``summary2``, ... Rows pair up by fname;
-    a prediction missing or extra is a ``DataError``.
+    optional extra references in ``summary1..summary3``. Both files go through the strict
+    reader training and ``predict`` use (``dialsum.data``): the same encodings, the same
+    row checks (a row shifted by an unquoted comma is an error, not half a summary) and
+    the same cleaning, so this scores exactly what training-time evaluation scores. Rows
+    pair up by fname; a prediction missing or extra is a ``DataError``.
     """
     pred_path, ref_path = Path(pred_csv), Path(ref_csv)
-    preds = _read_predictions(pred_path)
-    refs = _read_references(ref_path)
+    preds = data_mod.read_predictions_csv(pred_path)
+    refs = {r.fname: r.references for r in data_mod.read_dialogue_csv(ref_path, "dev").records}
     _check_fnames(pred_path, ref_path, preds, refs)
     fnames = list(refs)  # reference order, so results line up with the dev file
     return score_summaries([preds[f] for f in fnames], [refs[f] for f in fnames])

@@ -17,6 +17,9 @@ class PlanResult:
     json: dict[str, Any]
     buckets: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    speed: list[str] = field(default_factory=list)  # plan_time.time_lines
+    epoch: Any = None  # timing.EpochTime of the data, when known
+    epoch_data: Any = None  # plan_time.EpochData
 
     def print(self, console) -> None:
         from rich.table import Table
@@ -27,6 +30,8 @@ class PlanResult:
             console.print(note, markup=False)
         console.print(format_plan(self.plan), markup=False)
         console.print(breakdown_table(self.plan.train_profile))
+        for line in self.speed:
+            console.print(line, markup=False)
         for line in per_rank_lines(self.plan):
             console.print(line, markup=False)
         if self.buckets:
@@ -173,6 +178,11 @@ def plan_command(
         "model_states": zero_states_json(plan.zero_states),
     }
     out.notes = notes
+    from dialsum.plan_time import epoch_json, plan_speed, time_lines
+
+    out.epoch, out.epoch_data = plan_speed(plan, cfg, model_config, lengths, data)
+    out.speed = time_lines(plan, out.epoch, out.epoch_data)
+    out.json["epoch"] = epoch_json(out.epoch, out.epoch_data)
     if buckets:
         request = request_for_section(
             cfg, model_config, report=None, world=num_gpus, data_lengths=lengths

@@ -127,4 +127,10 @@ def plan_for_section(
         cfg, model_config, report=report, world=world, data_lengths=data_lengths
     )
     device = gpu if isinstance(gpu, GPU) else device_for_section(cfg, gpu)
-    return make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)
+    plan = make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)
+    from dialsum.gpu_support import plan_warning
+
+    unsupported = plan_warning(device)  # the installed torch build lacks this GPU's kernels
+    if unsupported:
+        plan.warnings.append(unsupported)
+    return plan

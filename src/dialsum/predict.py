@@ -8,7 +8,15 @@ import torch
 
 from dialsum import data as data_mod
 from dialsum.config import SectionConfig
+from dialsum.gpu_support import prepare_cuda_run
 from dialsum.infer import predict_table, write_submission
+from dialsum.outputs import require_writable, write_or_rescue
+from dialsum.run_memory import (
+    MemorySummary,
+    PhasePeaks,
+    log_to_tensorboard,
+    merge_into_metrics_file,
+)
 from dialsum.runs import RunDir, find_best_model
 from dialsum.settings import resolve_settings, use_cuda
 from dialsum.train import apply_source_len, memory_cap, setup_model
@@ -25,6 +33,8 @@ def run_predict(
     **kwargs,
 ) -> tuple[Path, int]:
     """Write ``fname,summary`` for every test dialogue; returns (path, rows)."""
+    # Before anything touches CUDA or loads: allocator setting, then supported-GPU check.
+    allocator = prepare_cuda_run(echo) if use_cuda(cfg) else None
     table = data_mod.read_dialogue_csv(Path(cfg.data.test), "test")
     if table.encoding not in ("utf-8", "utf-8-sig"):
         echo(f"note: decoded {cfg.data.test} as {table.encoding}")
@@ -32,6 +42,9 @@ def run_predict(
         Path(checkpoint) if checkpoint else find_best_model(cfg.training.output_dir, cfg.name)
     )
     echo(f"model: {model_dir}")
+    if output is None:
+        output = Path(cfg.inference.output) if cfg.inference.output else _default_output(model_dir)
+    require_writable(output)  # before minutes of loading and generating, not after
     model, tokenizer = setup_model(cfg, checkpoint=model_dir)
     settings = resolve_settings(cfg, model.config, echo=echo)
     cfg = apply_source_len(cfg, settings)
@@ -39,17 +52,31 @@ def run_predict(
         # Generation in the dtype the plan simulated: bf16/fp16 where training used it
         # (half the weight and cache memory), fp32 otherwise.
         model.to("cuda", dtype=_DTYPES[settings.predict_precision])
-    with memory_cap(settings, model):
+    phases = PhasePeaks.for_device(settings.device)
+    with memory_cap(settings, model), phases.phase("predict"):
         summaries = predict_table(cfg, model, tokenizer, table, settings, **kwargs)
-    if output is None:
-        output = Path(cfg.inference.output) if cfg.inference.output else _default_output(model_dir)
-    write_submission(output, table, summaries)
+    run = _run_of(model_dir)
+    # The summaries first: nothing that runs after generation may lose them.
+    rescue_folders = [run.path] if run is not None else []
+    write_or_rescue(
+        output, lambda p: write_submission(p, table, summaries), rescue_folders, "summaries"
+    )
+    memory = MemorySummary.build(phases, settings.plan, allocator.to_json() if allocator else None)
+    for line in memory.lines():
+        echo(line)
+    if run is not None and memory.measured:
+        merge_into_metrics_file(run.metrics, memory)
+        log_to_tensorboard(run.logs, phases.logs("predict"))
     return output, len(summaries)
+
+
+def _run_of(model_dir: Path) -> RunDir | None:
+    """The run folder a model belongs to: <run>/best or <run>/checkpoints/checkpoint-N."""
+    run = model_dir.parent if model_dir.name == "best" else model_dir.parent.parent
+    return RunDir(run) if (run / "config.yaml").is_file() else None
 
 
 def _default_output(model_dir: Path) -> Path:
     # <run>/best or <run>/checkpoints/checkpoint-N → <run>/submission.csv
-    run = model_dir.parent if model_dir.name == "best" else model_dir.parent.parent
-    if (run / "config.yaml").is_file():
-        return RunDir(run).submission
-    return Path("submission.csv")
+    run = _run_of(model_dir)
+    return run.submission if run is not None else Path("submission.csv")

@@ -5,6 +5,11 @@ settings (random weights: memory does not depend on their values), compare with 
 prediction, then search the true largest micro-batch by trial. A smaller GPU is emulated
 on a big one with ``torch.cuda.set_per_process_memory_fraction``: the caching allocator
 then refuses to grow past that share of the device, as a smaller card would.
+
+Calibration: the CUDA context (NVML used minus PyTorch reserved) and the fragmentation,
+measured as reserved-minus-allocated over a short run of the planned micro-batch with
+variable-length batches (``calibrate.measure_fragmentation``) under the allocator mode the
+runs use (``allocator_env``). Both go to the calibration file the planner reads.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ import torch
 from dialsum.architectures import load_config, model_from_config
 from dialsum.config import SectionConfig
 from dialsum.errors import UserError
+from dialsum.gpu_support import prepare_cuda_run
 from dialsum.memory.calibrate import (
+    FragmentationMeasurement,
     context_bytes,
+    measure_fragmentation,
     measure_generate,
     measure_train,
     write_calibration,
@@ -118,6 +126,29 @@ def _error_pct(predicted: int, measured: int) -> float | None:
     return round(100 * (predicted - measured) / measured, 2) if measured else None
 
 
+def probe_fragmentation(
+    cfg: SectionConfig, model, real: GPU, *, echo, measure=measure_fragmentation
+) -> FragmentationMeasurement:
+    """Reserved minus allocated over a short run at the real GPU's plan, with batches of
+    variable length (the waste the default allocator makes grows with them)."""
+    plan = plan_for_section(cfg, model.config, gpu=real)
+    options = TrainOptions(
+        precision=plan.precision,  # type: ignore[arg-type]
+        optimizer=plan.optimizer,  # type: ignore[arg-type]
+        gradient_checkpointing=plan.gradient_checkpointing,
+    )
+    shape = TrainShape(plan.micro_batch_size, plan.source_len, plan.target_len)
+    frag = measure(model, shape, options, torch.device("cuda"))
+    echo(
+        f"fragmentation over {len(frag.source_lengths)} steps of micro-batch "
+        f"{shape.batch} with source lengths {min(frag.source_lengths)}-{shape.source_len}: "
+        f"reserved {frag.max_reserved_bytes / GIB:.2f} GiB for "
+        f"{frag.max_allocated_bytes / GIB:.2f} GiB allocated ({100 * frag.fraction:.1f}%)"
+        + (" -- OOM, not used" if frag.oom else "")
+    )
+    return frag
+
+
 def run_probe(
     cfg: SectionConfig,
     *,
@@ -126,25 +157,28 @@ def run_probe(
     calibration: Path | None = None,
     echo=print,
 ) -> dict:
+    # The allocator setting must be in place before CUDA starts (detecting the GPU starts it).
+    allocator = prepare_cuda_run(echo) if torch.cuda.is_available() else None
     real = _require_cuda()
     model = model_from_config(load_config(cfg.model.name), device="cuda")
     context = context_bytes()
     gpus = [resolve_gpu(s) for s in emulate_gpus] if emulate_gpus else [real]
     results = [probe_one(cfg, model, g, real, search=search, echo=echo) for g in gpus]
-    frag = [
-        r["measured"]["max_reserved_bytes"] / r["measured"]["max_allocated_bytes"] - 1
-        for r in results
-        if r["measured"]["max_allocated_bytes"] and not r["measured"]["oom"]
-    ]
+    frag = probe_fragmentation(cfg, model, real, echo=echo)
+    defaults = default_overheads()
     path = calibration or default_calibration_path()
     write_calibration(
         path,
         gpu=real.slug,
-        cuda_context_bytes=context
-        if context is not None
-        else default_overheads().cuda_context_bytes,
-        fragmentation_fraction=max(frag) if frag else default_overheads().fragmentation_fraction,
-        extra={"section": cfg.name, "model": cfg.model.name, "results": results},
+        cuda_context_bytes=context if context is not None else defaults.cuda_context_bytes,
+        fragmentation_fraction=defaults.fragmentation_fraction if frag.oom else frag.fraction,
+        allocator=allocator.mode if allocator is not None else defaults.allocator,
+        extra={
+            "section": cfg.name,
+            "model": cfg.model.name,
+            "results": results,
+            "fragmentation": asdict(frag) | {"fraction": frag.fraction},
+        },
     )
     echo(f"calibration written to {path}")
     return {"device": real.slug, "results": results, "calibration": str(path)}

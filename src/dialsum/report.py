@@ -37,6 +37,14 @@ from dialsum.memory.profile import (
     TrainOptions,
     TrainShape,
 )
+from dialsum.report_time import (
+    TIME_METHOD,
+    render_time_plot,
+    time_cells,
+    time_markdown,
+    time_plot_path,
+    time_yaml,
+)
 from dialsum.runs import write_text_atomic
 
 if TYPE_CHECKING:
@@ -284,6 +292,8 @@ class SectionGuide:
     """Precision -> [(micro-batch, required bytes incl. overheads)] for the plot."""
     breakdowns: dict[str, MemoryProfile]
     """Precision -> training profile at micro-batch 1."""
+    times: Any = None
+    """``report_time.SectionTimes``: epoch time vs micro-batch, the old guide's settings."""
 
 
 def real_sections(config_path: str | Path) -> list[str]:
@@ -363,8 +373,13 @@ def _compute_section(
                 breakdowns[precision] = profile
             points.append((micro, required_bytes(profile.peak_bytes, overheads)))
         curves[precision] = points
+    from dialsum.report_time import section_times
+
+    times = section_times(cfg.model.name, model_config, plans, memo.train, overheads)
     advance()
-    return SectionGuide(name, cfg, facts, overheads, plans, errors, list(gpus), curves, breakdowns)
+    return SectionGuide(
+        name, cfg, facts, overheads, plans, errors, list(gpus), curves, breakdowns, times
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -443,8 +458,8 @@ def _breakdown_markdown(section: SectionGuide) -> list[str]:
 _GPU_TABLE_HEADER = (
     "| GPU | usable GiB | precision | micro-batch | grad. accum. | effective batch "
     "| eval batch | generation batch | grad. checkpointing | train peak GiB "
-    "| generation peak GiB | fits |\n"
-    "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|"
+    "| generation peak GiB | fits | step time | epoch time (12,457 dialogues) |\n"
+    "|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|"
 )
 
 
@@ -463,6 +478,7 @@ def _gpu_row(plan: Plan, overheads: Overheads, note: int) -> str:
         _gib_text(plan.required_bytes),
         _gib_text(generate_bytes),
         f"{_yes_no(plan.fits)} [{note}]",
+        *time_cells(plan),
     ]
     return "| " + " | ".join(cells) + " |"
 
@@ -512,9 +528,10 @@ def section_markdown(section: SectionGuide, plot_name: str) -> str:
         notes.append((number, slug, plan.reasons, plan.warnings))
     for slug, error in section.errors.items():
         flat = " ".join(error.split())  # a table cell holds one line
-        lines.append(f"| {slug} | | | | | | | | | | | cannot run: {flat} |")
+        lines.append(f"| {slug} | | | | | | | | | | | cannot run: {flat} | | |")
     lines += [""] + _notes_markdown(notes) + [""]
     lines += [f"![training peak vs micro-batch]({plot_name})", ""]
+    lines += time_markdown(section.times, plot_name)
     lines += _snippets_markdown(section)
     return "\n".join(lines)
 
@@ -574,6 +591,7 @@ def how_computed_markdown(sections: Sequence[SectionGuide], simulator_label: str
     ]
     if sections:
         lines.append(_overheads_markdown(sections[0].overheads))
+        lines.append(TIME_METHOD)
     for s in sections:
         tok, inf = s.cfg.tokenizer, s.cfg.inference
         lines.append(
@@ -634,6 +652,7 @@ def guide_yaml(sections: Sequence[SectionGuide], config_name: str) -> dict[str, 
                     ),
                     "usable_bytes": plan.usable_bytes,
                     "peak_phase": plan.train_profile.peak_phase,
+                    **time_yaml(plan),
                 },
                 "warnings": list(plan.warnings),
             }
@@ -852,22 +871,34 @@ def build_guide(
             computed.append(_compute_section(name, config_path, devices, sim, start(name)))
 
     plots = {s.name: plot_path(out, s.name) for s in computed}
+    time_plots = {
+        s.name: time_plot_path(plots[s.name])
+        for s in computed
+        if s.times is not None and any(c.points for c in s.times.curves)
+    }
     label = _REAL_SIMULATOR_LABEL if simulator is None else _custom_label(sim)
     markdown = guide_markdown(
         computed, {k: p.name for k, p in plots.items()}, config_path.name, label
     )
     yaml_path = out.with_suffix(".yaml")
-    with _staged_pngs(plots) as staged:
+    targets = {**plots, **{f"{name}-time": path for name, path in time_plots.items()}}
+    with _staged_pngs(targets) as staged:
         for section in computed:
             render_plot(section, staged[section.name])
+            if section.name in time_plots:
+                render_time_plot(
+                    f"{section.name}: {section.facts.model_id}, estimated epoch time",
+                    section.times.curves,
+                    staged[f"{section.name}-time"],
+                )
         write_text_atomic(yaml_path, _yaml_text(guide_yaml(computed, config_path.name)))
         write_text_atomic(out, markdown)
         for name, tmp in staged.items():
-            commit(tmp, plots[name])
+            commit(tmp, targets[name])
     return GuideResult(
         markdown_path=out,
         yaml_path=yaml_path,
-        plot_paths=plots,
+        plot_paths=targets,
         plans={s.name: dict(s.plans) for s in computed},
         errors={s.name: dict(s.errors) for s in computed if s.errors},
         seconds=time.perf_counter() - started,

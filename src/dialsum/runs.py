@@ -67,16 +67,48 @@ class RunDir:
     def submission(self) -> Path:
         return self.path / "submission.csv"
 
-    def last_checkpoint(self) -> Path | None:
-        """Highest-numbered ``checkpoint-N`` folder that holds a trainer state."""
+    def checkpoint_folders(self) -> list[tuple[int, Path]]:
+        """``(step, folder)`` of every ``checkpoint-N`` folder, complete or not, by step."""
         if not self.checkpoints.is_dir():
-            return None
+            return []
         found = []
         for child in self.checkpoints.iterdir():
             step = child.name.removeprefix("checkpoint-")
-            if step.isdigit() and (child / "trainer_state.json").is_file():
+            if step.isdigit() and child.is_dir():
                 found.append((int(step), child))
-        return max(found)[1] if found else None
+        return sorted(found)
+
+    def last_checkpoint(self) -> Path | None:
+        """Highest-numbered complete ``checkpoint-N`` folder (see ``checkpoint_complete``)."""
+        complete = [
+            folder for _, folder in self.checkpoint_folders() if checkpoint_complete(folder)
+        ]
+        return complete[-1] if complete else None
+
+
+def checkpoint_complete(folder: Path) -> bool:
+    """The Trainer writes ``trainer_state.json`` last, and not atomically: a checkpoint is
+    complete when that file exists and parses (a process killed while saving leaves a
+    folder without it, or with a truncated one)."""
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def remove_unfinished_files(run: RunDir, echo=print) -> None:
+    """Before resuming: drop checkpoint folders a killed process left half-written, and the
+    temp files of atomic writes it never renamed (nothing that was complete is touched)."""
+    import shutil
+
+    for _, folder in run.checkpoint_folders():
+        if not checkpoint_complete(folder):
+            echo(f"removing the unfinished checkpoint {folder} (the process stopped while saving)")
+            shutil.rmtree(folder, ignore_errors=True)
+    for temp in run.path.rglob(".*.tmp"):
+        if temp.is_file():
+            temp.unlink(missing_ok=True)
 
 
 def new_run(output_dir: str | Path, section: str) -> RunDir:

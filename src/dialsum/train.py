@@ -25,6 +25,7 @@ from dialsum.architectures import set_dropout
 from dialsum.config import SectionConfig, TrainingConfig, section_from_dict
 from dialsum.deepspeed_config import config_for_run, require_deepspeed
 from dialsum.errors import UserError
+from dialsum.gpu_support import prepare_cuda_run
 from dialsum.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.memory.guard import GuardState
 from dialsum.metrics import make_compute_metrics
@@ -32,7 +33,14 @@ from dialsum.modeling import apply_lora, load_model, load_tokenizer, resolve_mod
 from dialsum.monitor import MemoryMonitorCallback
 from dialsum.resume import LATEST, find_resume_run, resumed_config
 from dialsum.run_lock import RunLock
-from dialsum.runs import RunDir, new_run, write_json_atomic, write_yaml_atomic
+from dialsum.run_memory import MemorySummary, PhasePeaks
+from dialsum.runs import (
+    RunDir,
+    new_run,
+    remove_unfinished_files,
+    write_json_atomic,
+    write_yaml_atomic,
+)
 from dialsum.settings import Settings, resolve_settings, use_cuda
 
 log = logging.getLogger(__name__)
@@ -324,6 +332,7 @@ def run_training(
             if main:
                 locks.append(RunLock(resumed[0].path, echo=echo))
                 locks[-1].acquire()
+                remove_unfinished_files(resumed[0], echo=echo)
             cfg = resumed_config(
                 resumed[0], list(resume_overrides), allow_changes=override_on_resume, echo=echo
             )
@@ -334,6 +343,8 @@ def run_training(
 
 
 def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> TrainResult:
+    # Before anything touches CUDA or loads: allocator setting, then supported-GPU check.
+    allocator = prepare_cuda_run(echo) if use_cuda(cfg) else None
     require_deepspeed(cfg.hardware.zero_stage, cuda=use_cuda(cfg))
     require_loggers(cfg.training)
     # Under torchrun/accelerate: start the process group now, so the ranks can agree on
@@ -381,9 +392,13 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
     metrics["micro_batch_size_final"] = guard.micro_batch_size
     metrics["oom_recoveries"] = len(guard.events)
+    allocator_json = allocator.to_json() if allocator else None
+    memory = MemorySummary.build(trainer.memory_phases, settings.plan, allocator_json)
+    for line in memory.lines():
+        echo(line)
     if trainer.is_world_process_zero():
         guard.save(run.guard)
-        write_json_atomic(run.metrics, metrics)
+        write_json_atomic(run.metrics, metrics | {"memory": memory.to_json()})
     return TrainResult(run=run, metrics=metrics, settings=settings)
 
 
@@ -453,7 +468,8 @@ def build_trainer(
     t = cfg.training
     cbs = list(callbacks)
     predicted = settings.plan.get("predicted_peak_bytes") if settings.plan else None
-    cbs.append(MemoryMonitorCallback(predicted_peak_bytes=predicted))
+    monitor = MemoryMonitorCallback(predicted, phases=PhasePeaks.for_device(settings.device))
+    cbs.append(monitor)
     if t.early_stopping_patience and args.load_best_model_at_end:
         cbs.append(
             EarlyStoppingCallback(
@@ -476,6 +492,7 @@ def build_trainer(
         label_smoothing=t.label_smoothing,
         fault_injector=fault_injector,
         optimizer_name=settings.optimizer,
+        memory_phases=monitor.phases,
     )
 
 

@@ -5,8 +5,9 @@ where SPEC is a JSON file ``{"out": DIR, "runs": [{"name", "argv", "oom_rank"?,
 "oom_above"?}, ...]}``. The runs go one after another in the same processes (one launch:
 interpreter start-up dominates a tiny run). The hooks only observe, or inject an OOM:
 
-- ``oom_rank`` / ``oom_above``: on that rank only, every training micro-batch with more
-  rows than ``oom_above`` raises the real ``torch.OutOfMemoryError``;
+- ``oom_rank`` / ``oom_above`` / ``oom_phase`` (default ``train``): on that rank only,
+  every micro-batch of that phase (``train`` or ``eval``) with more rows than
+  ``oom_above`` raises the real ``torch.OutOfMemoryError``;
 - at the end of training each rank writes ``DIR/NAME/rank{N}.pt`` (its final weights) and
   ``DIR/NAME/rank{N}.json`` (micro-batch attempts, recovery events), so the test can
   compare the ranks with each other and with a single-process run.
@@ -26,12 +27,12 @@ import dialsum.train
 from dialsum.cli import main
 
 
-def oom_injector(rank: int, target: int | None, above: int):
+def oom_injector(rank: int, target: int | None, above: int, oom_phase: str = "train"):
     if target != rank:
         return None
 
     def inject(phase: str, rows: int) -> None:
-        if phase == "train" and rows > above:
+        if phase == oom_phase and rows > above:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory. Tried to allocate 2.00 GiB (rank {rank}, test injection)"
             )
@@ -50,6 +51,7 @@ class DumpAtEnd(TrainerCallback):
         record = {
             "step_attempts": self.trainer.step_attempts,
             "micro_batch_size": guard.micro_batch_size,
+            "eval_batch_size": guard.eval_batch_size,
             "events": [[e.step, e.old_batch, e.new_batch] for e in guard.events],
             "world_size": self.trainer.accelerator.num_processes,
             "per_device_train_batch_size": args.per_device_train_batch_size,
@@ -62,7 +64,9 @@ ORIGINAL_BUILD_TRAINER = dialsum.train.build_trainer
 
 def install_hooks(out: Path, run: dict) -> None:
     rank = int(os.environ.get("RANK", "0"))
-    inject = oom_injector(rank, run.get("oom_rank"), int(run.get("oom_above", 0)))
+    inject = oom_injector(
+        rank, run.get("oom_rank"), int(run.get("oom_above", 0)), run.get("oom_phase", "train")
+    )
 
     def build_trainer(*args, **kwargs):
         kwargs["fault_injector"] = inject

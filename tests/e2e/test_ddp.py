@@ -47,9 +47,19 @@ COMMON = [
 ]
 
 
-def cli_args(output_dir: Path) -> list[str]:
+# Evaluation once, after training: 4 rows, 2 per rank, in one batch of 2 per rank.
+EVAL = [
+    "training.eval_strategy=steps",
+    "training.eval_steps=1000",
+    "data.max_eval_samples=4",
+    "training.eval_batch_size=2",
+    "inference.max_new_tokens=4",
+]
+
+
+def cli_args(output_dir: Path, *extra: str) -> list[str]:
     args = ["train", "-c", str(ROOT / "config.yaml"), "-s", "tiny"]
-    for item in [*COMMON, f"training.output_dir={output_dir}"]:
+    for item in [*COMMON, f"training.output_dir={output_dir}", *extra]:
         args += ["--set", item]
     return args
 
@@ -108,6 +118,13 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "runs": [
             {"name": "plain", "argv": cli_args(out / "plain-runs")},
             {"name": "oom", "argv": cli_args(out / "oom-runs"), "oom_rank": 1, "oom_above": 2},
+            {
+                "name": "eval_oom",
+                "argv": cli_args(out / "eval-oom-runs", *EVAL),
+                "oom_rank": 1,
+                "oom_above": 1,
+                "oom_phase": "eval",
+            },
         ],
     }
     spec_path = out / "spec.json"
@@ -180,3 +197,15 @@ def test_oom_on_one_rank_shrinks_both_ranks_together(ddp: Path) -> None:
     assert_same_weights(w0, w1, rtol=0, atol=0)
     # The redo at a smaller micro-batch computes the same step.
     assert_same_weights(w0, rank_weights(ddp, "plain", 0), rtol=1e-5, atol=1e-6)
+
+
+def test_eval_oom_on_rank_one_reaches_rank_zeros_guard_file(ddp: Path) -> None:
+    # Rank 1 halves its eval batch 2 -> 1; rank 0, which writes guard.json, never ran out
+    # of memory, yet must keep the smaller batch for the next evaluation and --resume.
+    records = [rank_record(ddp, "eval_oom", rank) for rank in (0, 1)]
+    assert [r["eval_batch_size"] for r in records] == [1, 1]
+    state = GuardState.load(latest_run(ddp / "eval-oom-runs", "tiny").guard)
+    assert state.eval_batch_size == 1
+    assert [(e.phase, e.old_batch, e.new_batch, e.message) for e in state.events] == [
+        ("eval", 2, 1, "a peer rank ran out of memory")
+    ]

@@ -10,12 +10,14 @@ import pytest
 from dialsum.errors import ConfigError
 from dialsum.memory.gpus import GPU, resolve_gpu
 from dialsum.memory.overheads import (
+    ALLOCATOR_FRAGMENTATION,
     CALIBRATION_ENV,
     Overheads,
     default_calibration_path,
     default_overheads,
     load_calibration,
     margin_bytes,
+    overheads_for_allocator,
     required_bytes,
     usable_bytes,
 )
@@ -102,6 +104,7 @@ def test_load_calibration_missing_keys_keep_defaults(tmp_path: Path) -> None:
         ({"margin_fraction": "5%"}, "key 'margin_fraction' must be a number"),
         ({"gpu": 3}, "key 'gpu' must be text"),
         ({"fragmentation_fracton": 0.1}, "did you mean 'fragmentation_fraction'"),
+        ({"allocator": "async"}, "key 'allocator' must be one of"),
         ([1, 2], "must hold a JSON object"),
     ],
 )
@@ -132,12 +135,60 @@ def test_default_calibration_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert default_calibration_path() == tmp_path / "mine.json"
 
 
+def _no_allocator_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "DIALSUM_SET_ALLOC_CONF"):
+        monkeypatch.setenv(name, "")  # recorded, so the test's deletion is undone after it
+        monkeypatch.delenv(name)
+
+
 def test_default_overheads_without_file_are_the_defaults(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv(CALIBRATION_ENV, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
+    _no_allocator_setting(monkeypatch)
+    # dialsum runs set expandable segments: its allowance, everything else the defaults.
+    assert default_overheads() == Overheads(
+        fragmentation_fraction=0.03, allocator="expandable_segments"
+    )
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:128")  # the user's choice
     assert default_overheads() == Overheads()
+    assert Overheads().fragmentation_fraction == ALLOCATOR_FRAGMENTATION["default"] == 0.08
+
+
+def test_overheads_for_allocator() -> None:
+    assert overheads_for_allocator("expandable_segments").fragmentation_fraction == 0.03
+    assert overheads_for_allocator("default") == Overheads()
+    with pytest.raises(ValueError, match="unknown allocator mode 'async'"):
+        overheads_for_allocator("async")
+
+
+@pytest.mark.parametrize(
+    ("user_setting", "file_allocator", "expected"),
+    [
+        (None, "expandable_segments", 0.05),  # measured under the mode runs use: applies
+        (None, "default", 0.03),  # measured under the other mode: the mode's allowance
+        ("expandable_segments:False", "default", 0.05),
+        (None, None, 0.05),  # an older file without the mode applies as it is
+    ],
+)
+def test_calibrated_fragmentation_applies_to_its_allocator_mode(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    user_setting: str | None,
+    file_allocator: str | None,
+    expected: float,
+) -> None:
+    _no_allocator_setting(monkeypatch)
+    if user_setting:
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", user_setting)
+    data: dict = {"fragmentation_fraction": 0.05, "cuda_context_bytes": 512 * MIB}
+    if file_allocator:
+        data["allocator"] = file_allocator
+    monkeypatch.setenv(CALIBRATION_ENV, str(_write(tmp_path, data)))
+    overheads = default_overheads()
+    assert overheads.fragmentation_fraction == expected
+    assert overheads.cuda_context_bytes == 512 * MIB  # the rest of the file always applies
 
 
 def test_default_overheads_reads_default_location(

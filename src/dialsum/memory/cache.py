@@ -21,7 +21,7 @@ from transformers import PretrainedConfig
 
 from dialsum.memory.profile import MemoryProfile
 
-SIMULATOR_VERSION = "4"
+SIMULATOR_VERSION = "5"
 CACHE_DIR_ENV = "DIALSUM_CACHE_DIR"
 
 

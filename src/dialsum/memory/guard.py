@@ -247,9 +247,9 @@ class GuardState:
             return cls.from_json(target.read_text(encoding="utf-8"))
         except (GuardStateError, UnicodeDecodeError) as exc:
             raise GuardStateError(
-                f"{target}: unreadable OOM guard state: {exc}. Delete the file (the run then "
-                "starts again from the plan's batch sizes and re-learns any smaller ones) or "
-                "restore it, then run again"
+                f"{target}: invalid guard state (the OOM guard's batch sizes): {exc}; delete "
+                "the file (the run then starts from the plan's batch sizes again and re-learns "
+                "any smaller ones) or restore it, then run again"
             ) from None
 
 

@@ -34,6 +34,7 @@ from dialsum.memory.profile import (
     TrainOptions,
     TrainShape,
 )
+from dialsum.memory.timing import PlanTiming
 from dialsum.memory.zero import (
     ZERO_STAGES,
     ZeroStateBytes,
@@ -522,6 +523,7 @@ class Plan:
     generate_required_bytes: int = 0
     alternatives: list[str] = field(default_factory=list)
     architecture: dict[str, Any] = field(default_factory=dict)
+    timing: PlanTiming | None = None  # FLOPs and predicted step time (``memory.timing``)
 
     @property
     def micro_batch_size(self) -> int:
@@ -604,7 +606,22 @@ class Plan:
             "zero_stage": self.zero_stage,
             "offload": self.offload,
             "zero_states_per_rank": zero_states_json(self.zero_states),
+            **_timing_json(self.timing),
         }
+
+
+def _timing_json(timing: PlanTiming | None) -> dict[str, Any]:
+    """Speed keys of ``plan.json``: per GPU, one optimizer step; ``time_estimated`` is
+    False only when the step time uses an efficiency measured by ``dialsum probe``."""
+    step = timing.step if timing else None
+    return {
+        "flops_per_step": timing.flops_per_step if timing else None,
+        "flops_per_token": timing.flops_per_token if timing else None,
+        "step_time_s": step.seconds if step else None,
+        "tokens_per_s": timing.tokens_per_s if timing else None,
+        "time_estimated": not step.calibrated if step else True,
+        "timing": timing.to_json() if timing else None,
+    }
 
 
 def zero_states_json(states: ZeroStateBytes | None) -> dict[str, int] | None:
@@ -1085,6 +1102,37 @@ def make_plan(
         generate_required_bytes=generation.need.required_bytes,
         alternatives=alternatives,
         architecture=_architecture(request.model_config),
+        timing=_estimate_time(planner, state, geometry, generation),
+    )
+
+
+def _estimate_time(
+    planner: _Planner, state: _State, geometry: BatchGeometry, generation: _Generation
+) -> PlanTiming | None:
+    """FLOPs of the planned step and generation (from their traces), and the step's
+    predicted time on this GPU (``memory.timing``)."""
+    from dialsum.memory.gpu_specs import spec_for
+    from dialsum.memory.timing import efficiency_for, matmul_precision, plan_timing
+
+    assert state.need is not None
+    spec = spec_for(planner.gpu)
+    efficiency, calibrated = (None, False)
+    if spec is not None:
+        precision = matmul_precision(state.options.precision)
+        efficiency, calibrated = efficiency_for(spec.slug, precision)
+    return plan_timing(
+        state.need.profile,
+        generation.need.profile,
+        micro=geometry.micro_batch_size,
+        accumulation=geometry.gradient_accumulation_steps,
+        source_len=state.source_len,
+        target_len=planner.request.target_len,
+        generate_batch=generation.batch,
+        new_tokens=planner.request.new_tokens,
+        spec=spec,
+        precision=state.options.precision,
+        efficiency=efficiency,
+        calibrated=calibrated,
     )
 
 

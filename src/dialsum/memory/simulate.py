@@ -41,12 +41,12 @@ from dialsum.memory import cache as trace_cache
 from dialsum.memory import timeline
 from dialsum.memory.allocator import exact_bytes, round_allocation_bytes
 from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
-from dialsum.memory.flops import COSTS, CostMeter, interpolate_costs, short_cache_len
 from dialsum.memory.fake_model import (
     fake_model_from_config,
     trainable_params,
     unique_params,
 )
+from dialsum.memory.flops import COSTS, CostMeter, interpolate_costs, short_cache_len
 from dialsum.memory.optimizers import AdamW8bitModel, state_tensors
 from dialsum.memory.profile import (
     GenerateOptions,
