@@ -16,7 +16,8 @@ the shipped config.json, the tiny tokenizer, no downloads; see ``dialsum.gpu_che
    settings (training steps, one evaluation, one generation pass).
 
 ``--smoke`` runs all of it on the tiny T5 at tiny shapes on the CPU, with no CUDA call:
-a live-bytes cap of 16, 24 and 40 MiB stands in for the memory fraction, and nothing is
+a live-bytes cap of 3, 4.5 and 7.5 MiB (the same proportions) stands in for the memory
+fraction, and nothing is
 measured in the real run (the JSON says ``"measured": false``). A test runs it.
 
 Output: one JSON file (``--out``, default ``bench/results/gpu_validate[_smoke].json``):
@@ -84,7 +85,7 @@ SMOKE_OVERRIDES = [
     "inference.max_new_tokens=6",
     "inference.num_beams=2",
     "inference.batch_size=auto",
-    "training.effective_batch_size=8",
+    "training.effective_batch_size=4",
     "training.micro_batch_size=auto",
     "training.eval_batch_size=auto",
     "training.report_to=[none]",
@@ -136,8 +137,8 @@ def validate(smoke: bool, work: Path, budget_s: float, echo) -> dict:
         out["runs"][arch] = {"model": model_id, **gpu_check.real_run(cfg, work, echo=None)}
         prepared.append((arch, name, overrides))
         _free()
-    if smoke:  # the same proportions in units of 1/8 MiB: 2, 3, 5 MiB (2 MiB fits nothing)
-        sizes = [(s * MIB // 8, f"{s / 8:g}MiB") for s in SIZES_GIB]
+    if smoke:  # the same proportions in units of 3/16 MiB: 3, 4.5 and 7.5 MiB
+        sizes = [(s * 3 * MIB // 16, f"{s * 3 / 16:g}MiB") for s in SIZES_GIB]
     else:
         sizes = [(s * GIB, f"{s}GB") for s in SIZES_GIB]
     for arch, name, overrides in prepared:

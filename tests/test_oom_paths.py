@@ -308,3 +308,17 @@ def test_twenty_random_oom_points_with_dropout_give_the_reference_weights(
         if any(p.kind == "eval" for p in points):
             assert "eval_score" in run.metrics
     assert kinds_seen >= {"forward", "backward", "2nd+ micro-batch", "optimizer", "eval"}
+
+
+def test_the_cli_prints_an_oom_stop_as_a_message_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from dialsum.cli import main
+
+    def stop(*args, **kwargs):
+        raise OOMUnrecoverable("out of memory in optimizer.step() (...). Next step: adafactor.")
+
+    monkeypatch.setattr(dialsum.train, "run_training", stop)
+    assert main(["train", "-c", str(ROOT / "config.yaml"), "-s", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Next step: adafactor." in err

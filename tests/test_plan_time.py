@@ -85,7 +85,8 @@ def test_a_measured_step_calibrates_later_plans(model_dir, tmp_path, monkeypatch
     # A fake measurement, far slower than predicted: the step is then compute-bound.
     calibration = calibrate_step_time(plan, measured_s=2.0, path=path)
     assert calibration.after.seconds == pytest.approx(2.0) and calibration.after.calibrated
-    assert read_efficiencies(path) == {"a100-40gb": {"fp32": round(calibration.efficiency, 4)}}
+    efficiency = float(f"{calibration.efficiency:.4g}")
+    assert read_efficiencies(path) == {"a100-40gb": {"bf16": efficiency}}
     assert resolve_gpu("a100-40gb").slug == "a100-40gb"
     monkeypatch.setenv("DIALSUM_CALIBRATION", str(path))
     again = plan_command(gpu="a100-40gb", **kwargs).plan
@@ -101,7 +102,30 @@ def test_step_timer_summary_measured_vs_predicted() -> None:
     metrics = step_time_metrics(trainer, {"step_time_s": 0.25, "time_estimated": True})
     assert metrics == {
         "step_time_s_measured": 0.3,
-        "step_time_s_predicted (estimated)": 0.25,
-        "step_time_measured/predicted": 1.2,
+        "step_time_s_predicted": 0.25,
+        "step_time_prediction": "estimated",
+        "step_time_measured_over_predicted": 1.2,
     }
     assert step_time_metrics(trainer, None) == {"step_time_s_measured": 0.3}
+
+
+def test_probe_path_measures_and_calibrates_on_the_cpu(tmp_path) -> None:
+    from dialsum.config import load_section
+    from dialsum.memory.gpus import cpu_device
+    from dialsum.memory.timing import read_efficiencies
+    from dialsum.step_timer import probe_step_time
+    from dialsum.train import setup_model
+
+    cfg = load_section(
+        "config.yaml",
+        "tiny",
+        ["tokenizer.max_source_length=64", "tokenizer.max_target_length=16",
+         "training.effective_batch_size=4", "training.micro_batch_size=auto"],
+    )  # fmt: skip
+    model, _ = setup_model(cfg)
+    path = tmp_path / "calibration.json"
+    lines: list[str] = []
+    result = probe_step_time(cfg, model, cpu_device(), path, echo=lines.append, device="cpu")
+    assert result["measured_s"] > 0 and result["matmul_precision"] == "fp32"
+    assert read_efficiencies(path)["cpu"]["fp32"] == float(f"{result['achieved_efficiency']:.4g}")
+    assert "measured" in lines[0] and "written to" in lines[0]

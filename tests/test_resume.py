@@ -116,3 +116,17 @@ def test_resume_with_length_grouped_batches_and_dropout_is_bit_identical(tmp_pat
     wb = load_file(str(resumed.run.best / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert resumed.metrics["train_loss"] == whole.metrics["train_loss"]
+
+
+def test_resuming_a_finished_run_trains_nothing_more(tmp_path: Path) -> None:
+    # 3 steps of 8 rows over 16 rows: the run ends mid-epoch, where the Trainer resumed
+    # from its last checkpoint would run a 4th step.
+    saving = ("training.save_strategy=steps", "training.save_steps=3", "training.max_steps=3")
+    done = run_training(tiny_section(tmp_path, *saving), echo=quiet)
+    before = load_file(str(done.run.best / "model.safetensors"))
+    again = run_training(tiny_section(tmp_path, *saving), resume=True, echo=quiet)
+    assert again.metrics["train_loss_steps"] == "1-3"
+    assert again.metrics["train_loss"] == pytest.approx(done.metrics["train_loss"])
+    after = load_file(str(again.run.best / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not (again.run.checkpoints / "checkpoint-4").exists()

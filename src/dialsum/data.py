@@ -224,7 +224,8 @@ def _syntax_error(
     return DataError(
         f"{path}: unclosed quote in {record}, which starts on text line {record_start}: "
         f"its {column} field opens a quote on text line {opened} that is not closed "
-        f"where the field ends (the parser gave up at {end}); {_QUOTE_FIX}"
+        f"where the field ends (the parser gave up at {end}); {_QUOTE_FIX}. Records count "
+        "the header as record 1 (a spreadsheet's rows), text lines as an editor shows them"
     )
 
 

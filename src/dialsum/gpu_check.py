@@ -189,8 +189,10 @@ class Emulation:
 
 
 def _free(cuda: bool) -> None:
-    gc.collect()
+    # On a GPU the cycles of a finished trainer still hold device memory. On a CPU a new
+    # live-bytes cap counts only what is created under it: collecting (0.5 s) buys nothing.
     if cuda:
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -293,38 +295,40 @@ def emulated(
 
     started = time.perf_counter()
     cfg = cfg_for(emulation.overrides())
-    plan = plan_for_section(cfg, model.config, report=report)
+    try:  # the settings a run would apply, with the plan they come from
+        settings = resolve_settings(cfg, model.config, report=report, echo=lambda *_: None)
+        plan = settings.plan or {}
+        base = settings
+    except UserError:  # the plan does not fit: the run would refuse to start
+        settings = None
+        unfit = plan_for_section(cfg, model.config, report=report)
+        plan, base = unfit.to_json_dict(), _settings_at(cfg, unfit)
+    micro = int(plan["micro_batch_size"])
     row: dict[str, Any] = {"gpu": emulation.label, "size_bytes": emulation.size_bytes,
-                           "planned_micro_batch": plan.micro_batch_size,
-                           "planned_fits": plan.fits, "precision": plan.precision,
-                           "gradient_checkpointing": plan.gradient_checkpointing}  # fmt: skip
+                           "planned_micro_batch": micro, "planned_fits": bool(plan["fits"]),
+                           "precision": plan["precision"],
+                           "gradient_checkpointing": plan["gradient_checkpointing"]}  # fmt: skip
     if emulation.cuda:
         row["memory_fraction"] = round(emulation.fraction(), 4)
-    try:
-        settings = resolve_settings(cfg, model.config, report=report, echo=lambda *_: None)
-    except UserError:
-        settings = None  # the plan does not fit: the run would refuse to start
-    if settings is not None:
-        row["ooms_at_planned"] = ooms_at_planned(
-            model, tokenizer, cfg, settings, emulation, out, plan.target_len
-        )
-        base = settings
-    else:
-        row["ooms_at_planned"] = None
-        base = _settings_at(cfg, model, plan)
-    accumulation = 1 if plan.gradient_accumulation_steps == 1 else 2
-    cap = min(max(search_factor * plan.micro_batch_size, 2 * search_factor), 128)
+    target_len = int(plan["target_len"])
+    row["ooms_at_planned"] = (
+        None
+        if settings is None
+        else ooms_at_planned(model, tokenizer, cfg, settings, emulation, out, target_len)
+    )
+    accumulation = 1 if plan["gradient_accumulation_steps"] == 1 else 2
+    cap = min(max(search_factor * micro, 2 * search_factor), 128)
     # The planned micro-batch trained without an OOM above: search only beyond it.
     ooms = row["ooms_at_planned"]
-    known = plan.micro_batch_size if ooms is not None and ooms["train"] == 0 else 0
+    known = micro if ooms is not None and ooms["train"] == 0 else 0
 
-    def runs(micro: int) -> bool:
-        geometry = BatchGeometry.build(micro * accumulation, 1, micro)
+    def runs(size: int) -> bool:
+        geometry = BatchGeometry.build(size * accumulation, 1, size)
         trial = replace(base, geometry=geometry)
-        return trains_without_oom(model, tokenizer, cfg, trial, emulation, out, plan.target_len)
+        return trains_without_oom(model, tokenizer, cfg, trial, emulation, out, target_len)
 
     true = largest_fitting(list(range(known + 1, cap + 1)), runs) or known or None
-    per_step = plan.geometry.per_rank_rows
+    per_step = int(plan["per_rank_rows"])
     row.update({
         "true_largest_micro_batch": true,
         "searched_up_to": cap,
@@ -335,7 +339,7 @@ def emulated(
     return row
 
 
-def _settings_at(cfg: SectionConfig, model, plan):
+def _settings_at(cfg: SectionConfig, plan):
     """Settings for a plan that does not fit (the search still runs at its options)."""
     from dialsum.settings import Settings
 

@@ -9,8 +9,12 @@ step are zeroed, memory is freed, the micro-batch shrinks to the next divisor, a
 *same* step is redone. No example is skipped or counted twice, and the loss of every
 micro-batch is a token *sum* divided by the token count of the whole step, so the
 gradient is the same whatever the micro-batch up to dropout and summation order (exact
-loss normalisation). The forward/backward itself is ``step.step_forward_backward``, the
-function the memory planner traces, and the optimizer is ``step.build_optimizer``.
+loss normalisation). Dropout masks depend on how the random stream is cut into
+micro-batches, so a redo restores the random state the step started with: a redone step
+is exactly the step a run at the smaller micro-batch would have taken from that state
+(tests/test_oom_paths.py). The forward/backward itself is ``step.step_forward_backward``,
+the function the memory planner traces, and the optimizer is ``step.build_optimizer``
+(its ``step()`` is retried once after an OOM that updated nothing: ``optimizer_guard``).
 
 Evaluation and prediction batches are split the same way in ``prediction_step``.
 
@@ -369,6 +373,14 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
                     "of the earlier steps in the checkpoint)"}  # fmt: skip
         total = prior_sum + self._total_loss_scalar_final()
         return {"train_loss": total / max(steps, 1), "train_loss_steps": f"1-{steps}"}
+
+    def finished_run_metrics(self, checkpoint: Path) -> dict[str, Any]:
+        """Metrics of a run that had nothing left to train: its recorded whole-run loss."""
+        loss_sum, steps = _read_run_loss(str(checkpoint))
+        if not steps:
+            return {}
+        self.state.global_step = steps
+        return {"train_loss": loss_sum / steps, "train_loss_steps": f"1-{steps}"}
 
     def _total_loss_scalar_final(self) -> float:
         # After train() the Trainer has drained the remainder into its running total.

@@ -13,8 +13,10 @@ state with ``step`` 0 and increments a parameter's ``step`` counter before it to
 parameter's moments or weights. So: counters unchanged after the OOM (and new state still at
 0) means no update happened and the step is retried; a moved counter means the update was
 half applied (e.g. foreach AdamW's parameter-sized temporaries, made after the moments were
-updated in place), and the run stops with the plan's next ladder step. Optimizers without a
-counter (SGD) cannot be checked, so they stop too.
+updated in place; Adafactor's later parameters, made after its first ones were updated), and
+the run stops with the plan's next ladder step. State without a counter (SGD's momentum)
+cannot be checked, so such an optimizer stops too; plain SGD keeps no state and makes its
+temporaries before it updates in place, so its OOMs come before any change.
 """
 
 from __future__ import annotations
@@ -64,33 +66,38 @@ def run_guarded_step(
 ) -> Any:
     """``step()``; on an OOM that left the optimizer untouched, clean up and call it again."""
     for attempt in (1, 2):
-        before: Snapshot | None | object = _NOT_TAKEN
-        error = None
+        before: Any = _NOT_TAKEN
         try:
-            before = _snapshot(optimizer)  # a few bytes; if even they do not fit, see below
+            before = _snapshot(optimizer)  # a few bytes; if even they do not fit: untouched
             return step()
         except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
             if not is_oom(exc):
                 raise
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         # Outside the except block: the traceback (and what its frames hold) is gone.
-        untouched = before is _NOT_TAKEN or (
-            before is not None and _unchanged(optimizer, before)  # type: ignore[arg-type]
-        )
-        if untouched and before is not _NOT_TAKEN:
-            _drop_new_state(optimizer, before)  # type: ignore[arg-type]
+        untouched = _untouched(optimizer, before)
+        if untouched:
+            _drop_new_state(optimizer, before)
         cleanup()
         if attempt == 1 and untouched:
             on_retry(f"optimizer.step(): {error}; retrying once after freeing memory")
             continue
-        raise OOMUnrecoverable(_stop_message(error, attempt, untouched, hint), hint=hint or "")
+        raise OOMUnrecoverable(_stop_message(error, untouched, hint), hint=hint or "")
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _drop_new_state(optimizer: torch.optim.Optimizer, before: Snapshot) -> None:
+def _untouched(optimizer: torch.optim.Optimizer, before: Any) -> bool:
+    if before is _NOT_TAKEN:
+        return True
+    return before is not None and _unchanged(optimizer, before)
+
+
+def _drop_new_state(optimizer: torch.optim.Optimizer, before: Any) -> None:
     """Forget the state the failed attempt half created. torch's AdamW creates a state only
     for a parameter whose state is empty: a half-made one (``step`` and ``exp_avg``, no
     ``exp_avg_sq``) would fail the retry with a KeyError. Dropping it also frees it."""
+    if before is _NOT_TAKEN:
+        return
     layout, _ = before
     params = [p for group in optimizer.param_groups for p in group["params"]]
     for param, then in zip(params, layout, strict=True):
@@ -98,13 +105,12 @@ def _drop_new_state(optimizer: torch.optim.Optimizer, before: Snapshot) -> None:
             optimizer.state.pop(param, None)
 
 
-def _stop_message(error: str, attempt: int, untouched: bool, hint: str | None) -> str:
-    if attempt == 2:
-        why = "the retry after freeing memory ran out of memory again"
-    elif not untouched:
-        why = "the update had already begun (or cannot be checked), so it cannot be redone"
-    else:
-        why = "nothing smaller is left"
+def _stop_message(error: str, untouched: bool, hint: str | None) -> str:
+    why = (
+        "the retry after freeing memory ran out of memory again"
+        if untouched
+        else "the update had already begun (or cannot be checked), so it cannot be redone"
+    )
     message = (
         f"out of memory in optimizer.step() ({error}): {why}. The optimizer state has the "
         "size of the model, so a smaller micro-batch does not help."

@@ -43,7 +43,7 @@ class CompareResult:
         table = Table(title=title)
         table.add_column("#", justify="right")
         for name in COMPARE_COLUMNS:
-            table.add_column(name, justify="left" if name in ("GPU", "settings") else "right")
+            table.add_column(name, justify="left" if name == "GPU" else "right")
         for rank, row in enumerate(ranked(self.rows), start=1):
             table.add_row(str(rank), *compare_cells(row))
         console.print(table)

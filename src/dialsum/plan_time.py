@@ -114,6 +114,11 @@ def time_lines(plan, epoch: EpochTime | None, data: EpochData | None) -> list[st
             f"epoch time ({label}): {format_duration(epoch.seconds)} for {epoch.records:,} "
             f"dialogues ({data.origin}), {epoch.steps:,} optimizer steps"
         )
+    if plan.world_size > 1:
+        lines.append(
+            f"  (per GPU; {plan.world_size} GPUs share each epoch; gradient communication "
+            "between them is not in the model)"
+        )
     if label == "estimated":
         lines.append(
             "  (estimated: data-sheet peaks and a default efficiency; `dialsum probe` on "
@@ -156,18 +161,17 @@ def ranked(rows: Sequence[CompareRow]) -> list[CompareRow]:
 
 
 def compare_cells(row: CompareRow) -> list[str]:
-    """rank-less cells: GPU, settings, memory fit, step time, tokens/s, epoch time."""
+    """Cells after the rank: GPU, settings, memory fit, step time, tokens/s, epoch time."""
     plan = row.plan
     if plan is None:
         return [row.gpu, "-", f"cannot run: {row.error}", "-", "-", "-"]
     timing = plan.timing
     step = timing.step if timing else None
-    settings = (
-        f"{plan.precision}, micro {plan.micro_batch_size} x {plan.gradient_accumulation_steps}"
-        + (", checkpointing" if plan.gradient_checkpointing else "")
-    )
-    fit = f"{plan.required_bytes / 2**30:.2f} of {plan.usable_bytes / 2**30:.2f} GiB " + (
-        "fits" if plan.fits else "DOES NOT FIT"
+    settings = f"{plan.precision} {plan.micro_batch_size}x{plan.gradient_accumulation_steps}"
+    if plan.gradient_checkpointing:
+        settings += " ckpt"
+    fit = f"{plan.required_bytes / 2**30:.1f}/{plan.usable_bytes / 2**30:.1f} " + (
+        "fits" if plan.fits else "NO FIT"
     )
     tokens = f"{timing.tokens_per_s:,.0f}" if timing and timing.tokens_per_s else "-"
     return [
@@ -180,7 +184,14 @@ def compare_cells(row: CompareRow) -> list[str]:
     ]
 
 
-COMPARE_COLUMNS = ("GPU", "settings", "memory (need of usable)", "step time", "tokens/s", "epoch")
+COMPARE_COLUMNS = (
+    "GPU",
+    "precision micro x accum.",
+    "memory GiB need/usable",
+    "step time",
+    "tokens/s",
+    "epoch",
+)
 
 
 def compare_json(rows: Sequence[CompareRow], data: EpochData | None) -> dict[str, Any]:

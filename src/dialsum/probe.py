@@ -181,4 +181,12 @@ def run_probe(
         },
     )
     echo(f"calibration written to {path}")
-    return {"device": real.slug, "results": results, "calibration": str(path)}
+    from dialsum.step_timer import probe_step_time  # the time model's efficiency, same file
+
+    step_time = probe_step_time(cfg, model, real, path, echo=echo)
+    return {
+        "device": real.slug,
+        "results": results,
+        "calibration": str(path),
+        "step_time": step_time,
+    }

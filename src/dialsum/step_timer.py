@@ -26,11 +26,10 @@ from transformers import TrainerCallback
 from dialsum.memory.gpu_specs import spec_for
 from dialsum.memory.timing import (
     StepTime,
-    achieved_efficiency,
+    achieved_step_efficiency,
     matmul_precision,
-    predict_time,
     record_efficiency,
-    train_step_cost,
+    step_time_of,
 )
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -73,10 +72,12 @@ def step_time_metrics(trainer, plan: dict[str, Any] | None) -> dict[str, Any]:
         out["step_time_s_measured"] = round(measured, 4)
     predicted = (plan or {}).get("step_time_s")
     if predicted:
-        label = "estimated" if plan.get("time_estimated", True) else "calibrated"
-        out[f"step_time_s_predicted ({label})"] = round(predicted, 4)
+        out["step_time_s_predicted"] = round(predicted, 4)
+        out["step_time_prediction"] = (
+            "estimated" if plan.get("time_estimated", True) else "calibrated"
+        )
         if measured:
-            out["step_time_measured/predicted"] = round(measured / predicted, 3)
+            out["step_time_measured_over_predicted"] = round(measured / predicted, 3)
     return out
 
 
@@ -158,11 +159,51 @@ def calibrate_step_time(plan, measured_s: float, path: Path | None) -> Calibrati
     spec = spec_for(plan.gpu)
     if spec is None or plan.timing is None:
         return None
-    cost = train_step_cost(plan.train_profile, plan.gradient_accumulation_steps)
+    profile, accumulation = plan.train_profile, plan.gradient_accumulation_steps
     precision = matmul_precision(plan.precision)
-    before = plan.timing.step or predict_time(cost, spec, precision)
-    efficiency = achieved_efficiency(cost, spec, precision, measured_s)
-    after = predict_time(cost, spec, precision, efficiency, calibrated=True)
+    before = plan.timing.step or step_time_of(profile, accumulation, spec, precision)
+    efficiency = achieved_step_efficiency(profile, accumulation, spec, precision, measured_s)
+    after = step_time_of(profile, accumulation, spec, precision, efficiency, calibrated=True)
     if path is not None:
         record_efficiency(Path(path), spec.slug, precision, efficiency)
     return Calibration(measured_s, before, after, efficiency)
+
+
+def probe_step_time(cfg, model, gpu, path: Path, echo=print, device: str = "cuda") -> dict | None:
+    """``dialsum probe``: time the planned step on this GPU, print it against the
+    prediction and write the achieved efficiency to the calibration file at ``path``
+    (``device="cpu"`` with ``gpu = cpu_device()`` runs the same path on a CPU)."""
+    from dialsum.planning import plan_for_section
+
+    plan = plan_for_section(cfg, model.config, gpu=gpu)
+    if plan.timing is None or plan.timing.step is None or not plan.fits:
+        return None
+    seconds = measure_step_seconds(
+        model,
+        micro=plan.micro_batch_size,
+        accumulation=plan.gradient_accumulation_steps,
+        source_len=plan.source_len,
+        target_len=plan.target_len,
+        precision=plan.precision,
+        optimizer=plan.optimizer,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        device=device,
+    )
+    calibration = calibrate_step_time(plan, seconds, path)
+    if calibration is None:
+        return None
+    before = calibration.before
+    echo(
+        f"step time at the plan (micro-batch {plan.micro_batch_size} x "
+        f"{plan.gradient_accumulation_steps}, {plan.precision}): measured {seconds:.4f} s, "
+        f"predicted {before.seconds:.4f} s ({'calibrated' if before.calibrated else 'estimated'}"
+        f", efficiency {before.efficiency:.1%}) -> achieved {calibration.efficiency:.1%} of "
+        f"the {before.precision} peak, written to {path}"
+    )
+    return {
+        "measured_s": seconds,
+        "predicted_s": before.seconds,
+        "predicted_efficiency": before.efficiency,
+        "achieved_efficiency": calibration.efficiency,
+        "matmul_precision": before.precision,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from dialsum.runs import (
     write_yaml_atomic,
 )
 from dialsum.settings import Settings, resolve_settings, use_cuda
+from dialsum.step_timer import StepTimer, step_time_metrics
 
 log = logging.getLogger(__name__)
 
@@ -355,8 +357,15 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
     # Data, model and plan are settled before anything is written: a bad CSV or a plan
     # that does not fit leaves no run folder.
     train_table, dev_table = read_tables(cfg, echo=echo)
+    # A resumed run that already reached its last step is not trained again (the Trainer
+    # would run one more step): its last checkpoint is the trained model.
+    finished = (
+        resumed is not None
+        and not cfg.model.lora.enabled
+        and run_finished(resumed[1], cfg.training)
+    )
     with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
-        model, tokenizer = setup_model(cfg)
+        model, tokenizer = setup_model(cfg, checkpoint=resumed[1] if finished else None)
     report = length_report(cfg, train_table, tokenizer)
     echo(report.format())
     guard = None
@@ -383,8 +392,13 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
         guard, deepspeed_config=deepspeed_config, **hooks,
     )  # fmt: skip
     with memory_cap(settings, model):
-        train_out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-        metrics: dict[str, float] = dict(train_out.metrics) | trainer.run_loss_metrics()
+        if finished:
+            echo(f"{run.path}: training already finished at {checkpoint.name}; nothing to train")
+            metrics: dict[str, float] = trainer.finished_run_metrics(checkpoint)
+        else:
+            resume_from = str(checkpoint) if checkpoint else None
+            metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
+            metrics |= trainer.run_loss_metrics()
         if dev_table is not None and cfg.training.eval_strategy != "no":
             metrics.update(trainer.evaluate())
     save_best(trainer, cfg, run, tokenizer)
@@ -392,6 +406,7 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
         metrics["best_checkpoint"] = trainer.state.best_model_checkpoint
     metrics["micro_batch_size_final"] = guard.micro_batch_size
     metrics["oom_recoveries"] = len(guard.events)
+    metrics.update(step_time_metrics(trainer, settings.plan))  # measured vs predicted
     allocator_json = allocator.to_json() if allocator else None
     memory = MemorySummary.build(trainer.memory_phases, settings.plan, allocator_json)
     for line in memory.lines():
@@ -400,6 +415,18 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
         guard.save(run.guard)
         write_json_atomic(run.metrics, metrics | {"memory": memory.to_json()})
     return TrainResult(run=run, metrics=metrics, settings=settings)
+
+
+def run_finished(checkpoint: Path, t: TrainingConfig) -> bool:
+    """Whether the checkpoint already reached the run's end: ``training.max_steps`` when set,
+    else ``num_train_epochs`` (as the config says now: --override-on-resume may extend it)."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        if t.max_steps > 0:
+            return int(state["global_step"]) >= t.max_steps
+        return float(state["epoch"]) >= t.num_train_epochs
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _new_run(cfg: SectionConfig, locks: list[RunLock], echo) -> RunDir:
@@ -470,6 +497,7 @@ def build_trainer(
     predicted = settings.plan.get("predicted_peak_bytes") if settings.plan else None
     monitor = MemoryMonitorCallback(predicted, phases=PhasePeaks.for_device(settings.device))
     cbs.append(monitor)
+    cbs.append(StepTimer())
     if t.early_stopping_patience and args.load_best_model_at_end:
         cbs.append(
             EarlyStoppingCallback(

@@ -51,16 +51,35 @@ def command(output_dir: Path, *extra: str) -> list[str]:
     return argv + list(extra)
 
 
-def run(argv: list[str], kill_after_s: float | None = None) -> tuple[int, bool]:
-    """(exit code, whether it was killed)."""
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        proc.wait(timeout=kill_after_s)
-        return proc.returncode, False
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        return proc.returncode, True
+def run(argv: list[str]) -> int:
+    return subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, check=False).returncode
+
+
+def checkpoints(output_dir: Path) -> set[str]:
+    return {str(p) for p in (output_dir / "tiny").glob("*/checkpoints/checkpoint-*")}
+
+
+def run_and_kill(argv: list[str], output_dir: Path, rng: random.Random) -> bool:
+    """Start ``argv`` and SIGKILL it at a random moment; False when it finished first.
+
+    The moment follows the run's progress, not the clock (the machine may be loaded): at
+    start-up, right when a new checkpoint folder appears (inside the save), or a little
+    after it (inside the next steps).
+    """
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    mode = rng.choice(["start-up", "saving", "steps", "steps"])
+    seen = checkpoints(output_dir)
+    deadline = time.monotonic() + (rng.uniform(1.0, 4.0) if mode == "start-up" else 600)
+    while proc.poll() is None and time.monotonic() < deadline:
+        if mode != "start-up" and checkpoints(output_dir) - seen:
+            time.sleep(rng.uniform(0.0, 0.3) if mode == "saving" else rng.uniform(0.5, 2.0))
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return True
 
 
 def has_checkpoint(output_dir: Path) -> bool:
@@ -85,27 +104,19 @@ def assert_all_files_readable(run_folder: Path) -> None:
 
 
 def test_random_sigkills_then_resume_give_the_uninterrupted_weights(tmp_path: Path) -> None:
-    started = time.perf_counter()
-    code, _ = run(command(tmp_path / "reference"))
-    assert code == 0
-    reference_s = time.perf_counter() - started
-
+    assert run(command(tmp_path / "reference")) == 0
     rng = random.Random(20261130)
     out = tmp_path / "killed"
     kills = attempts = 0
     while kills < KILLS:
         attempts += 1
-        assert attempts < 4 * KILLS, f"only {kills} kills landed in {attempts} attempts"
+        assert attempts <= 2 * KILLS, f"only {kills} kills landed in {attempts} attempts"
         resume = ["--resume"] if has_checkpoint(out) else []
-        # Early kills hit start-up and the first steps; later ones steps and saves.
-        code, killed = run(command(out, *resume), kill_after_s=rng.uniform(0.3, 1.0) * reference_s)
-        if killed:
-            kills += 1
-        else:
-            assert code == 0, f"attempt {attempts} exited {code}"
-            break  # finished before the kill: the remaining kills need a fresh start
-    code, _ = run(command(out, "--resume"))
-    assert code == 0
+        if not run_and_kill(command(out, *resume), out, rng):
+            break  # the run finished first
+        kills += 1
+    assert kills == KILLS, f"the run finished after {kills} of {KILLS} kills"
+    assert run(command(out, "--resume")) == 0
     (run_folder,) = [p for p in (out / "tiny").iterdir() if (p / "best").is_dir()]
     assert_all_files_readable(run_folder)
     reference, resumed = best_weights(tmp_path / "reference"), best_weights(out)

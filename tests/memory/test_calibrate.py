@@ -82,6 +82,7 @@ def test_probe_writes_the_measured_fragmentation_that_plans_then_use(
     monkeypatch.setattr(probe, "context_bytes", lambda: 600 * 2**20)
     monkeypatch.setattr(probe, "probe_one", lambda *a, **k: {"gpu": "h100-80gb"})
     monkeypatch.setattr(probe.probe_fragmentation, "__kwdefaults__", {"measure": fake_measure})
+    monkeypatch.setattr("dialsum.step_timer.probe_step_time", lambda *a, **k: None)  # time model
     path = tmp_path / "calibration.json"
     lines: list[str] = []
     probe.run_probe(cfg, search=False, calibration=path, echo=lines.append)

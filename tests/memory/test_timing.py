@@ -14,14 +14,17 @@ from dialsum.memory.timing import (
     DEFAULT_EFFICIENCY,
     StepCost,
     achieved_efficiency,
+    achieved_step_efficiency,
     efficiency_for,
     epoch_time,
     format_duration,
     length_scale,
+    predict_step,
     predict_time,
     read_efficiencies,
     record_efficiency,
     step_micro_batches,
+    step_time_of,
     train_step_cost,
 )
 
@@ -58,17 +61,34 @@ def test_step_time_exact_on_a_synthetic_gpu() -> None:
 
 @pytest.mark.parametrize("field", ["flops", "bytes_moved", "kernels"])
 def test_step_time_is_monotone(field: str) -> None:
-    times = []
-    for factor in (1, 2, 4, 8, 100, 1000):
-        values = {"flops": COST.flops, "bytes_moved": COST.bytes_moved, "kernels": COST.kernels}
-        values[field] *= factor
-        cost = StepCost(**values)
-        times.append(
-            (predict_time(cost, GPU, "bf16").seconds, predict_time(cost, CPU, "fp32").seconds)
-        )
-    assert times == sorted(times)
+    for spec, precision in ((GPU, "bf16"), (CPU, "fp32")):
+        times = []
+        for factor in (1, 2, 4, 8, 100, 1000):
+            values = {"flops": COST.flops, "bytes_moved": COST.bytes_moved, "kernels": COST.kernels}
+            values[field] *= factor
+            times.append(predict_time(StepCost(**values), spec, precision).seconds)
+        assert times == sorted(times)
+        steps = [predict_step(COST, a, COST, spec, precision).seconds for a in (1, 2, 4, 16)]
+        assert steps == sorted(steps)
     by_efficiency = [predict_time(COST, GPU, "bf16", e).seconds for e in (0.1, 0.2, 0.5, 1.0)]
     assert by_efficiency == sorted(by_efficiency, reverse=True)
+
+
+def test_step_adds_micro_batches_and_the_optimizer() -> None:
+    # 4 micro-batches of 0.5 s (compute-bound) + an optimizer that only moves 2e10 bytes
+    # (0.2 s at 100 GB/s): 2.2 s; a global max over the summed cost would hide the update.
+    optimizer = StepCost(flops=0, bytes_moved=20_000_000_000, kernels=4)
+    step = predict_step(COST, 4, optimizer, GPU, "bf16", efficiency=0.3)
+    assert step.seconds == pytest.approx(4 * 0.5 + 0.2)
+    assert step.bound == "compute" and step.compute_s == pytest.approx(2.0)
+    assert step.memory_s == pytest.approx(4 * 0.3 + 0.2)
+    profile = _profile(COST.flops // 3, 2 * COST.flops // 3, 0, kernels=COST.kernels // 2)
+    profile.bytes_moved = {"forward": 10**10, "backward": 2 * 10**10, "optimizer": 2 * 10**10}
+    assert step_time_of(profile, 4, GPU, "bf16", 0.3).seconds == pytest.approx(2.2)
+    # Calibration inverts it: the optimizer's time off, the rest is compute.
+    efficiency = achieved_step_efficiency(profile, 4, GPU, "bf16", measured_s=4.2)
+    assert efficiency == pytest.approx(0.15)
+    assert step_time_of(profile, 4, GPU, "bf16", efficiency).seconds == pytest.approx(4.2)
 
 
 def test_achieved_efficiency_reproduces_the_measurement() -> None:
@@ -83,8 +103,8 @@ def test_calibration_file_round_trip(tmp_path) -> None:
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps({"gpu": "a100-40gb", "cuda_context_bytes": 600 * 2**20}))
     assert efficiency_for("a100-40gb", "bf16", path) == (DEFAULT_EFFICIENCY["bf16"], False)
-    record_efficiency(path, "a100-40gb", "bf16", 0.41234)
-    assert read_efficiencies(path) == {"a100-40gb": {"bf16": 0.4123}}
+    record_efficiency(path, "a100-40gb", "bf16", 0.412345)
+    assert read_efficiencies(path) == {"a100-40gb": {"bf16": 0.4123}}  # 4 significant digits
     assert efficiency_for("a100-40gb", "bf16", path) == (0.4123, True)
     assert efficiency_for("a100-40gb", "fp32", path)[1] is False
     assert efficiency_for("t4-16gb", "bf16", path)[1] is False

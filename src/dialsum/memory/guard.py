@@ -69,8 +69,10 @@ class GuardStateError(UserError, ValueError):
     """``guard.json`` cannot be read (cut short by a crash, edited by hand)."""
 
 
-class OOMUnrecoverable(RuntimeError):
-    """Device OOM at the smallest batch: the run needs the plan's next fallback step."""
+class OOMUnrecoverable(UserError, RuntimeError):
+    """Device OOM at the smallest batch: the run needs the plan's next fallback step.
+
+    A ``UserError``: the CLI prints the message (which names that step) and exits 2."""
 
     # ``tried`` and ``hint`` are optional so a caller with its own loop can raise it with
     # just a message; ``run_with_oom_retry`` fills both.

@@ -7,8 +7,13 @@ a roofline with a floor for issuing kernels::
     compute_s = FLOPs / (peak FLOP/s of the matmul precision x efficiency)
     memory_s  = bytes moved / bandwidth
     issue_s   = kernels x host time per kernel
-    step_s    = max(compute_s, memory_s, issue_s)     (GPU: the host runs ahead)
+    phase_s   = max(compute_s, memory_s, issue_s)     (GPU: the host runs ahead)
               = max(compute_s, memory_s) + issue_s     (CPU: one thread does both)
+    step_s    = accumulation x micro-batch_s + optimizer_s
+
+The micro-batches' forward/backward (compute-bound unless tiny) and the optimizer's
+update (memory-bound: it reads and writes every parameter and its state) run one after
+the other, so each gets its own max and the step adds them up.
 
 ``efficiency`` is the share of the peak a whole step achieves on its FLOPs (model FLOPs
 utilisation: it absorbs the element-wise kernels, launch gaps and the GEMMs' own
@@ -169,6 +174,66 @@ def predict_time(
     return StepTime(seconds, compute, memory, issue, bound, precision, eff, calibrated)
 
 
+def predict_step(
+    micro: StepCost,
+    accumulation: int,
+    optimizer: StepCost,
+    spec: DeviceSpec,
+    precision: str,
+    efficiency: float | None = None,
+    calibrated: bool = False,
+) -> StepTime:
+    """One optimizer step: ``accumulation`` micro-batches, then the optimizer (each phase
+    timed by ``predict_time``, their times added); ``bound`` is the micro-batches'."""
+    m = predict_time(micro, spec, precision, efficiency, calibrated)
+    o = predict_time(optimizer, spec, precision, efficiency, calibrated)
+    return StepTime(
+        accumulation * m.seconds + o.seconds,
+        accumulation * m.compute_s + o.compute_s,
+        accumulation * m.memory_s + o.memory_s,
+        accumulation * m.issue_s + o.issue_s,
+        m.bound,
+        precision,
+        m.efficiency,
+        calibrated,
+    )
+
+
+def step_time_of(
+    profile: MemoryProfile,
+    accumulation: int,
+    spec: DeviceSpec,
+    precision: str,
+    efficiency: float | None = None,
+    calibrated: bool = False,
+) -> StepTime:
+    """``predict_step`` for a traced training profile."""
+    return predict_step(
+        micro_batch_cost(profile),
+        accumulation,
+        optimizer_cost(profile),
+        spec,
+        precision,
+        efficiency,
+        calibrated,
+    )
+
+
+def achieved_step_efficiency(
+    profile: MemoryProfile,
+    accumulation: int,
+    spec: DeviceSpec,
+    precision: str,
+    measured_s: float,
+) -> float:
+    """The efficiency at which ``step_time_of`` gives ``measured_s``: the optimizer's
+    predicted time (memory-bound, hardly any FLOPs) is taken off, the rest is the
+    micro-batches' (``achieved_efficiency``)."""
+    optimizer = predict_time(optimizer_cost(profile), spec, precision).seconds
+    left = measured_s - optimizer if measured_s > 2 * optimizer else measured_s / 2
+    return achieved_efficiency(micro_batch_cost(profile), spec, precision, left / accumulation)
+
+
 def achieved_efficiency(
     cost: StepCost, spec: DeviceSpec, precision: str, measured_s: float
 ) -> float:
@@ -226,7 +291,7 @@ def record_efficiency(path: Path, slug: str, precision: str, efficiency: float) 
         data = {}
     table = data.get(CALIBRATION_KEY)
     table = table if isinstance(table, dict) else {}
-    table.setdefault(slug, {})[precision] = round(float(efficiency), 4)
+    table.setdefault(slug, {})[precision] = float(f"{efficiency:.4g}")  # 4 significant digits
     data[CALIBRATION_KEY] = table
     write_json_atomic(path, data)
 
@@ -335,14 +400,13 @@ def epoch_time(
     optimizer = optimizer_cost(profile)
     order = epoch_order(lengths, per_step_rows, group_by_length)
     seconds, padded, steps = 0.0, 0, step_micro_batches(lengths, order, per_step_rows, micro)
+    optimizer_s = predict_time(optimizer, spec, precision, efficiency).seconds
     for chunks in steps:
-        cost = optimizer
+        seconds += optimizer_s
         for rows, source, target in chunks:
-            cost = cost + per_micro.scaled(
-                rows / micro * length_scale(source, target, planned, weights)
-            )
+            scale = rows / micro * length_scale(source, target, planned, weights)
+            seconds += predict_time(per_micro.scaled(scale), spec, precision, efficiency).seconds
             padded += rows * (source + target)
-        seconds += predict_time(cost, spec, precision, efficiency).seconds
     return EpochTime(seconds, len(steps), len(lengths), padded, lengths_from)
 
 
@@ -442,7 +506,7 @@ def plan_timing(
     step = None
     if spec is not None:
         mp = matmul_precision(precision)
-        step = predict_time(cost, spec, mp, efficiency, calibrated)
+        step = step_time_of(train, accumulation, spec, mp, efficiency, calibrated)
     generated: dict[str, int] = {}
     if has_costs(generate):
         assert generate is not None
