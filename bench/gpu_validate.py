@@ -15,10 +15,11 @@ the shipped config.json, the tiny tokenizer, no downloads; see ``dialsum.gpu_che
    planned micro-batch vs the largest that really trains, and OOMs at the planned
    settings (training steps, one evaluation, one generation pass).
 
-``--smoke`` runs all of it on the tiny T5 at tiny shapes on the CPU, with no CUDA call:
-a live-bytes cap of 3, 4.5 and 7.5 MiB (the same proportions) stands in for the memory
-fraction, and nothing is
-measured in the real run (the JSON says ``"measured": false``). A test runs it.
+``--smoke`` runs all of it on a one-layer tiny T5 at tiny shapes on the CPU, with no CUDA
+call: the real run is planned against a 0.25 GiB live-bytes cap, a cap of 3, 4.5 and 7.5
+MiB (the same proportions) stands in for the memory fraction, nothing is measured (the
+JSON says ``"measured": false``) and the search goes up to 2x (not 4x) the planned
+micro-batch. A test runs it.
 
 Output: one JSON file (``--out``, default ``bench/results/gpu_validate[_smoke].json``):
 
@@ -35,20 +36,26 @@ Output: one JSON file (``--out``, default ``bench/results/gpu_validate[_smoke].j
                           "planned_micro_batch": int, "planned_fits": bool,
                           "true_largest_micro_batch": int | null, "searched_up_to": int,
                           "largest_divisor_that_runs": int | null,
-                          "ooms_at_planned": {"train": int, "eval": int, "predict": int}
+                          "ooms_at_planned": {"train": int, "eval": int, "predict": int,
+                                              ["unrecoverable": {PHASE: message}]}
                                              | null (the plan does not fit),
                           "precision": str, "gradient_checkpointing": bool,
                           "seconds": float}]},
      "skipped": [str]}
 
 Ratios are measured / predicted (null when not measured). Then one summary table.
-A time budget (``--budget-s``, default 450) skips what would not fit in 8 minutes.
+
+Time: the plans of every run and emulated GPU are traced first, in parallel processes
+(``--workers``, default cores - 1; a trace is Python on one core), into the on-disk trace
+cache the runs then read. A budget (``--budget-s``, default 450) skips what would not end
+within 8 minutes; what was skipped is listed in ``skipped``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -111,7 +118,7 @@ def targets(smoke: bool):
     ]
 
 
-def validate(smoke: bool, work: Path, budget_s: float, echo) -> dict:
+def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> dict:
     from dialsum.train import length_report, read_tables, setup_model, tiny_texts_from
 
     started = time.perf_counter()
@@ -122,37 +129,46 @@ def validate(smoke: bool, work: Path, budget_s: float, echo) -> dict:
     base = [f"data.{split}={path}" for split, path in data.items()]
     base += [f"training.output_dir={work / 'runs'}", *RUN_OVERRIDES]
     base += SMOKE_OVERRIDES if smoke else []
-    prepared = []
-    for arch, name, model_id, config, family in targets(smoke):
-        if time.perf_counter() - started > budget_s:
-            out["skipped"].append(f"{arch}: real run (time budget)")
-            continue
-        echo(f"[{arch}] model folder, then train + evaluate + predict")
-        probe_cfg = gpu_check.section(CONFIG, name, base)
-        folder = gpu_check.write_model_folder(
-            config, family, tiny_texts_from(probe_cfg)(), work / arch
-        )
-        overrides = [*base, f"model.name={folder}", f"tokenizer.name={folder}"]
-        cfg = gpu_check.section(CONFIG, name, overrides)
-        out["runs"][arch] = {"model": model_id, **gpu_check.real_run(cfg, work, echo=None)}
-        prepared.append((arch, name, overrides))
-        _free()
     if smoke:  # the same proportions in units of 3/16 MiB: 3, 4.5 and 7.5 MiB
         sizes = [(s * 3 * MIB // 16, f"{s * 3 / 16:g}MiB") for s in SIZES_GIB]
     else:
         sizes = [(s * GIB, f"{s}GB") for s in SIZES_GIB]
-    for arch, name, overrides in prepared:
+    emulations = [gpu_check.Emulation(size, label, cuda=not smoke) for size, label in sizes]
+    prepared = []
+    for arch, name, model_id, config, family in targets(smoke):
+        echo(f"[{arch}] model folder (random weights, tiny tokenizer)")
+        texts = tiny_texts_from(gpu_check.section(CONFIG, name, base))()
+        folder = gpu_check.write_model_folder(config, family, texts, work / arch)
+        prepared.append((arch, name, model_id, [*base, f"model.name={folder}",
+                                                 f"tokenizer.name={folder}"]))  # fmt: skip
+    real_gpu = None if smoke else _detected_gpu()
+    tasks = [gpu_check.PlanTask(CONFIG, name, tuple(o), real_gpu) for _, name, _, o in prepared]
+    tasks += [gpu_check.PlanTask(CONFIG, name, (*o, *e.overrides()))
+              for _, name, _, o in prepared for e in emulations]  # fmt: skip
+    gpu_check.prefill_trace_cache(tasks, workers, echo=echo)
+
+    ran = []
+    for arch, name, model_id, overrides in prepared:
+        if time.perf_counter() - started > budget_s:
+            out["skipped"].append(f"{arch}: real run (time budget)")
+            continue
+        echo(f"[{arch}] dialsum train --max-steps 3 with evaluation, then dialsum predict")
+        cfg = gpu_check.section(CONFIG, name, overrides)
+        out["runs"][arch] = {"model": model_id, **gpu_check.real_run(cfg, work, echo=None)}
+        ran.append((arch, name, overrides))
+        _free()
+    for arch, name, overrides in ran:
         cfg = gpu_check.section(CONFIG, name, overrides)
         model, tokenizer = setup_model(cfg)
         train_table, _ = read_tables(cfg, dev=False, echo=lambda *_: None)
         report = length_report(cfg, train_table, tokenizer)
         rows = out["emulated"].setdefault(arch, [])
-        for size, label in sizes:
+        for emulation in emulations:
             if time.perf_counter() - started > budget_s:
-                out["skipped"].append(f"{arch}: emulated {label} (time budget)")
+                out["skipped"].append(f"{arch}: emulated {emulation.label} (time budget)")
                 continue
-            echo(f"[{arch}] emulated {label}: planned settings, then the largest micro-batch")
-            emulation = gpu_check.Emulation(size, label, cuda=not smoke)
+            echo(f"[{arch}] emulated {emulation.label}: the planned settings, then the largest "
+                 "micro-batch that trains")  # fmt: skip
             cfg_for = lambda extra, name=name, overrides=overrides: gpu_check.section(  # noqa: E731
                 CONFIG, name, [*overrides, *extra]
             )
@@ -165,6 +181,12 @@ def validate(smoke: bool, work: Path, budget_s: float, echo) -> dict:
         del model
         _free()
     return out
+
+
+def _detected_gpu():
+    from dialsum.memory.gpus import detect_gpu
+
+    return detect_gpu()
 
 
 def _free() -> None:
@@ -184,7 +206,9 @@ def _ratio(r) -> str:
 
 
 def summary_table(result: dict):
-    """One table: per architecture the phases of the real run, then the emulated GPUs."""
+    """One table: per architecture the phases of the real run (allocated / reserved), then
+    the emulated GPUs (the largest micro-batch dividing the step's rows that trains /
+    the planned one; OOMs at the planned settings as train/eval/predict)."""
     from rich.table import Table
 
     table = Table(title="plan vs run (GiB; ratios measured / planned)")
@@ -214,9 +238,11 @@ def summary_table(result: dict):
             )
             divisor = row["largest_divisor_that_runs"]
             measured = f"largest {row['true_largest_micro_batch']} (divisor {divisor})"
-            ratio = "-" if not divisor else f"{row['planned_micro_batch'] / divisor:.2f}"
+            ratio = "-" if not divisor else f"{divisor / row['planned_micro_batch']:.2f}"
             ooms = row["ooms_at_planned"]
             oom_text = "-" if ooms is None else f"{ooms['train']}/{ooms['eval']}/{ooms['predict']}"
+            if ooms and ooms.get("unrecoverable"):
+                oom_text += " + failed " + ",".join(ooms["unrecoverable"])
             table.add_row(arch, f"emulated {row['gpu']}", planned, measured, ratio, oom_text)
     return table
 
@@ -226,6 +252,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU (no CUDA)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     parser.add_argument("--budget-s", type=float, default=450.0, help="skip work beyond this")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that trace the plans first (default: cores - 1; 0 with --smoke)",
+    )
     args = parser.parse_args(argv)
     out_path = args.out or ROOT / "bench/results" / (
         "gpu_validate_smoke.json" if args.smoke else "gpu_validate.json"
@@ -237,10 +269,13 @@ def main(argv: list[str] | None = None) -> dict:
         from dialsum.gpu_support import prepare_cuda_run
 
         allocator = prepare_cuda_run(print).to_json()  # before anything starts CUDA
+    workers = args.workers
+    if workers is None:
+        workers = 0 if args.smoke else max(0, min((os.cpu_count() or 1) - 1, 12))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-validate-") as work:
         result = validate(
-            args.smoke, Path(work), args.budget_s, echo=lambda m: print(m, flush=True)
+            args.smoke, Path(work), args.budget_s, workers, echo=lambda m: print(m, flush=True)
         )
     head = {
         "format": "gpu_validate/1",

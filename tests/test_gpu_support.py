@@ -201,3 +201,22 @@ def test_fake_v100_stops_before_anything_loads(
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (set by dialsum" in captured.out
     assert calls == []
     assert not runs.exists()
+
+
+def test_plan_rows_for_a_gpu_the_build_cannot_run_name_the_build(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    import dialsum.planning as planning
+    from dialsum.architectures import known_config
+    from dialsum.config import load_section
+
+    monkeypatch.setattr(gpu_support, "installed_build", lambda: CU132)
+    monkeypatch.setattr(gpu_support, "release_archs", lambda: RELEASES)
+    monkeypatch.setattr(planning, "make_plan", lambda *a, **k: SimpleNamespace(warnings=[]))
+    cfg = load_section(ROOT / "config.yaml", "eenzeenee")
+    config = known_config("eenzeenee/t5-base-korean-summarization")
+    (warning,) = planning.plan_for_section(cfg, config, gpu="v100-16gb").warnings
+    assert "cannot run the Tesla V100 16GB (sm_70)" in warning and V100_COMMAND in warning
+    assert planning.plan_for_section(cfg, config, gpu="a100-40gb").warnings == []

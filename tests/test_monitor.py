@@ -152,3 +152,15 @@ def test_callback_on_cpu_reads_nothing() -> None:
     logs: dict[str, float] = {}
     callback.on_log(None, state, None, logs=logs)
     assert logs == {}
+
+
+def test_callback_leaves_eval_and_final_metrics_alone() -> None:
+    phases = PhasePeaks(FakeCounters([GIB]))
+    callback = MemoryMonitorCallback(None, phases=phases, nvml_device=lambda index: None)
+    state = SimpleNamespace(global_step=1)
+    callback.on_step_begin(None, state, None)
+    callback.on_step_end(None, state, None)
+    for logs in ({"eval_loss": 1.0}, {"train_loss": 1.0, "train_runtime": 2.0}):
+        before = dict(logs)
+        callback.on_log(None, state, None, logs=logs)
+        assert logs == before

@@ -22,7 +22,7 @@ from rich.console import Console
 from dialsum.architectures import known_config
 from dialsum.config import load_section
 from dialsum.memory.gpus import resolve_gpu
-from dialsum.memory.overheads import Overheads, required_bytes
+from dialsum.memory.overheads import overheads_for_allocator, required_bytes
 from dialsum.memory.plan import PlanRequest, Simulator, make_plan
 from dialsum.memory.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
 from dialsum.report import (
@@ -133,6 +133,8 @@ def guide(tmp_path_factory: pytest.TempPathFactory):
     # Module-scoped: the autouse fixture is function-scoped, so pin the overheads here too.
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("DIALSUM_CALIBRATION", raising=False)
+        for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "DIALSUM_SET_ALLOC_CONF"):
+            mp.delenv(name, raising=False)
         mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
         fake = FakeSimulator()
         result = build(out, fake)
@@ -223,7 +225,10 @@ def test_yaml_predictions_are_the_fake_numbers(guide) -> None:
     shape = TrainShape(training["micro_batch_size"], 512, 64)
     expected = sum(fake_train_breakdown(config, shape, TrainOptions(precision="bf16")).values())
     assert gpu["predicted"]["train_peak_bytes"] == expected
-    assert gpu["predicted"]["train_required_bytes"] == required_bytes(expected, Overheads())
+    # Documented defaults with the allocator runs use (expandable segments; the fixture
+    # clears any allocator setting of the environment).
+    defaults = overheads_for_allocator("expandable_segments")
+    assert gpu["predicted"]["train_required_bytes"] == required_bytes(expected, defaults)
     # T5 on V100: fp32, never fp16.
     v100 = data["sections"]["eenzeenee"]["gpus"]["v100-16gb"]
     assert v100["settings"]["training"]["precision"] == "fp32"

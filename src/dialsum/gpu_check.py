@@ -34,7 +34,7 @@ import torch
 
 from dialsum.config import SectionConfig, load_section
 from dialsum.geometry import BatchGeometry
-from dialsum.memory.guard import GuardState
+from dialsum.memory.guard import GuardState, OOMUnrecoverable, is_oom
 from dialsum.plan_check import fixed_rows
 
 GIB, MIB = 2**30, 2**20
@@ -244,8 +244,10 @@ def trains_without_oom(model, tokenizer, cfg, settings, emulation, out, target_l
         with emulation.limit(settings, model):
             trainer.train()
         return not trainer.guard.events
-    except TrialOOM:
-        return False
+    except Exception as exc:  # noqa: BLE001 - an OOM of any kind is the answer "no"
+        if isinstance(exc, (TrialOOM, OOMUnrecoverable)) or is_oom(exc):
+            return False
+        raise
     finally:
         del trainer
         model.zero_grad(set_to_none=True)
@@ -259,9 +261,11 @@ def ooms_at_planned(model, tokenizer, cfg, settings, emulation, out, target_len)
 
     trainer = trial_trainer(model, tokenizer, cfg, settings, out, steps=2,
                             target_len=target_len, stop_at_oom=False)  # fmt: skip
+    failed: dict[str, str] = {}  # phase -> the OOM nothing smaller could recover from
     with emulation.limit(settings, model):
-        trainer.train()
-        trainer.evaluate()
+        for phase, run in (("train", trainer.train), ("eval", trainer.evaluate)):
+            with _unrecoverable(failed, phase):
+                run()
     events = [e.phase for e in trainer.guard.events]
     del trainer
     model.zero_grad(set_to_none=True)
@@ -272,14 +276,27 @@ def ooms_at_planned(model, tokenizer, cfg, settings, emulation, out, target_len)
     if emulation.cuda and dtype is not None:
         model.to(dtype)  # generation in the dtype predict casts to
     try:
-        with emulation.limit(settings, model):
+        with emulation.limit(settings, model), _unrecoverable(failed, "predict"):
             generate_summaries(model, tokenizer, rows, generation_kwargs(cfg), progress=False,
                                token_budget=settings.generation_token_budget,
                                max_batch_size=settings.generation_row_cap, stats=stats)  # fmt: skip
     finally:
         model.to(torch.float32)
-    return {"train": events.count("train"), "eval": events.count("eval"),
-            "predict": stats.oom_splits}  # fmt: skip
+    counts = {"train": events.count("train"), "eval": events.count("eval"),
+              "predict": stats.oom_splits}  # fmt: skip
+    return counts | ({"unrecoverable": failed} if failed else {})
+
+
+@contextlib.contextmanager
+def _unrecoverable(failed: dict[str, str], phase: str):
+    """Record an OOM the guard could not recover from (even one row or micro-batch 1)
+    instead of ending the whole validation."""
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - only OOMs are recorded
+        if not (isinstance(exc, OOMUnrecoverable) or is_oom(exc)):
+            raise
+        failed[phase] = str(exc).splitlines()[0][:200]
 
 
 def emulated(
@@ -359,3 +376,50 @@ def _settings_at(cfg: SectionConfig, plan):
         if cfg.hardware.memory_cap_gib is None
         else int(cfg.hardware.memory_cap_gib * GIB),
     )
+
+
+# -- planning ahead, in parallel ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanTask:
+    """One plan the validation will make: a section (with overrides) on a device."""
+
+    config: Path
+    section: str
+    overrides: tuple[str, ...]
+    gpu: Any = None  # a memory.gpus.GPU; None: the section's hardware.gpu / memory cap
+
+
+def plan_in_worker(task: PlanTask) -> str:
+    """Make ``task``'s plan as the run will (same model config, same data lengths), so its
+    traces land in the on-disk trace cache."""
+    from dialsum.planning import plan_for_section
+    from dialsum.train import length_report, read_tables, setup_model
+
+    cfg = section(task.config, task.section, list(task.overrides))
+    model, tokenizer = setup_model(cfg)
+    train_table, _ = read_tables(cfg, dev=False, echo=lambda *_: None)
+    report = length_report(cfg, train_table, tokenizer)
+    plan_for_section(cfg, model.config, report=report, gpu=task.gpu)
+    return task.section
+
+
+def prefill_trace_cache(tasks: list[PlanTask], workers: int, echo=print) -> None:
+    """Trace every plan in parallel processes first (a trace is Python on one core; the
+    real run, the emulated devices and the search then read the cache). A failed worker
+    only costs time: the main pass traces what is missing."""
+    import concurrent.futures as futures
+    import multiprocessing
+
+    if workers < 2 or not tasks:
+        return
+    started = time.perf_counter()
+    context = multiprocessing.get_context("spawn")  # never fork a process that holds CUDA
+    with futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context) as pool:
+        for job in futures.as_completed([pool.submit(plan_in_worker, t) for t in tasks]):
+            try:
+                job.result()
+            except Exception as exc:  # noqa: BLE001 - reported; the main pass recomputes
+                echo(f"prefill: a plan failed in a worker ({exc}); it is traced again later")
+    echo(f"prefill: {len(tasks)} plans traced in {time.perf_counter() - started:.0f}s")

@@ -163,7 +163,7 @@ def unsupported_message(
         f"Install {needed_build_text(capability, build, releases)} "
         "-- then start runs with `uv run --no-sync dialsum ...` (a plain `uv run` syncs the "
         "environment back to uv.lock), or pin the build in pyproject.toml as the README "
-        "section 'Older GPUs' shows. Nothing was loaded or written."
+        "section 'Older GPUs' shows. No data or weights were loaded."
     )
 
 

@@ -197,7 +197,9 @@ class MemoryMonitorCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs: Any):
         # Adding to `logs` sends the numbers to every configured logger (TensorBoard, W&B).
-        if logs is None or not self.measuring:
+        # Only the logging steps' logs (they carry "loss"): the eval and end-of-training
+        # logs are the dicts evaluate() and train() return, the run's metrics.
+        if logs is None or "loss" not in logs or not self.measuring:
             return
         logs.update(self.phases.logs("train"))
         logs.update(self.device_memory())

@@ -22,6 +22,7 @@ temporaries before it updates in place, so its OOMs come before any change.
 from __future__ import annotations
 
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -48,10 +49,20 @@ def guard_optimizer_step(
     retry; ``hint`` (the plan's next ladder step) ends the message of a stop.
     """
 
+    # ``on_retry`` is usually a bound method of the trainer, which holds the optimizer: a
+    # strong reference from the optimizer's step back to it would make a cycle that keeps
+    # the optimizer state (twice the model) alive after the run until the cyclic GC runs.
+    weak_retry = weakref.WeakMethod(on_retry) if hasattr(on_retry, "__self__") else None
+
+    def retry(message: str) -> None:
+        callback = weak_retry() if weak_retry is not None else on_retry
+        if callback is not None:
+            callback(message)
+
     def step(self: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
         # The class's step carries torch's optimizer hooks; call it, not a saved method.
         return run_guarded_step(
-            self, lambda: type(self).step(self, *args, **kwargs), on_retry, hint, cleanup
+            self, lambda: type(self).step(self, *args, **kwargs), retry, hint, cleanup
         )
 
     optimizer.step = types.MethodType(step, optimizer)  # type: ignore[method-assign]

@@ -174,6 +174,9 @@ def measure(
     model, tokenizer, cfg: SectionConfig, setup: Setup, out: Path
 ) -> tuple[dict[str, int], int]:
     """Measured phase peaks of the real run, and the optimizer state bytes it kept."""
+    # Free what earlier runs in this process left in reference cycles first: freed inside
+    # the profiled window, it would be counted against this run.
+    gc.collect()
     baseline = tensor_bytes(model)
     with PhaseRecorder(baseline_bytes=baseline) as recorder:
         trainer = make_trainer(model, tokenizer, cfg, setup, out)

@@ -47,6 +47,11 @@ class CompareResult:
         for rank, row in enumerate(ranked(self.rows), start=1):
             table.add_row(str(rank), *compare_cells(row))
         console.print(table)
+        console.print(
+            "setting: precision micro-batch x accumulation (ckpt: gradient checkpointing); "
+            "GiB: training need with overheads / usable memory",
+            markup=False,
+        )
         if estimated:
             console.print(
                 "estimated: data-sheet peaks and a default efficiency per precision; "

@@ -186,8 +186,8 @@ def compare_cells(row: CompareRow) -> list[str]:
 
 COMPARE_COLUMNS = (
     "GPU",
-    "precision micro x accum.",
-    "memory GiB need/usable",
+    "setting",  # precision micro-batch x accumulation (+ ckpt: gradient checkpointing)
+    "GiB need/usable",
     "step time",
     "tokens/s",
     "epoch",

@@ -170,6 +170,7 @@ def render_time_plot(title: str, curves: Sequence[TimeCurve], path: Path) -> Non
     """Two panels (checkpointing off / on): epoch time vs micro-batch, one line per GPU."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig = Figure(figsize=(11, 5.5), dpi=110)
     FigureCanvasAgg(fig)
@@ -179,19 +180,29 @@ def render_time_plot(title: str, curves: Sequence[TimeCurve], path: Path) -> Non
     for ax, checkpointing in zip(axes, (False, True), strict=True):
         for curve in (c for c in curves if c.checkpointing == checkpointing and c.points):
             xs = [m for m, _ in curve.points]
-            ys = [s / 3600 for _, s in curve.points]
+            ys = [s / 60 for _, s in curve.points]
             ax.plot(xs, ys, marker="o", color=colors[curve.gpu], label=curve.gpu)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ticks = sorted({m for c in curves for m, _ in c.points}) or [1]
         ax.set_xticks(ticks, [str(m) for m in ticks])
         ax.minorticks_off()
+        # Minutes at 1-2-5 steps: a log axis with one decade would show a single label.
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("micro-batch (rows); only settings that fit are drawn")
         ax.set_title(f"gradient checkpointing {'on' if checkpointing else 'off'}")
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel(f"estimated epoch time (hours, {GUIDE_EPOCH_DIALOGUES:,} dialogues)")
-    axes[1].legend(loc="upper right", fontsize=7)
+    axes[0].set_ylabel(f"estimated epoch time (minutes, {GUIDE_EPOCH_DIALOGUES:,} dialogues)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for handle, label in zip(*axes[1].get_legend_handles_labels(), strict=True):
+        if label not in labels:
+            handles.append(handle)
+            labels.append(label)
+    fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(title)
+    fig.subplots_adjust(right=0.84, wspace=0.08)
     fig.savefig(path, format="png")
 
 

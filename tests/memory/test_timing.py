@@ -51,9 +51,9 @@ def test_step_time_exact_on_a_synthetic_gpu() -> None:
     # Issue-bound: tiny kernels, many of them.
     tiny = predict_time(StepCost(10**6, 10**6, 100_000), GPU, "bf16", 0.3)
     assert tiny.seconds == pytest.approx(1.0) and tiny.bound == "kernel issue"
-    # A CPU runs its kernels on the issuing thread: issue time adds.
+    # A CPU runs everything on the issuing thread: the three terms add.
     cpu = predict_time(COST, CPU, "fp32", efficiency=0.6)
-    assert cpu.seconds == pytest.approx(1.01)
+    assert cpu.seconds == pytest.approx(1.0 + 0.3 + 0.01) and cpu.bound == "compute"
     # Default efficiency per precision; a missing precision falls back to the fp32 peak.
     assert predict_time(COST, GPU, "bf16").efficiency == DEFAULT_EFFICIENCY["bf16"]
     assert predict_time(COST, GPU, "fp16", 0.3).seconds == pytest.approx(2.0)
@@ -95,8 +95,8 @@ def test_achieved_efficiency_reproduces_the_measurement() -> None:
     assert achieved_efficiency(COST, GPU, "bf16", measured_s=1.0) == pytest.approx(0.15)
     again = predict_time(COST, GPU, "bf16", achieved_efficiency(COST, GPU, "bf16", 1.0))
     assert again.seconds == pytest.approx(1.0)
-    # CPU: the issue time (0.01 s) is taken off before dividing.
-    assert achieved_efficiency(COST, CPU, "fp32", 1.01) == pytest.approx(0.6)
+    # CPU: the memory (0.3 s) and issue (0.01 s) times are taken off before dividing.
+    assert achieved_efficiency(COST, CPU, "fp32", 1.31) == pytest.approx(0.6)
 
 
 def test_calibration_file_round_trip(tmp_path) -> None:
@@ -134,6 +134,9 @@ def test_micro_batches_are_padded_to_their_own_longest_row() -> None:
     lengths = [(10, 3), (4, 1), (8, 2), (6, 5), (2, 2)]
     steps = step_micro_batches(lengths, [0, 2, 3, 1, 4], per_step_rows=4, micro=2)
     assert steps == [[(2, 10, 3), (2, 6, 5)], [(1, 2, 2)]]
+    # All rows alike (no data: the config limits): the same, without per-row work.
+    uniform = step_micro_batches([(10, 2)] * 10, list(range(10)), per_step_rows=4, micro=3)
+    assert uniform == [[(3, 10, 2), (1, 10, 2)]] * 2 + [[(2, 10, 2)]]
 
 
 def test_length_scale_weighs_source_and_target_tokens() -> None:
