@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+import transformers
+
 from dialsum.config import SectionConfig, load_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,3 +32,20 @@ def tiny_section(output_dir: Path, *extra: str) -> SectionConfig:
         *extra,
     ]
     return load_section(ROOT / "config.yaml", "tiny", overrides)
+
+
+def micro_t5(**overrides) -> transformers.T5ForConditionalGeneration:
+    """A one-layer T5 (vocabulary 64, d_model 16), random weights from seed 0."""
+    torch.manual_seed(0)
+    fields = dict(
+        vocab_size=64, d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2,
+        d_kv=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    return transformers.T5ForConditionalGeneration(transformers.T5Config(**(fields | overrides)))
+
+
+def micro_t5_and_batch() -> tuple[transformers.T5ForConditionalGeneration, dict]:
+    """``micro_t5()`` and a 2-row batch (8 source, 5 label tokens) drawn right after it."""
+    model = micro_t5()
+    batch = {"input_ids": torch.randint(2, 64, (2, 8)), "labels": torch.randint(2, 64, (2, 5))}
+    return model, batch

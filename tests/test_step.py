@@ -23,26 +23,13 @@ from dialsum.step import (
     step_forward_backward,
     token_sum_loss,
 )
+from helpers import micro_t5
 
 VOCAB = 64
 
 
 def tiny_t5() -> transformers.T5ForConditionalGeneration:
-    torch.manual_seed(0)
-    config = transformers.T5Config(
-        vocab_size=VOCAB,
-        d_model=16,
-        d_ff=32,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        d_kv=8,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return transformers.T5ForConditionalGeneration(config).eval()
+    return micro_t5(dropout_rate=0.0).eval()
 
 
 def tiny_bart() -> transformers.BartForConditionalGeneration:

@@ -120,3 +120,30 @@ class BatchGeometry:
             "micro_batch_size": self.micro_batch_size,
             "gradient_accumulation_steps": self.gradient_accumulation_steps,
         }
+
+
+class GeometryView:
+    """The batch numbers of an object that holds a ``geometry`` (a plan, run settings)."""
+
+    geometry: BatchGeometry
+
+    @property
+    def world_size(self) -> int:
+        return self.geometry.world_size
+
+    @property
+    def per_step_rows(self) -> int:
+        """Rows one rank processes per optimizer step."""
+        return self.geometry.per_rank_rows
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.geometry.micro_batch_size
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        return self.geometry.gradient_accumulation_steps
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.geometry.effective_batch_size

@@ -19,7 +19,7 @@ import torch
 from dialsum.batching import generation_token_budget
 from dialsum.config import SectionConfig
 from dialsum.errors import ConfigError, UserError
-from dialsum.geometry import BatchGeometry, per_rank_rows
+from dialsum.geometry import BatchGeometry, GeometryView, per_rank_rows
 from dialsum.memory.plan import resolve_optimizer
 
 _GIB = 2**30
@@ -32,7 +32,7 @@ CPU_BATCH = 32
 
 
 @dataclass
-class Settings:
+class Settings(GeometryView):
     device: str  # "cpu" | "cuda"
     geometry: BatchGeometry
     eval_batch_size: int
@@ -50,27 +50,6 @@ class Settings:
     warnings: list[str] = field(default_factory=list)
     next_ladder_step: str | None = None
     plan: dict[str, Any] | None = None
-
-    @property
-    def world_size(self) -> int:
-        return self.geometry.world_size
-
-    @property
-    def per_step_rows(self) -> int:
-        """Rows one rank processes per optimizer step."""
-        return self.geometry.per_rank_rows
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.geometry.micro_batch_size
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.geometry.gradient_accumulation_steps
-
-    @property
-    def effective_batch_size(self) -> int:
-        return self.geometry.effective_batch_size
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)

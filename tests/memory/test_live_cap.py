@@ -6,10 +6,10 @@ import gc
 
 import pytest
 import torch
-import transformers
 
 from dialsum.memory.guard import is_oom
 from dialsum.memory.live_cap import LiveBytesCap
+from helpers import micro_t5_and_batch
 
 MiB = 1 << 20
 
@@ -24,25 +24,7 @@ def _storage_bytes(tensors) -> int:
 
 @pytest.fixture(scope="module")
 def tiny_t5():
-    torch.manual_seed(0)
-    config = transformers.T5Config(
-        vocab_size=64,
-        d_model=16,
-        d_ff=32,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        d_kv=8,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    model = transformers.AutoModelForSeq2SeqLM.from_config(config)
-    batch = {
-        "input_ids": torch.randint(2, 64, (2, 8)),
-        "labels": torch.randint(2, 64, (2, 5)),
-    }
-    return model, batch
+    return micro_t5_and_batch()
 
 
 def _register(cap: LiveBytesCap, model: torch.nn.Module, batch: dict) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-import transformers
 
 from dialsum.memory.live_cap import LiveBytesCap
 from dialsum.memory.measure import PhaseRecorder, measure_phase_peaks
+from helpers import micro_t5_and_batch
 
 MiB = 1 << 20
 BASELINE_BYTES = 100  # stands for weights allocated before profiling
@@ -76,25 +76,7 @@ def test_autograd_backward_on_cpu_is_measured_exactly():
 
 @pytest.fixture(scope="module")
 def tiny_t5():
-    torch.manual_seed(0)
-    config = transformers.T5Config(
-        vocab_size=64,
-        d_model=16,
-        d_ff=32,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        d_kv=8,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    model = transformers.AutoModelForSeq2SeqLM.from_config(config)
-    batch = {
-        "input_ids": torch.randint(2, 64, (2, 8)),
-        "labels": torch.randint(2, 64, (2, 5)),
-    }
-    return model, batch
+    return micro_t5_and_batch()
 
 
 def test_tiny_t5_step_agrees_with_live_bytes_cap(tiny_t5):

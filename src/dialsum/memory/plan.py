@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from dialsum.batching import generation_cost, generation_token_budget
 from dialsum.errors import ConfigError
-from dialsum.geometry import BatchGeometry, divisors
+from dialsum.geometry import BatchGeometry, GeometryView, divisors
 from dialsum.memory.gpus import GPU, catalog
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
 from dialsum.memory.profile import (
@@ -485,7 +485,7 @@ def predict_generate_options(precision: str, device: str = "cuda") -> GenerateOp
 
 
 @dataclass
-class Plan:
+class Plan(GeometryView):
     """Batch settings for one GPU, with the numbers and the reasons behind them.
 
     ``generation_token_budget`` counts ``step.generation_cost`` tokens ((source + new) x
@@ -524,22 +524,6 @@ class Plan:
     alternatives: list[str] = field(default_factory=list)
     architecture: dict[str, Any] = field(default_factory=dict)
     timing: PlanTiming | None = None  # FLOPs and predicted step time (``memory.timing``)
-
-    @property
-    def micro_batch_size(self) -> int:
-        return self.geometry.micro_batch_size
-
-    @property
-    def gradient_accumulation_steps(self) -> int:
-        return self.geometry.gradient_accumulation_steps
-
-    @property
-    def effective_batch_size(self) -> int:
-        return self.geometry.effective_batch_size
-
-    @property
-    def world_size(self) -> int:
-        return self.geometry.world_size
 
     @property
     def source_len_cut(self) -> bool:
