@@ -52,7 +52,7 @@ def guard_optimizer_step(
     # ``on_retry`` is usually a bound method of the trainer, which holds the optimizer: a
     # strong reference from the optimizer's step back to it would make a cycle that keeps
     # the optimizer state (twice the model) alive after the run until the cyclic GC runs.
-    weak_retry = weakref.WeakMethod(on_retry) if hasattr(on_retry, "__self__") else None
+    weak_retry = weakref.WeakMethod(on_retry) if isinstance(on_retry, types.MethodType) else None
 
     def retry(message: str) -> None:
         callback = weak_retry() if weak_retry is not None else on_retry

@@ -365,7 +365,9 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
         and run_finished(resumed[1], cfg.training)
     )
     with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
-        model, tokenizer = setup_model(cfg, checkpoint=resumed[1] if finished else None)
+        model, tokenizer = setup_model(
+            cfg, checkpoint=final_model(resumed[1]) if finished else None
+        )
     report = length_report(cfg, train_table, tokenizer)
     echo(report.format())
     guard = None
@@ -415,6 +417,19 @@ def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> 
         guard.save(run.guard)
         write_json_atomic(run.metrics, metrics | {"memory": memory.to_json()})
     return TrainResult(run=run, metrics=metrics, settings=settings)
+
+
+def final_model(checkpoint: Path) -> Path:
+    """The model a finished run ends with: its best checkpoint when one was tracked (as
+    ``load_best_model_at_end`` would load), else its last checkpoint."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        best = state.get("best_model_checkpoint")
+    except (OSError, ValueError):
+        best = None
+    if best and (Path(best) / "config.json").is_file():
+        return Path(best)
+    return checkpoint
 
 
 def run_finished(checkpoint: Path, t: TrainingConfig) -> bool:
