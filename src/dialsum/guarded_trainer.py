@@ -371,7 +371,8 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             first = int(getattr(self, "_initial_global_step", 0)) + 1
             return {"train_loss_steps": f"{first}-{steps} (resumed part only: no record "
                     "of the earlier steps in the checkpoint)"}  # fmt: skip
-        total = prior_sum + self._total_loss_scalar_final()
+        # After train() the Trainer has drained the remainder into its running total.
+        total = prior_sum + float(self._total_loss_scalar)
         return {"train_loss": total / max(steps, 1), "train_loss_steps": f"1-{steps}"}
 
     def finished_run_metrics(self, checkpoint: Path) -> dict[str, Any]:
@@ -381,10 +382,6 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
             return {}
         self.state.global_step = steps
         return {"train_loss": loss_sum / steps, "train_loss_steps": f"1-{steps}"}
-
-    def _total_loss_scalar_final(self) -> float:
-        # After train() the Trainer has drained the remainder into its running total.
-        return float(self._total_loss_scalar)
 
     # ------------------------------------------------------------------ bookkeeping
 

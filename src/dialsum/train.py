@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, GenerationConfig, Seq2SeqTrainin
 from dialsum import data as data_mod
 from dialsum import distributed
 from dialsum.architectures import set_dropout
-from dialsum.config import SectionConfig, TrainingConfig, section_from_dict
+from dialsum.config import SectionConfig, TrainingConfig
 from dialsum.deepspeed_config import config_for_run, require_deepspeed
 from dialsum.errors import UserError
 from dialsum.gpu_support import prepare_cuda_run
@@ -537,12 +537,3 @@ def build_trainer(
         optimizer_name=settings.optimizer,
         memory_phases=monitor.phases,
     )
-
-
-def load_run_config(run: RunDir) -> SectionConfig:
-    """The resolved section saved in a run folder."""
-    import yaml
-
-    raw = yaml.safe_load(run.config.read_text(encoding="utf-8"))
-    name = raw.pop("section", run.path.parent.name)
-    return section_from_dict(raw, name)
