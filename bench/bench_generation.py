@@ -25,11 +25,16 @@ from pathlib import Path
 
 import torch
 
-from dialsum import data as data_mod
-from dialsum.batching import fixed_batches, generation_cost, restore_order, token_budget_batches
-from dialsum.config import load_section
-from dialsum.infer import _generate_rows, generate_summaries
-from dialsum.train import generation_kwargs, setup_model
+from dialsum.core.config import load_section
+from dialsum.data import dataset as data_mod
+from dialsum.inference.batching import (
+    fixed_batches,
+    generation_cost,
+    restore_order,
+    token_budget_batches,
+)
+from dialsum.inference.generate import _generate_rows, generate_summaries
+from dialsum.training.recipe import generation_kwargs, setup_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

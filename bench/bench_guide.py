@@ -27,7 +27,7 @@ WARM_TARGET_S = 5.0
 
 def _child(args: argparse.Namespace) -> None:
     """One guide build; prints its JSON summary as the last stdout line."""
-    from dialsum.report import build_guide
+    from dialsum.report.guide import build_guide
 
     result = build_guide(
         args.config,

@@ -10,7 +10,7 @@ the CPU with real tensors:
 - a ``predict`` pass (``infer.generate_summaries``, after the trainer is gone);
 
 and measures each phase's peak live tensor bytes with ``torch.profiler`` memory events
-(``dialsum.memory.measure``: independent of the simulator). The simulator predicts the
+(``dialsum.checks.measure``: independent of the simulator). The simulator predicts the
 same phases with ``device="cpu"`` (CPU kernels, exact bytes), as ``dialsum plan --gpu cpu``
 does. Targets: training within +-5 %, generation within +-10 %.
 
@@ -45,17 +45,17 @@ from pathlib import Path
 import torch
 from transformers import BartConfig, T5Config
 
-from dialsum.architectures import load_config, model_from_config
-from dialsum.config import load_section
-from dialsum.geometry import divisors
+from dialsum.checks.cpu_loop import Setup, compare, make_trainer, measure, predict
+from dialsum.core.config import load_section
 from dialsum.memory.gpus import cpu_device
 from dialsum.memory.live_cap import LiveBytesCap
 from dialsum.memory.plan import Plan, PlanRequest, largest_fitting, make_plan
 from dialsum.memory.profile import TrainOptions, TrainShape
+from dialsum.memory.section import overheads_for
 from dialsum.memory.simulate import simulate_train
-from dialsum.plan_check import Setup, compare, make_trainer, measure, predict
-from dialsum.planning import overheads_for
-from dialsum.train import setup_model
+from dialsum.models.architectures import load_config, model_from_config
+from dialsum.training.geometry import divisors
+from dialsum.training.recipe import setup_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30

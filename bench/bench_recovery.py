@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dialsum.config import load_section
-from dialsum.train import run_training
+from dialsum.core.config import load_section
+from dialsum.training.recipe import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_plan_vs_run_cpu import Bench, build  # noqa: E402 - the same models and tokenizer
 
+from dialsum.checks.cpu_loop import Setup, make_trainer  # noqa: E402
 from dialsum.memory.cpu_spec import measured_cpu_spec  # noqa: E402
 from dialsum.memory.profile import TrainOptions, TrainShape  # noqa: E402
 from dialsum.memory.simulate import simulate_train  # noqa: E402
@@ -47,8 +48,7 @@ from dialsum.memory.timing import (  # noqa: E402
     step_time_of,
     train_step_cost,
 )
-from dialsum.plan_check import Setup, make_trainer  # noqa: E402
-from dialsum.step_timer import StepTimer  # noqa: E402
+from dialsum.training.step_timer import StepTimer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.25

@@ -4,7 +4,7 @@
     uv run python bench/gpu_validate.py --smoke        # CPU: the same code path, tiny model
 
 For each architecture (eenzeenee T5, csebuetnlp mT5, digit82 KoBART: random weights from
-the shipped config.json, the tiny tokenizer, no downloads; see ``dialsum.gpu_check``):
+the shipped config.json, the tiny tokenizer, no downloads; see ``dialsum.checks.gpu_runs``):
 
 1. the real run: ``dialsum train --max-steps 3`` with evaluation, then ``dialsum
    predict``, at the settings the run plans for this GPU, on dialogues that fill the
@@ -63,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from dialsum import gpu_check
+from dialsum.checks import gpu_runs as gpu_check
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
@@ -111,7 +111,7 @@ def targets(smoke: bool):
                           tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
                           decoder_start_token_id=0)  # fmt: skip
         return [("tiny", "tiny", "tiny T5 (random init)", config, "t5")]
-    from dialsum.architectures import known_config
+    from dialsum.models.architectures import known_config
 
     return [
         (sec, sec, model_id, known_config(model_id), fam) for sec, model_id, fam in ARCHITECTURES
@@ -119,7 +119,7 @@ def targets(smoke: bool):
 
 
 def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> dict:
-    from dialsum.train import length_report, read_tables, setup_model, tiny_texts_from
+    from dialsum.training.recipe import length_report, read_tables, setup_model, tiny_texts_from
 
     started = time.perf_counter()
     out: dict = {"runs": {}, "emulated": {}, "skipped": []}
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.smoke:
         if not torch.cuda.is_available():
             sys.exit("gpu_validate needs a CUDA GPU; run it with --smoke on a CPU")
-        from dialsum.gpu_support import prepare_cuda_run
+        from dialsum.core.gpu_support import prepare_cuda_run
 
         allocator = prepare_cuda_run(print).to_json()  # before anything starts CUDA
     workers = args.workers

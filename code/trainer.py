@@ -57,10 +57,10 @@ def to_cli_args(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def check_test_file(ns: argparse.Namespace) -> int:
     """Validate the test CSV before training: a bad path or file must not cost a run."""
-    from dialsum.cli import err_console
-    from dialsum.config import load_section
-    from dialsum.data import read_dialogue_csv
-    from dialsum.errors import UserError
+    from dialsum.cli.app import err_console
+    from dialsum.core.config import load_section
+    from dialsum.core.errors import UserError
+    from dialsum.data.dataset import read_dialogue_csv
 
     try:
         cfg = load_section(ns.config, ns.section, list(ns.set))
@@ -72,7 +72,7 @@ def check_test_file(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dialsum.cli import main as dialsum_main
+    from dialsum.cli.app import main as dialsum_main
 
     ns = build_parser().parse_args(argv)
     train, predict = to_cli_args(ns)

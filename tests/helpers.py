@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from dialsum.config import SectionConfig, load_section
+from dialsum.core.config import SectionConfig, load_section
 
 ROOT = Path(__file__).resolve().parents[1]
 

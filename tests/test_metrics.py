@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 from transformers.trainer_utils import EvalPrediction
 
-from dialsum.errors import DataError
+from dialsum.core.errors import DataError
 from dialsum.metrics import (
     KoreanTokenizer,
     decode_keep_special,
@@ -214,7 +214,7 @@ def test_evaluate_files_extra_predictions(tmp_path: Path, ref_csv: Path) -> None
 
 
 def test_evaluate_files_bad_inputs(tmp_path: Path, ref_csv: Path) -> None:
-    # Both files go through dialsum.data's reader: its messages and spreadsheet line numbers.
+    # Both files go through the strict dialogue reader: its messages and spreadsheet line numbers.
     no_col = write_csv(tmp_path / "a.csv", [["fname", "text"], ["dev_0", PRED]])
     with pytest.raises(DataError, match="missing required column.*summary"):
         evaluate_files(no_col, ref_csv)

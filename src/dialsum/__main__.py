@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from dialsum.cli import main
+from dialsum.cli.app import main
 
 raise SystemExit(main())

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from rouge_score import rouge_scorer
 
-from dialsum import data as data_mod
-from dialsum.errors import DataError
+from dialsum.core.errors import DataError
+from dialsum.data import dataset as data_mod
 
 if TYPE_CHECKING:
     from kiwipiepy import Kiwi
@@ -220,7 +220,7 @@ def evaluate_files(pred_csv: str | Path, ref_csv: str | Path) -> dict[str, float
 
     The reference CSV is the competition dev format ``fname,dialogue,summary`` with
     optional extra references in ``summary1..summary3``. Both files go through the strict
-    reader training and ``predict`` use (``dialsum.data``): the same encodings, the same
+    reader training and ``predict`` use (``dialsum.data.dataset``): the same encodings, the same
     row checks (a row shifted by an unquoted comma is an error, not half a summary) and
     the same cleaning, so this scores exactly what training-time evaluation scores. Rows
     pair up by fname; a prediction missing or extra is a ``DataError``.

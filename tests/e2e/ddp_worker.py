@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-import dialsum.train
-from dialsum.cli import main
+import dialsum.training.recipe
+from dialsum.cli.app import main
 
 
 def oom_injector(rank: int, target: int | None, above: int, oom_phase: str = "train"):
@@ -59,7 +59,7 @@ class DumpAtEnd(TrainerCallback):
         (self.out / f"rank{self.rank}.json").write_text(json.dumps(record))
 
 
-ORIGINAL_BUILD_TRAINER = dialsum.train.build_trainer
+ORIGINAL_BUILD_TRAINER = dialsum.training.recipe.build_trainer
 
 
 def install_hooks(out: Path, run: dict) -> None:
@@ -74,7 +74,7 @@ def install_hooks(out: Path, run: dict) -> None:
         trainer.add_callback(DumpAtEnd(trainer, out, rank))
         return trainer
 
-    dialsum.train.build_trainer = build_trainer
+    dialsum.training.recipe.build_trainer = build_trainer
 
 
 def run_all(spec: dict) -> int:

@@ -22,10 +22,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dialsum.config import load_section
-from dialsum.memory.guard import GuardState
-from dialsum.runs import latest_run
-from dialsum.train import run_training
+from dialsum.core.config import load_section
+from dialsum.core.runs import latest_run
+from dialsum.training.oom_guard import GuardState
+from dialsum.training.recipe import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("ddp_worker.py")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dialsum.cli import main
+from dialsum.cli.app import main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config.yaml"

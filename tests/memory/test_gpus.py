@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dialsum.errors import ConfigError
+from dialsum.core.errors import ConfigError
 from dialsum.memory import gpus
 from dialsum.memory.gpus import GPU, catalog, detect_gpu, gpu_from_properties, resolve_gpu
 

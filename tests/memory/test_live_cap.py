@@ -7,8 +7,8 @@ import gc
 import pytest
 import torch
 
-from dialsum.memory.guard import is_oom
 from dialsum.memory.live_cap import LiveBytesCap
+from dialsum.training.oom_guard import is_oom
 from helpers import micro_t5_and_batch
 
 MiB = 1 << 20

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dialsum.errors import ConfigError
+from dialsum.core.errors import ConfigError
 from dialsum.memory.gpus import GPU, resolve_gpu
 from dialsum.memory.overheads import (
     ALLOCATOR_FRAGMENTATION,

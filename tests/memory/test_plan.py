@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 from transformers import T5Config
 
-import dialsum.step as step_mod
-from dialsum.architectures import known_config
-from dialsum.errors import ConfigError
+import dialsum.training.step as step_mod
+from dialsum.core.errors import ConfigError
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
 from dialsum.memory.plan import (
@@ -46,6 +45,7 @@ from dialsum.memory.profile import (
     TrainOptions,
     TrainShape,
 )
+from dialsum.models.architectures import known_config
 
 KIB = 2**10
 MIB = 2**20

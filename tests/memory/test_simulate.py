@@ -9,7 +9,6 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import BartConfig, T5Config
 
-from dialsum.architectures import KNOWN_PARAM_COUNTS, known_config
 from dialsum.memory.allocator import round_allocation_bytes, segment_bytes
 from dialsum.memory.fake_model import fake_model_from_config, unique_params
 from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
@@ -19,6 +18,7 @@ from dialsum.memory.simulate import (
     simulate_train,
     weights_bytes,
 )
+from dialsum.models.architectures import KNOWN_PARAM_COUNTS, known_config
 
 MIB = 1 << 20
 

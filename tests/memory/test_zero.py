@@ -10,8 +10,7 @@ from __future__ import annotations
 import pytest
 from transformers import T5Config
 
-from dialsum.architectures import known_config, model_from_config
-from dialsum.errors import ConfigError
+from dialsum.core.errors import ConfigError
 from dialsum.memory.gpus import GPU
 from dialsum.memory.overheads import Overheads
 from dialsum.memory.plan import PlanRequest, Simulator, make_plan
@@ -29,6 +28,7 @@ from dialsum.memory.zero import (
     stage3_bucket_elements,
     zero_state_bytes,
 )
+from dialsum.models.architectures import known_config, model_from_config
 
 GIB = 2**30
 P = 1_000_000_000  # divisible by every N below, so shards are exact

@@ -13,7 +13,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 
-from dialsum.architectures import model_from_config
+from dialsum.models.architectures import model_from_config
 
 # LoRA targets per family: the attention projections.
 LORA_TARGETS: dict[str, list[str]] = {

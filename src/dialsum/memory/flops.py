@@ -308,7 +308,7 @@ def _linear_flops_per_token(config_json: str, config_class) -> tuple[int, int]:
 
     from torch import nn
 
-    from dialsum.architectures import model_from_config
+    from dialsum.models.architectures import model_from_config
 
     config = config_class.from_dict(json.loads(config_json))
     model = model_from_config(config, device="meta")

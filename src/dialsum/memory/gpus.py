@@ -14,7 +14,7 @@ import difflib
 import re
 from dataclasses import dataclass
 
-from dialsum.errors import ConfigError
+from dialsum.core.errors import ConfigError
 
 _MIB = 2**20
 _GIB = 2**30

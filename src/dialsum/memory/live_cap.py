@@ -11,7 +11,7 @@ as on a GPU) is dropped, e.g. by ``guard.run_with_oom_retry``; it is never count
 what the partial step did count leaves the total as its storages die. Registering
 tensors beyond the cap raises the same way, like loading a model onto a small device.
 The message reads like the CUDA allocator's, and the type is what
-``dialsum.memory.guard.is_oom`` recognises, so retry code is exercised end to end.
+``dialsum.training.oom_guard.is_oom`` recognises, so retry code is exercised end to end.
 
 Where it works: forward, autograd backward (CPU backward runs on the calling thread, which
 carries the dispatch mode; the OOM reaches the caller of ``backward()`` as the very same

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
-from dialsum.errors import ConfigError
+from dialsum.core.errors import ConfigError
 from dialsum.memory.gpus import GPU
 
 _MIB = 2**20
@@ -209,7 +209,7 @@ def default_overheads() -> Overheads:
     location may be absent. A fragmentation measured under the other allocator mode does
     not apply: the mode's allowance is kept (a file without ``allocator`` applies as is).
     """
-    from dialsum.allocator_env import planned_allocator_mode
+    from dialsum.core.allocator_env import planned_allocator_mode
 
     base = overheads_for_allocator(planned_allocator_mode())
     path = default_calibration_path()

@@ -20,9 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from dialsum.batching import generation_cost, generation_token_budget
-from dialsum.errors import ConfigError
-from dialsum.geometry import BatchGeometry, GeometryView, divisors
+from dialsum.core.errors import ConfigError
+from dialsum.inference.batching import generation_cost, generation_token_budget
 from dialsum.memory.gpus import GPU, catalog
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
 from dialsum.memory.profile import (
@@ -44,6 +43,7 @@ from dialsum.memory.zero import (
     sharded_profile_peak_bytes,
     zero_state_bytes,
 )
+from dialsum.training.geometry import BatchGeometry, GeometryView, divisors
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -396,7 +396,7 @@ def _ladder_optimizers(request: PlanRequest, gpu: GPU | None) -> list[str]:
     if request.optimizer != "auto":
         return []
     found = [name for name in ("adafactor", "adamw8bit") if name in request.fallbacks]
-    from dialsum.step import optimizer_available  # late: imports torch
+    from dialsum.training.step import optimizer_available  # late: imports torch
 
     on_gpu = gpu is None or not gpu.is_cpu
     return [n for n in found if n != "adamw8bit" or (on_gpu and optimizer_available(n))]
@@ -650,7 +650,7 @@ class _Planner:
 
     def largest_layer(self) -> int:
         if self._largest_layer is None:
-            from dialsum.architectures import model_from_config
+            from dialsum.models.architectures import model_from_config
 
             meta = model_from_config(self.request.model_config, device="meta")
             self._largest_layer = largest_layer_params(meta)
@@ -1121,7 +1121,7 @@ def _estimate_time(
 
 
 def _architecture(config: PretrainedConfig) -> dict[str, Any]:
-    from dialsum.architectures import architecture_facts
+    from dialsum.models.architectures import architecture_facts
 
     return architecture_facts(config)
 

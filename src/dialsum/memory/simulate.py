@@ -57,7 +57,7 @@ from dialsum.memory.profile import (
     TrainShape,
 )
 from dialsum.memory.tracer import LiveStorageTracker, PeakRecord, RoundFn
-from dialsum.step import build_optimizer, step_forward_backward
+from dialsum.training.step import build_optimizer, step_forward_backward
 
 TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
 GENERATE_CATEGORIES = ("weights", "activations", "kv_cache", "logits", "temporaries")
@@ -107,7 +107,7 @@ def weights_bytes(
         return config_or_params * itemsize
     module = config_or_params
     if isinstance(config_or_params, PretrainedConfig):
-        from dialsum.architectures import model_from_config
+        from dialsum.models.architectures import model_from_config
 
         module = model_from_config(copy.deepcopy(config_or_params), device="meta")
     tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()

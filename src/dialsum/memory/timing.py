@@ -278,7 +278,7 @@ def read_efficiencies(path: Path) -> dict[str, dict[str, float]]:
 
 def record_efficiency(path: Path, slug: str, precision: str, efficiency: float) -> None:
     """Add one measured efficiency to the calibration file, keeping everything else."""
-    from dialsum.runs import write_json_atomic
+    from dialsum.core.runs import write_json_atomic
 
     path = Path(path)
     try:

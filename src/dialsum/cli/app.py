@@ -1,0 +1,469 @@
+"""Command line: one function per verb; parsing and printing only.
+
+User errors (``UserError``) print one clear message and exit with code 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dialsum.core.errors import UserError
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="dialsum",
+    help="Memory-aware fine-tuning and inference of seq2seq summarizers (T5, mT5, BART) "
+    "on Korean dialogue data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SectionOpt = Annotated[str, typer.Option("--section", "-s", help="Section of the config file.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a key relative to the section: training.seed=1."),
+]
+
+
+def echo(message: str) -> None:
+    # soft_wrap: long paths and commands stay on one line (copy-pastable).
+    console.print(message, markup=False, soft_wrap=True)
+
+
+def print_json(data: object) -> None:
+    """Plain stdout, never wrapped or styled, so the output parses when piped."""
+    import json
+
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _overrides(
+    sets: list[str] | None,
+    *,
+    max_steps: int | None = None,
+    save_steps: int | None = None,
+    train_data: Path | None = None,
+    val_data: Path | None = None,
+    test_data: Path | None = None,
+    output_dir: Path | None = None,
+) -> list[str]:
+    """Command-line flags expressed as ``--set`` overrides (one code path for both)."""
+    out = list(sets or [])
+    if max_steps is not None:
+        out.append(f"training.max_steps={max_steps}")
+    if save_steps is not None:
+        # Saving every N steps: evaluation (if on) moves to the same rhythm so the best
+        # checkpoint can be picked among the saved ones.
+        out += ["training.save_strategy=steps", f"training.save_steps={save_steps}"]
+        out.append(f"training.eval_steps={save_steps}")
+    for key, value in (
+        ("data.train", train_data),
+        ("data.dev", val_data),
+        ("data.test", test_data),
+        ("training.output_dir", output_dir),
+    ):
+        if value is not None:
+            out.append(f"{key}={value}")
+    return out
+
+
+def _load(config: Path, section: str, overrides: list[str]):
+    from dialsum.core.config import load_section
+
+    cfg = load_section(config, section, overrides)
+    saving_by_steps = any(o.startswith("training.save_strategy=steps") for o in overrides)
+    if saving_by_steps and cfg.training.eval_strategy == "epoch":
+        cfg.training.eval_strategy = "steps"
+    return cfg
+
+
+@app.command()
+def train(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "eenzeenee",
+    set_: SetOpt = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+    save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
+    train_data: Annotated[Path | None, typer.Option(help="Training CSV.")] = None,
+    val_data: Annotated[Path | None, typer.Option(help="Validation CSV.")] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="Folder for run folders.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue a run exactly as saved: 'latest' (the newest run of the section "
+            "with a checkpoint; a bare --resume means this) or a run folder PATH."
+        ),
+    ] = None,
+    override_on_resume: Annotated[
+        bool,
+        typer.Option(help="With --resume: apply the given flags/--set to the saved config."),
+    ] = False,
+) -> None:
+    """Fine-tune a model on a config section.
+
+    \b
+    Examples:
+      dialsum train -c config.yaml -s eenzeenee
+      dialsum train -s kobart --set training.learning_rate=3e-5 --max-steps 100
+      dialsum train -s eenzeenee --resume
+      dialsum train -s eenzeenee --resume runs/eenzeenee/20260101-120000
+      dialsum train -s eenzeenee --resume --max-steps 2000 --override-on-resume
+      torchrun --nproc_per_node 4 -m dialsum train -s kobart   # 4 GPUs, same config
+    """
+    overrides = _overrides(
+        set_,
+        max_steps=max_steps,
+        save_steps=save_steps,
+        train_data=train_data,
+        val_data=val_data,
+        output_dir=output_dir,
+    )
+    # The config is checked before torch/transformers are imported (seconds).
+    cfg = _load(config, section, overrides)
+    from dialsum.training.distributed import is_main_process
+    from dialsum.training.recipe import run_training
+
+    result = run_training(
+        cfg,
+        resume=resume,
+        resume_overrides=overrides,
+        override_on_resume=override_on_resume,
+        echo=echo,
+    )
+    if not is_main_process():
+        return
+    _print_metrics("training finished", result.metrics)
+    echo(f"run folder: {result.run.path}")
+    echo(f"best model: {result.run.best}")
+
+
+@app.command()
+def predict(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "eenzeenee",
+    set_: SetOpt = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Model folder; default: best model of the latest run.")
+    ] = None,
+    test_data: Annotated[Path | None, typer.Option(help="Test CSV (fname, dialogue).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Submission CSV to write.")] = None,
+) -> None:
+    """Summarize the test dialogues and write the submission CSV (fname,summary).
+
+    \b
+    Examples:
+      dialsum predict -c config.yaml -s eenzeenee
+      dialsum predict -s kobart --checkpoint runs/kobart/20260101-120000/best --output sub.csv
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Prediction is not sharded: under a launcher rank 0 writes the one submission.
+        return
+    cfg = _load(config, section, _overrides(set_, test_data=test_data))
+    from dialsum.inference.predict import run_predict
+
+    path, n = run_predict(cfg, checkpoint=checkpoint, output=output, echo=echo)
+    echo(f"wrote {n} summaries to {path}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Option(help="Predictions CSV (fname,summary).")],
+    ref: Annotated[
+        Path, typer.Option(help="Reference CSV (fname,dialogue,summary[,summary1..3]).")
+    ],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score predictions with Korean morpheme ROUGE (multi-reference).
+
+    \b
+    Example:
+      dialsum evaluate --pred runs/tiny/.../dev_predictions.csv --ref data/sample/dev.csv
+    """
+
+    from dialsum.metrics import evaluate_files, format_scores
+
+    scores = evaluate_files(pred, ref)
+    if json_out:
+        print_json(scores)
+    else:
+        echo(format_scores(scores))
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "tiny",
+    output_dir: Annotated[Path | None, typer.Option(help="Folder for run folders.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
+) -> None:
+    """Train a tiny model on the bundled data on CPU, then predict and evaluate.
+
+    Prints dev ROUGE before and after training and where everything went.
+    \b
+    Example:
+      dialsum demo
+    """
+    from dialsum.cli.demo import run_demo
+
+    cfg = _load(config, section, _overrides(None, max_steps=max_steps, output_dir=output_dir))
+    run_demo(cfg, echo=echo)
+
+
+@app.command()
+def plan(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config.")] = None,
+    section: Annotated[str | None, typer.Option("--section", "-s", help="Config section.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id or local folder (config.json is enough).")
+    ] = None,
+    gpu: Annotated[
+        list[str] | None,
+        typer.Option(help="GPU slug (a100-40gb) or size (24GB); default: detected; repeatable."),
+    ] = None,
+    compare: Annotated[
+        bool, typer.Option(help="Plan on every --gpu; one table ranked by epoch time.")
+    ] = False,
+    source_len: Annotated[int | None, typer.Option(help="Encoder tokens (with --model).")] = None,
+    target_len: Annotated[int | None, typer.Option(help="Decoder tokens (with --model).")] = None,
+    effective_batch: Annotated[
+        int | None, typer.Option(help="Effective batch size to keep.")
+    ] = None,
+    num_beams: Annotated[int | None, typer.Option(help="Beams for generation.")] = None,
+    num_gpus: Annotated[int, typer.Option(help="GPUs (data-parallel ranks).")] = 1,
+    zero_stage: Annotated[
+        int | None, typer.Option(help="DeepSpeed ZeRO stage 0-3 (default: the config's).")
+    ] = None,
+    offload: Annotated[
+        bool | None,
+        typer.Option(help="DeepSpeed: optimizer state (stage 3: also weights) on CPU."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Training CSV: plan with its real token lengths.")
+    ] = None,
+    buckets: Annotated[
+        bool, typer.Option(help="Also print largest micro-batch per length.")
+    ] = False,
+    set_: SetOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Predict peak GPU memory and plan batch settings for one GPU, offline.
+
+    \b
+    Examples:
+      dialsum plan -c config.yaml -s eenzeenee --gpu v100-16gb
+      dialsum plan -c config.yaml -s xlsum_mt5 --gpu 24GB --json
+      dialsum plan -c config.yaml -s xlsum_mt5 --gpu v100-16gb --num-gpus 4 --zero-stage 2
+      dialsum plan --model digit82/kobart-summarization --source-len 512 \\
+          --target-len 100 --gpu a100-40gb
+      dialsum plan -c config.yaml -s kobart --gpu t4-16gb --gpu a100-40gb --compare
+    """
+
+    from dialsum.cli.compare import compare_command
+    from dialsum.cli.plan import plan_command
+
+    gpus = list(gpu or [])
+    command = plan_command
+    if compare or len(gpus) > 1:
+        command = lambda **kw: compare_command(gpus=gpus, **kw)  # noqa: E731
+    elif gpus:
+        command = lambda **kw: plan_command(gpu=gpus[0], **kw)  # noqa: E731
+    result = command(
+        config=config,
+        section=section,
+        model=model,
+        source_len=source_len,
+        target_len=target_len,
+        effective_batch=effective_batch,
+        num_beams=num_beams,
+        num_gpus=num_gpus,
+        zero_stage=zero_stage,
+        offload=offload,
+        data=data,
+        overrides=list(set_ or []),
+        buckets=buckets,
+    )
+    if json_out:
+        print_json(result.json)
+    else:
+        result.print(console)
+
+
+@app.command()
+def guide(
+    config: ConfigOpt = Path("config.yaml"),
+    gpus: Annotated[
+        str | None, typer.Option(help="Comma-separated GPU slugs; default: the whole catalog.")
+    ] = None,
+    sections: Annotated[
+        str | None, typer.Option(help="Comma-separated sections; default: every real model.")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Markdown file to write.")] = Path("docs/guide.md"),
+) -> None:
+    """Write the per-GPU guide (Markdown + YAML + PNG plot) for every model section.
+
+    \b
+    Examples:
+      dialsum guide -c config.yaml
+      dialsum guide -c config.yaml --gpus v100-16gb,a100-40gb,h100-80gb --out docs/guide.md
+    """
+    from dialsum.report.guide import build_guide
+
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
+    result = build_guide(config, sections=split(sections), gpus=split(gpus), out=out)
+    for path in result.paths:
+        echo(f"wrote {path}")
+    echo(f"took {result.seconds:.1f}s")
+
+
+@app.command()
+def probe(
+    config: ConfigOpt = Path("config.yaml"),
+    section: SectionOpt = "eenzeenee",
+    set_: SetOpt = None,
+    emulate_gpu: Annotated[
+        list[str] | None,
+        typer.Option(help="Emulate a smaller GPU (slug or size); repeat for several."),
+    ] = None,
+    search: Annotated[bool, typer.Option(help="Search the true largest micro-batch.")] = True,
+    calibration: Annotated[
+        Path | None, typer.Option(help="Calibration file to write (default: user cache).")
+    ] = None,
+) -> None:
+    """Run real steps on this machine's CUDA GPU: predicted vs measured, and calibrate.
+
+    \b
+    Examples:
+      dialsum probe -c config.yaml -s eenzeenee
+      dialsum probe -s xlsum_mt5 --emulate-gpu v100-16gb --emulate-gpu 24GB
+    """
+    from dialsum.checks.probe import run_probe
+
+    cfg = _load(config, section, list(set_ or []))
+    run_probe(cfg, emulate_gpus=emulate_gpu, search=search, calibration=calibration, echo=echo)
+
+
+@app.command()
+def monitor(
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 1.0,
+    once: Annotated[bool, typer.Option(help="Print one snapshot and exit.")] = False,
+) -> None:
+    """Live GPU memory per device and per process (like `watch nvidia-smi`).
+
+    \b
+    Examples:
+      dialsum monitor
+      dialsum monitor --once
+    """
+    from rich.live import Live
+    from rich.text import Text
+
+    from dialsum.training.monitor import nvml_devices, render_devices
+
+    devices = nvml_devices()
+    if devices is None:
+        raise UserError(
+            "no NVIDIA GPU found (NVML could not be initialised): dialsum monitor needs an "
+            "NVIDIA driver and GPU. On this machine training runs on the CPU."
+        )
+    if once:
+        echo(render_devices(devices))
+        return
+    try:
+        with Live(Text(render_devices(devices)), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)
+                live.update(Text(render_devices(nvml_devices() or [])))
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_metrics(title: str, metrics: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        table.add_row(key, text)
+    console.print(table)
+
+
+# Usage errors of the (vendored) click that typer runs on: print usage, error and the close
+# match click suggests, exit 2 - never a traceback.
+_USAGE_ERRORS = tuple(
+    {cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"}
+)
+
+INTERRUPTED = 130
+
+
+def _bare_resume(args: list[str]) -> list[str]:
+    """``--resume`` with no value means the latest run (the seed's spelling)."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, "latest")
+            break
+    return out
+
+
+def _show_usage_error(exc, args: list[str]) -> None:
+    """Click's message; errors raised before a command context exists (an option missing
+    its value) get the usage line here, so every usage error shows one."""
+    if getattr(exc, "ctx", None) is None and getattr(exc, "exit_code", 1) == 2:
+        verb = next((a for a in args if not a.startswith("-")), "")
+        command = f"dialsum {verb}".strip()
+        err_console.print(
+            f"Usage: {command} [OPTIONS]\nTry '{command} --help' for help.\n",
+            markup=False,
+            soft_wrap=True,
+        )
+    exc.show()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dialsum`` script; returns the exit code."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("transformers", "accelerate", "torch"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    started = time.time()
+    args = _bare_resume(sys.argv[1:] if argv is None else argv)
+    try:
+        code = app(args=args, standalone_mode=False)
+    except UserError as exc:
+        err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        code = INTERRUPTED
+    except _USAGE_ERRORS as exc:
+        _show_usage_error(exc, args)
+        return exc.exit_code
+    finally:
+        logging.getLogger(__name__).debug("took %.1fs", time.time() - started)
+    if code == INTERRUPTED:
+        err_console.print(
+            "interrupted (Ctrl-C). A training run continues from its last checkpoint with "
+            "`dialsum train -s SECTION --resume`.",
+            markup=False,
+            soft_wrap=True,
+        )
+    return code if isinstance(code, int) else 0

@@ -1,0 +1,199 @@
+"""The `plan` verb: a section (or a bare model id) + a GPU → Plan, printed or as JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dialsum.core.config import SectionConfig, load_section, section_from_dict
+from dialsum.core.errors import ConfigError
+
+
+@dataclass
+class PlanResult:
+    plan: Any
+    cfg: SectionConfig
+    json: dict[str, Any]
+    buckets: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    speed: list[str] = field(default_factory=list)  # plan_time.time_lines
+    epoch: Any = None  # timing.EpochTime of the data, when known
+    epoch_data: Any = None  # plan_time.EpochData
+
+    def print(self, console) -> None:
+        from rich.table import Table
+
+        from dialsum.report.guide import breakdown_table, format_plan
+
+        for note in self.notes:
+            console.print(note, markup=False)
+        console.print(format_plan(self.plan), markup=False)
+        console.print(breakdown_table(self.plan.train_profile))
+        for line in self.speed:
+            console.print(line, markup=False)
+        for line in per_rank_lines(self.plan):
+            console.print(line, markup=False)
+        if self.buckets:
+            table = Table(title="largest micro-batch per length bucket")
+            for col in ("source_len", "target_len", "micro_batch_size", "truncated_fraction"):
+                table.add_column(col, justify="right")
+            for row in self.buckets:
+                frac = row.get("truncated_fraction")
+                table.add_row(
+                    str(row["source_len"]),
+                    str(row["target_len"]),
+                    str(row["micro_batch_size"]),
+                    "-" if frac is None else f"{100 * frac:.1f}%",
+                )
+            console.print(table)
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def per_rank_lines(plan) -> list[str]:
+    """What each of ``plan.world_size`` GPUs holds (empty for one GPU without ZeRO)."""
+    if plan.world_size == 1 and plan.zero_stage == 0:
+        return []
+    engine = f"DeepSpeed ZeRO-{plan.zero_stage}" if plan.zero_stage else "DDP"
+    if plan.offload:
+        engine += " + CPU offload"
+    lines = [
+        f"per-rank memory ({plan.world_size} GPU(s), {engine}):",
+        f"  predicted peak {_gib(plan.predicted_peak_bytes)}; with overheads "
+        f"{_gib(plan.required_bytes)} of {_gib(plan.usable_bytes)} usable",
+    ]
+    states = plan.zero_states
+    if states is not None:
+        lines.append(
+            f"  model states on the GPU {_gib(states.gpu_bytes)}: weights "
+            f"{_gib(states.weights_bytes)}, gradients {_gib(states.gradients_bytes)}, "
+            f"optimizer {_gib(states.optimizer_state_bytes)}, gathered layer "
+            f"{_gib(states.gathered_layer_bytes)}"
+        )
+        if states.cpu_bytes:
+            lines.append(f"  offloaded to CPU memory per rank {_gib(states.cpu_bytes)}")
+    return lines
+
+
+def _section_for_model(
+    model: str, source_len: int | None, target_len: int | None, overrides: list[str]
+) -> SectionConfig:
+    from dialsum.core.config import apply_overrides
+
+    raw: dict[str, Any] = {"model": {"name": model}, "tokenizer": {}}
+    if source_len:
+        raw["tokenizer"]["max_source_length"] = source_len
+    if target_len:
+        raw["tokenizer"]["max_target_length"] = target_len
+    return section_from_dict(apply_overrides(raw, overrides), name=model)
+
+
+def _data_lengths(cfg: SectionConfig, data: Path):
+    """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer."""
+    from dialsum.data import dataset as data_mod
+    from dialsum.training.recipe import length_report, setup_model
+
+    table = data_mod.read_dialogue_csv(data, "train")
+    _, tokenizer = setup_model(cfg)
+    report = length_report(cfg, table, tokenizer)
+    rows = data_mod.tokenize_records(
+        table.records,
+        tokenizer,
+        prefix=cfg.tokenizer.prefix,
+        max_source_len=cfg.tokenizer.max_source_length,
+        max_target_len=cfg.tokenizer.max_target_length,
+        with_labels=True,
+    )
+    return report, [(len(r["input_ids"]), len(r["labels"])) for r in rows]
+
+
+def plan_command(
+    *,
+    config: Path | None,
+    section: str | None,
+    model: str | None,
+    gpu: str | None,
+    source_len: int | None,
+    target_len: int | None,
+    effective_batch: int | None,
+    num_beams: int | None,
+    num_gpus: int,
+    data: Path | None,
+    overrides: list[str],
+    buckets: bool,
+    zero_stage: int | None = None,
+    offload: bool | None = None,
+) -> PlanResult:
+    from dialsum.memory.plan import bucket_table, zero_states_json
+    from dialsum.memory.section import (
+        device_for_section,
+        overheads_for,
+        plan_for_section,
+        request_for_section,
+        section_model_config,
+    )
+
+    overrides = list(overrides)
+    if effective_batch is not None:
+        overrides.append(f"training.effective_batch_size={effective_batch}")
+    if num_beams is not None:
+        overrides.append(f"inference.num_beams={num_beams}")
+    if zero_stage is not None:
+        overrides.append(f"hardware.zero_stage={zero_stage}")
+    if offload is not None:
+        overrides.append(f"hardware.offload={str(offload).lower()}")
+    if model:
+        cfg = _section_for_model(model, source_len, target_len, overrides)
+    elif section:
+        if source_len:
+            overrides.append(f"tokenizer.max_source_length={source_len}")
+        if target_len:
+            overrides.append(f"tokenizer.max_target_length={target_len}")
+        cfg = load_section(config or Path("config.yaml"), section, overrides)
+    else:
+        raise ConfigError("plan: pass -c CONFIG -s SECTION, or --model HUB_ID_OR_DIR")
+    if num_gpus < 1:
+        raise ConfigError("--num-gpus must be >= 1")
+    model_config = section_model_config(cfg)
+    report, lengths, notes = None, None, []
+    if data is not None:
+        report, lengths = _data_lengths(cfg, data)
+        notes.append(report.format())
+    device = device_for_section(cfg, gpu)
+    plan = plan_for_section(
+        cfg, model_config, report=report, world=num_gpus, gpu=device, data_lengths=lengths
+    )
+    from dialsum.report.guide import plan_json
+
+    out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
+    out.json["per_rank"] = {
+        "world_size": plan.world_size,
+        "zero_stage": plan.zero_stage,
+        "offload": plan.offload,
+        "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "required_bytes": plan.required_bytes,
+        "model_states": zero_states_json(plan.zero_states),
+    }
+    out.notes = notes
+    from dialsum.report.plan_time import epoch_json, plan_speed, time_lines
+
+    out.epoch, out.epoch_data = plan_speed(plan, cfg, model_config, lengths, data)
+    out.speed = time_lines(plan, out.epoch, out.epoch_data)
+    out.json["epoch"] = epoch_json(out.epoch, out.epoch_data)
+    if buckets:
+        request = request_for_section(
+            cfg, model_config, report=None, world=num_gpus, data_lengths=lengths
+        )
+        limit = cfg.tokenizer.max_source_length
+        out.buckets = bucket_table(
+            request,
+            device,
+            overheads_for(cfg, device),
+            source_lens=[n for n in (128, 256, 512, 1024) if n <= max(limit, 128)],
+            target_lens=[n for n in (32, 64, 128) if n <= max(cfg.tokenizer.max_target_length, 32)],
+        )
+        out.json["buckets"] = out.buckets
+    return out

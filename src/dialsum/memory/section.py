@@ -1,0 +1,136 @@
+"""Glue between a config section and the memory planner.
+
+Builds a ``PlanRequest`` from a section (lengths from the data when known, else the
+config limits) and picks the GPU: ``hardware.gpu`` / ``--gpu`` when given, the detected
+device otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from dialsum.core.config import SectionConfig
+from dialsum.core.errors import ConfigError
+from dialsum.memory.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
+from dialsum.memory.overheads import Overheads, default_overheads
+from dialsum.memory.plan import Plan, PlanRequest, make_plan
+from dialsum.models.architectures import load_config
+
+
+def section_model_config(cfg: SectionConfig):
+    """The architecture config of the section's model, without loading weights: a built-in
+    or local ``config.json``, a hub id (network), or the offline tiny model's config."""
+    if cfg.model.name.startswith("tiny:"):
+        from dialsum.training.recipe import setup_model
+
+        return setup_model(cfg)[0].config
+    try:
+        return load_config(cfg.model.name)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"could not read the architecture of '{cfg.model.name}' (model.name): {first} "
+            "Without network access, point model.name to a folder holding its config.json."
+        ) from None
+
+
+def device_for_section(cfg: SectionConfig, spec: str | None = None) -> GPU:
+    """The device to plan for: ``spec`` (``--gpu``) or ``hardware.gpu``; ``cpu`` (or no GPU
+    named while ``hardware.memory_cap_gib`` is set) is this CPU, capped when a cap is set."""
+    spec = spec or cfg.hardware.gpu
+    cap = cfg.hardware.memory_cap_gib
+    if cap is not None and spec in ("auto", "cpu"):
+        return cpu_device(int(cap * 2**30))
+    return pick_gpu(spec)
+
+
+def pick_gpu(spec: str | None) -> GPU:
+    """``auto``/None → the detected GPU; else a catalog slug, alias or size (24GB)."""
+    if spec and spec != "auto":
+        return resolve_gpu(spec)
+    gpu = detect_gpu()
+    if gpu is None:
+        raise ConfigError(
+            "no GPU detected and none named: pass --gpu (e.g. --gpu a100-40gb or --gpu 24GB) "
+            "or set hardware.gpu in the config"
+        )
+    return gpu
+
+
+def request_for_section(
+    cfg: SectionConfig,
+    model_config=None,
+    *,
+    report=None,
+    world: int = 1,
+    data_lengths=None,
+) -> PlanRequest:
+    """A planner request for ``cfg``; ``report`` (a data LengthReport) narrows the lengths
+    to the longest the data really produces after truncation."""
+    if model_config is None:
+        model_config = section_model_config(cfg)
+    t, tok, inf = cfg.training, cfg.tokenizer, cfg.inference
+    source_len, target_len = tok.max_source_length, tok.max_target_length
+    if report is not None:
+        source_len = max(1, min(source_len, report.longest_source))
+        target_len = max(1, min(target_len, report.longest_target))
+    return PlanRequest(
+        model_config=model_config,
+        source_len=source_len,
+        target_len=target_len,
+        effective_batch_size=t.effective_batch_size,
+        world_size=world,
+        precision="auto" if t.precision == "auto" else t.precision,
+        optimizer=t.optimizer,
+        gradient_checkpointing=t.gradient_checkpointing,
+        num_beams=inf.num_beams,
+        max_new_tokens=cfg.max_new_tokens,
+        eval_batch_size=t.eval_batch_size,
+        micro_batch_size=t.micro_batch_size,
+        allow_fp16_for_t5=t.allow_fp16_for_t5,
+        data_lengths=data_lengths,
+        lora=cfg.model.lora.enabled,
+        lora_rank=cfg.model.lora.rank,
+        zero_stage=cfg.hardware.zero_stage,
+        offload=cfg.hardware.offload,
+    )
+
+
+def overheads_for(cfg: SectionConfig, gpu: GPU) -> Overheads:
+    """The overheads a plan for ``gpu`` uses, with the section's safety margin.
+
+    A CPU run has no CUDA context, no cuBLAS workspace and no caching allocator: what it
+    needs is the live tensor bytes themselves (what a live-bytes cap counts).
+    """
+    if gpu.is_cpu:
+        return Overheads(
+            cuda_context_bytes=0,
+            library_workspace_bytes=0,
+            fragmentation_fraction=0.0,
+            margin_fraction=cfg.hardware.memory_margin,
+            source="CPU: live tensor bytes only",
+        )
+    return replace(default_overheads(), margin_fraction=cfg.hardware.memory_margin)
+
+
+def plan_for_section(
+    cfg: SectionConfig,
+    model_config=None,
+    *,
+    report=None,
+    world: int = 1,
+    gpu: str | GPU | None = None,
+    data_lengths=None,
+    simulator=None,
+) -> Plan:
+    request = request_for_section(
+        cfg, model_config, report=report, world=world, data_lengths=data_lengths
+    )
+    device = gpu if isinstance(gpu, GPU) else device_for_section(cfg, gpu)
+    plan = make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)
+    from dialsum.core.gpu_support import plan_warning
+
+    unsupported = plan_warning(device)  # the installed torch build lacks this GPU's kernels
+    if unsupported:
+        plan.warnings.append(unsupported)
+    return plan

@@ -1,0 +1,495 @@
+"""A Seq2SeqTrainer that survives CUDA OOM inside the optimizer step.
+
+How it sits inside the HF Trainer: the Trainer runs with ``gradient_accumulation_steps=1``
+and a per-device batch of all rows one rank processes per optimizer step
+(``effective_batch_size / world_size``). ``training_step`` cuts that batch into
+micro-batches of ``guard.micro_batch_size`` rows, runs forward/backward per micro-batch
+and lets gradients add up. If a micro-batch raises an OOM, the gradients of the partial
+step are zeroed, memory is freed, the micro-batch shrinks to the next divisor, and the
+*same* step is redone. No example is skipped or counted twice, and the loss of every
+micro-batch is a token *sum* divided by the token count of the whole step, so the
+gradient is the same whatever the micro-batch up to dropout and summation order (exact
+loss normalisation). Dropout masks depend on how the random stream is cut into
+micro-batches, so a redo restores the random state the step started with: a redone step
+is exactly the step a run at the smaller micro-batch would have taken from that state
+(tests/test_oom_paths.py). The forward/backward itself is ``step.step_forward_backward``,
+the function the memory planner traces, and the optimizer is ``step.build_optimizer``
+(its ``step()`` is retried once after an OOM that updated nothing: ``optimizer_guard``).
+
+Evaluation and prediction batches are split the same way in ``prediction_step``.
+
+Several ranks (DDP): every micro-batch runs under ``no_sync`` and gradients are averaged
+over ranks only after all ranks agreed that the step succeeded (``agree_on_batch``). DDP
+would start its all-reduce inside the last backward, where a rank that hit an OOM never
+arrives: the ranks would hang, or pair the reduce with the agreement collective. The cost
+is that communication no longer overlaps the last backward.
+
+DeepSpeed: the engine owns gradient accumulation (``engine.backward`` scales and
+accumulates into its own, possibly partitioned, buffers; ``engine.step`` steps only at its
+accumulation boundary), so gradients of a half-done step cannot be zeroed and redone from
+here. Under DeepSpeed the Trainer accumulates ``micro_batch_size`` rows at a time, the stock
+``training_step`` runs, and an OOM stops the run with the next smaller micro-batch to set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Seq2SeqTrainer
+from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
+
+from dialsum.training.distributed import reduce_or_stop, reduce_staging
+from dialsum.training.oom_guard import (
+    GuardState,
+    OOMUnrecoverable,
+    RecoveryEvent,
+    agree_on_batch,
+    free_device_memory,
+    is_oom,
+    next_eval_batch,
+    next_micro_batch,
+    run_with_oom_retry,
+)
+from dialsum.training.optimizer_guard import guard_optimizer_step
+from dialsum.training.step import build_optimizer, label_token_count, step_forward_backward
+
+log = logging.getLogger(__name__)
+
+RUN_LOSS_FILE = "dialsum_loss.json"
+
+
+class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
+    """Seq2SeqTrainer with micro-batching and OOM recovery (see module docstring)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        guard: GuardState,
+        guard_path: Path | None = None,
+        ladder_hint: str | None = None,
+        label_smoothing: float = 0.0,
+        fault_injector: Callable[[str, int], None] | None = None,
+        optimizer_name: str = "adamw",
+        memory_phases=None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.optimizer_name = optimizer_name
+        # run_memory.PhasePeaks shared with the monitor callback: evaluate() is its eval phase.
+        self.memory_phases = memory_phases
+        self.guard = guard
+        self.guard_path = guard_path
+        self.ladder_hint = ladder_hint
+        self.label_smoothing = label_smoothing
+        # Test hook: called as (phase, batch_rows) before each micro-batch; may raise an OOM.
+        self.fault_injector = fault_injector
+        self.step_attempts: list[int] = []
+        self._reduce_staging: dict | None = None  # DDP: see ``_ensure_reduce_staging``
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor:
+        if self.is_deepspeed_enabled:
+            return self._deepspeed_training_step(model, inputs, num_items_in_batch)
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        rows = int(inputs["labels"].shape[0])
+        per_step_rows = self.args.per_device_train_batch_size
+        normalizer = self._token_normalizer(inputs["labels"])
+        # A redo replays the step with the random state it started with (dropout masks
+        # then follow the same stream as a run that started at the smaller micro-batch).
+        rng = _rng_state()
+        while True:
+            micro = min(self.guard.micro_batch_size, rows)
+            self.step_attempts.append(micro)
+            error_msg = None
+            try:
+                self._ensure_reduce_staging(model)
+                loss = self._forward_backward(model, inputs, rows, micro, normalizer)
+            except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
+                if not is_oom(exc):
+                    raise
+                # Keep only the message: holding the exception would keep its traceback's
+                # frames, and with them the failed attempt's activations, alive.
+                error_msg = _first_line(exc)
+            failed = error_msg is not None
+            # All ranks agree on the smallest micro-batch any of them needs (a collective,
+            # run by every rank every step, so no rank waits for a peer that gave up).
+            new_micro = (next_micro_batch(micro, per_step_rows) or 0) if failed else micro
+            agreed = agree_on_batch(new_micro)
+            if agreed == micro and not failed:
+                if self._is_data_parallel():
+                    step = self.state.global_step + 1
+                    reduce_or_stop(model, self._reduce_staging, step=step, hint=self.ladder_hint)
+                return loss.detach()
+            # Redo the step from zeroed gradients: nothing of the failed attempt is kept.
+            loss = None
+            model.zero_grad(set_to_none=True)
+            free_device_memory()
+            if agreed < 1:
+                raise OOMUnrecoverable(self._unrecoverable_message(micro, error_msg))
+            self._record("train", micro, agreed, error_msg or "a peer rank ran out of memory")
+            _set_rng_state(rng)
+
+    def _forward_backward(
+        self, model: nn.Module, inputs: dict[str, Any], rows: int, micro: int, normalizer: float
+    ) -> torch.Tensor:
+        del rows  # the shared step reads the rows from the labels
+
+        def context() -> contextlib.ExitStack:
+            # DDP never reduces inside backward here: ``training_step`` averages the
+            # gradients once every rank is known to have finished the step.
+            stack = contextlib.ExitStack()
+            if self._is_data_parallel():
+                stack.enter_context(self.accelerator.no_sync(model))
+            stack.enter_context(self.compute_loss_context_manager())
+            return stack
+
+        def before(chunk: dict[str, Any]) -> None:
+            if self.fault_injector is not None:
+                self.fault_injector("train", int(chunk["labels"].shape[0]))
+
+        return step_forward_backward(
+            model,
+            inputs,
+            micro,
+            normalizer,
+            label_smoothing=self.label_smoothing,
+            backward=self.accelerator.backward,
+            context=context,
+            before_micro_batch=before,
+        )
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        """The optimizer the planner simulated (``step.build_optimizer``); DeepSpeed builds
+        its own from ``ds_config.json``."""
+        if self.is_deepspeed_enabled or self.optimizer is not None:
+            return super().create_optimizer(model)
+        self.optimizer = build_optimizer(
+            self.model if model is None else model,
+            self.optimizer_name,
+            lr=self.args.learning_rate,
+            weight_decay=self.args.weight_decay,
+            betas=(self.args.adam_beta1, self.args.adam_beta2),
+            eps=self.args.adam_epsilon,
+        )
+        # Adam's state is created inside the first step(): an OOM there is retried once.
+        guard_optimizer_step(self.optimizer, on_retry=self._optimizer_retry, hint=self.ladder_hint)
+        return self.optimizer
+
+    def _optimizer_retry(self, message: str) -> None:
+        micro = self.guard.micro_batch_size  # unchanged: the state does not shrink with it
+        self._record("train", micro, micro, message)
+
+    def _ensure_reduce_staging(self, model: nn.Module) -> None:
+        """DDP: the flat buffer the gradient reduce packs small gradients into, made before
+        the first forward and kept. Made here, inside the attempt, an OOM is one the ranks
+        agree on like any other; made after the agreement, it would leave the peers waiting
+        in the collective for a rank that died."""
+        if self._is_data_parallel() and self._reduce_staging is None:
+            self._reduce_staging = reduce_staging(model.parameters())
+
+    def _is_data_parallel(self) -> bool:
+        return self.accelerator.num_processes > 1
+
+    def _deepspeed_training_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        num_items_in_batch: torch.Tensor | int | None,
+    ) -> torch.Tensor:
+        """The stock step (the engine accumulates); an OOM names the micro-batch to try."""
+        rows = int(inputs["labels"].shape[0])
+        if self.fault_injector is not None:
+            self.fault_injector("train", rows)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
+            if not is_oom(exc):
+                raise
+            error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        per_step_rows = rows * self.args.gradient_accumulation_steps
+        smaller = next_micro_batch(rows, per_step_rows)
+        advice = (
+            f"set training.micro_batch_size={smaller} (the engine keeps the effective batch)"
+            if smaller
+            else self.ladder_hint or "raise hardware.zero_stage or turn on hardware.offload"
+        )
+        raise OOMUnrecoverable(
+            f"CUDA out of memory at micro-batch {rows} under DeepSpeed ({error_msg}). "
+            f"DeepSpeed owns gradient accumulation, so the step cannot be redone in place: "
+            f"{advice}, then run again."
+        )
+
+    def _token_normalizer(self, labels: torch.Tensor) -> float:
+        """Label tokens of the whole step over all ranks, divided by the world size (DDP then
+        averages gradients over ranks, so the result is the global per-token mean)."""
+        tokens = label_token_count(labels)
+        world = self.accelerator.num_processes
+        if world > 1:
+            tokens = self.accelerator.reduce(tokens, reduction="sum")
+        return max(float(tokens.item()), 1.0) / world
+
+    # ------------------------------------------------------------------ evaluation
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        """The stock evaluation, measured as the run's eval phase; its peaks are logged
+        after it (the Trainer logs the eval metrics before ``evaluate`` returns)."""
+        phases = self.memory_phases
+        if phases is None or not phases.measured:
+            return super().evaluate(*args, **kwargs)
+        with phases.phase("eval"):
+            metrics = super().evaluate(*args, **kwargs)
+        self.log(phases.logs("eval"))
+        return metrics
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(*args, **kwargs)
+        self._agree_on_eval_batch()
+        return output
+
+    def _agree_on_eval_batch(self) -> None:
+        """Adopt the smallest eval batch of any rank once an evaluation is over.
+
+        An eval OOM on a rank other than 0 shrinks only that rank's batch, and rank 0 writes
+        guard.json: without this, ``--resume`` and the next evaluation would OOM on that
+        rank again. Agreed once per evaluation loop, which every rank runs, rather than per
+        batch: ranks need not see the same number of eval batches, and a collective one
+        rank skips would hang the others.
+        """
+        own = self.guard.eval_batch_size or _NO_LIMIT  # 0: no limit, the whole batch
+        agreed = agree_on_batch(own)
+        if agreed < own:
+            self._record("eval", own, agreed, "a peer rank ran out of memory")
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+        **gen_kwargs: Any,
+    ):
+        rows = int(next(v for v in inputs.values() if torch.is_tensor(v)).shape[0])
+
+        def predict_in_chunks(size: int):
+            parts = []
+            for start in range(0, rows, size):
+                chunk = {
+                    k: v[start : start + size] if torch.is_tensor(v) else v
+                    for k, v in inputs.items()
+                }
+                if self.fault_injector is not None:
+                    self.fault_injector("eval", min(size, rows - start))
+                parts.append(
+                    super(GuardedSeq2SeqTrainer, self).prediction_step(
+                        model, chunk, prediction_loss_only, ignore_keys, **gen_kwargs
+                    )
+                )
+            return _concat_predictions(parts, self._pad_id())
+
+        def on_oom(old: int, new: int, exc: BaseException) -> None:
+            # GuardState.record adopts the smaller eval batch for the following batches.
+            self._record("eval", old, new, _first_line(exc))
+
+        result, _ = run_with_oom_retry(
+            predict_in_chunks,
+            min(self.guard.eval_batch_size or rows, rows),
+            next_eval_batch,
+            on_oom,
+            hint="lower inference.num_beams or tokenizer.max_source_length",
+        )
+        return result
+
+    def _pad_id(self) -> int:
+        tok = self.processing_class
+        return int(getattr(tok, "pad_token_id", 0) or 0)
+
+    def _issue_warnings_after_load(self, load_result: Any) -> None:
+        """Drop tied weights from the "missing keys" warning of a resume: T5's encoder and
+        decoder ``embed_tokens`` *are* ``shared`` (saved once), so nothing is missing."""
+        really_missing = untied_missing_keys(self.model, load_result.missing_keys)
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=really_missing))
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, LengthGroupedSampler):
+            return EpochSeededLengthGroupedSampler(sampler, seed=self.args.seed)
+        return sampler
+
+    # ------------------------------------------------------------------ run loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        # Read now: checkpoint rotation may delete the checkpoint during this run.
+        self._prior = _read_run_loss(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _loss_sum_so_far(self) -> float:
+        """Sum of the per-step losses of this process's part of the run (the Trainer's
+        running total, plus the not yet logged remainder, averaged over ranks)."""
+        remainder = self._tr_loss.detach()
+        if self.accelerator.num_processes > 1:
+            remainder = self.accelerator.gather(remainder.reshape(1)).mean()
+        return float(self._total_loss_scalar) + float(remainder.item())
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        # The loss sum of every step so far travels with the checkpoint, so a resumed run
+        # reports its train_loss over the whole run, not over the resumed part only.
+        total = self._prior_loss()[0] + self._loss_sum_so_far()
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if self.is_world_process_zero() and folder.is_dir():
+            from dialsum.core.runs import write_json_atomic
+
+            write_json_atomic(
+                folder / RUN_LOSS_FILE, {"loss_sum": total, "steps": self.state.global_step}
+            )
+
+    def _prior_loss(self) -> tuple[float, int | None]:
+        """(loss sum, steps) of the run before the checkpoint this run resumed from;
+        ``(0.0, 0)`` for a fresh run, ``(0.0, None)`` when the checkpoint has no record."""
+        return getattr(self, "_prior", (0.0, 0))
+
+    def run_loss_metrics(self) -> dict[str, Any]:
+        """``train_loss`` over the whole run (all steps, resumed or not), and what it spans."""
+        prior_sum, prior_steps = self._prior_loss()
+        steps = int(self.state.global_step)
+        if prior_steps is None:
+            first = int(getattr(self, "_initial_global_step", 0)) + 1
+            return {"train_loss_steps": f"{first}-{steps} (resumed part only: no record "
+                    "of the earlier steps in the checkpoint)"}  # fmt: skip
+        # After train() the Trainer has drained the remainder into its running total.
+        total = prior_sum + float(self._total_loss_scalar)
+        return {"train_loss": total / max(steps, 1), "train_loss_steps": f"1-{steps}"}
+
+    def finished_run_metrics(self, checkpoint: Path) -> dict[str, Any]:
+        """Metrics of a run that had nothing left to train: its recorded whole-run loss."""
+        loss_sum, steps = _read_run_loss(str(checkpoint))
+        if not steps:
+            return {}
+        self.state.global_step = steps
+        return {"train_loss": loss_sum / steps, "train_loss_steps": f"1-{steps}"}
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _record(self, phase: str, old: int, new: int, message: str) -> None:
+        event = RecoveryEvent(
+            step=int(self.state.global_step),
+            phase=phase,
+            old_batch=old,
+            new_batch=new,
+            message=message,
+        )
+        self.guard.record(event)
+        log.warning(
+            "OOM during %s at step %d: batch %d -> %d (effective batch unchanged)",
+            phase,
+            event.step,
+            old,
+            new,
+        )
+        if self.guard_path is not None and self.is_world_process_zero():
+            self.guard.save(self.guard_path)
+
+    def _unrecoverable_message(self, micro: int, error_msg: str | None) -> str:
+        msg = f"CUDA out of memory at micro-batch {micro}: nothing smaller is left."
+        if error_msg:
+            msg += f" ({error_msg})"
+        if self.ladder_hint:
+            msg += f" Next step: {self.ladder_hint}."
+        return msg
+
+
+_NO_LIMIT = 2**31 - 1
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """``group_by_length`` batches whose order depends on (seed, epoch) only.
+
+    transformers' ``LengthGroupedSampler`` draws its permutation from the global RNG when
+    iteration starts; a resumed run reaches that point with another RNG state, so it
+    replays a *different* order than the run it continues (and the weights differ). The
+    Trainer calls ``set_epoch`` on the sampler at every epoch, as for accelerate's seedable
+    random sampler: the permutation of epoch ``e`` is then drawn from ``seed + e``.
+    """
+
+    def __init__(self, sampler: LengthGroupedSampler, seed: int) -> None:
+        self.batch_size, self.lengths = sampler.batch_size, sampler.lengths
+        self.generator, self.seed, self.epoch = None, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def untied_missing_keys(model: nn.Module, missing_keys: list[str]) -> list[str]:
+    """The missing keys whose parameter is not shared with a loaded one (tied weights are
+    saved once, under one name: the others are not missing)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = set(missing_keys)
+    loaded = {id(p) for name, p in params.items() if name not in missing}
+    return [k for k in missing_keys if k not in params or id(params[k]) not in loaded]
+
+
+def _read_run_loss(checkpoint: str | bool | None) -> tuple[float, int | None]:
+    """The loss record a checkpoint carries (see ``_save_checkpoint``)."""
+    if not isinstance(checkpoint, str):
+        return 0.0, 0
+    try:
+        data = json.loads((Path(checkpoint) / RUN_LOSS_FILE).read_text(encoding="utf-8"))
+        return float(data["loss_sum"]), int(data["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0, None
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _pad_cat(tensors: list[torch.Tensor], pad: int) -> torch.Tensor:
+    """Concatenate [rows_i, len_i] tensors along rows, right-padding to the longest length."""
+    width = max(t.shape[1] for t in tensors)
+    padded = [
+        F.pad(t, (0, width - t.shape[1]), value=pad) if t.shape[1] < width else t for t in tensors
+    ]
+    return torch.cat(padded, dim=0)
+
+
+def _concat_predictions(parts: list[tuple], pad_id: int) -> tuple:
+    losses = [p[0] for p in parts if p[0] is not None]
+    loss = torch.stack([torch.as_tensor(x) for x in losses]).mean() if losses else None
+    preds = [p[1] for p in parts if p[1] is not None]
+    labels = [p[2] for p in parts if p[2] is not None]
+    return (
+        loss,
+        _pad_cat(preds, pad_id) if preds else None,
+        _pad_cat(labels, -100) if labels else None,
+    )

@@ -1,0 +1,257 @@
+"""Concrete run settings: every ``auto`` in a section resolved, every plan decision applied.
+
+On a GPU the memory planner decides and the run applies *all* of its decisions - batch
+geometry, precision, optimizer, gradient checkpointing, source length (when the ladder
+shortened it), eval batch, generation batch, token budget and row cap - or refuses to
+start: a plan that does not fit raises a ``UserError`` that lists what would fit, before
+any run folder exists. On a CPU there is no device memory to plan against, so simple,
+documented defaults are used - unless ``hardware.memory_cap_gib`` emulates a device of
+that size: then the CPU run is planned (CPU kernels) and capped like a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from dialsum.core.config import SectionConfig
+from dialsum.core.errors import ConfigError, UserError
+from dialsum.inference.batching import generation_token_budget
+from dialsum.memory.plan import resolve_optimizer
+from dialsum.training.geometry import BatchGeometry, GeometryView, per_rank_rows
+
+_GIB = 2**30
+
+CPU_MICRO_BATCH_CAP = 16
+"""Largest micro-batch an unplanned CPU run uses (CPU memory is rarely the limit)."""
+
+CPU_BATCH = 32
+"""Eval and generation batch of an unplanned CPU run."""
+
+
+@dataclass
+class Settings(GeometryView):
+    device: str  # "cpu" | "cuda"
+    geometry: BatchGeometry
+    eval_batch_size: int
+    generation_batch_size: int
+    generation_token_budget: int
+    generation_row_cap: int
+    precision: str
+    optimizer: str
+    gradient_checkpointing: bool
+    source_len: int  # tokenizer.max_source_length the run tokenizes at
+    predict_precision: str = "fp32"  # weights dtype of post-training generation
+    gpu: str | None = None
+    memory_cap_bytes: int | None = None  # CPU runs emulating a smaller device
+    reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    next_ladder_step: str | None = None
+    plan: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("geometry")
+        out.update(self.geometry.to_json())
+        out["per_step_rows"] = self.per_step_rows
+        return out
+
+
+def world_size() -> int:
+    return int(torch.distributed.get_world_size()) if _dist_ready() else _env_world_size()
+
+
+def _dist_ready() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _env_world_size() -> int:
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_cuda(cfg: SectionConfig) -> bool:
+    return (
+        torch.cuda.is_available() and not cfg.hardware.cpu and cfg.hardware.memory_cap_gib is None
+    )
+
+
+def memory_cap_bytes(cfg: SectionConfig) -> int | None:
+    cap = cfg.hardware.memory_cap_gib
+    return None if cap is None else int(cap * _GIB)
+
+
+def resolve_settings(
+    cfg: SectionConfig, model_config, *, report=None, guard=None, echo=print
+) -> Settings:
+    """Settings for ``cfg`` on this machine; ``UserError`` when the plan does not fit."""
+    world = world_size()
+    per_rank_rows(cfg.training.effective_batch_size, world)  # exact split, or a clear error
+    if use_cuda(cfg) or memory_cap_bytes(cfg) is not None:
+        settings = _planned_settings(cfg, model_config, world, report)
+    else:
+        settings = _cpu_settings(cfg, world)
+    if guard is not None:
+        _keep_recovered_batches(settings, guard)
+    micro = settings.micro_batch_size
+    if settings.per_step_rows % micro:
+        # A micro-batch set for one process can exceed (or not divide) the rows each of
+        # several processes gets per step; the effective batch stays what was asked.
+        fitted = settings.geometry.largest_micro_batch_at_most(micro)
+        settings.reasons.append(
+            f"micro-batch {micro} -> {fitted}: it must divide the {settings.per_step_rows} "
+            f"rows each of {world} process(es) gets per step"
+        )
+        micro = fitted
+    settings.geometry = BatchGeometry.build(
+        cfg.training.effective_batch_size,
+        world,
+        micro,
+        asserted_accumulation=cfg.training.gradient_accumulation_steps,
+    )
+    _require_optimizer(settings)
+    echo(describe(settings))
+    return settings
+
+
+def _keep_recovered_batches(settings: Settings, guard) -> None:
+    """--resume after an OOM recovery: keep the smaller batches that proved to fit."""
+    if guard.micro_batch_size < settings.micro_batch_size:
+        settings.reasons.append(
+            f"micro-batch {guard.micro_batch_size} kept from the run state (OOM recovery)"
+        )
+        settings.geometry = BatchGeometry(
+            settings.effective_batch_size, settings.world_size, guard.micro_batch_size
+        )
+    if guard.eval_batch_size and guard.eval_batch_size < settings.eval_batch_size:
+        settings.eval_batch_size = guard.eval_batch_size
+
+
+def _require_optimizer(settings: Settings) -> None:
+    from dialsum.training.step import optimizer_available
+
+    if settings.optimizer == "adamw8bit" and (
+        settings.device != "cuda" or not optimizer_available("adamw8bit")
+    ):
+        raise ConfigError(
+            "training.optimizer adamw8bit needs a CUDA GPU and the bitsandbytes package "
+            "(`uv sync --extra bnb`); use auto, adamw or adafactor"
+        )
+
+
+def _cpu_settings(cfg: SectionConfig, world: int) -> Settings:
+    t, inf = cfg.training, cfg.inference
+    reasons = ["no CUDA device in use: memory planning skipped (CPU memory is the limit)"]
+    rows = per_rank_rows(t.effective_batch_size, world)
+    if t.micro_batch_size == "auto":
+        micro = max(d for d in range(1, min(rows, CPU_MICRO_BATCH_CAP) + 1) if rows % d == 0)
+        reasons.append(
+            f"micro-batch {micro}: largest divisor of {rows} up to {CPU_MICRO_BATCH_CAP} on CPU"
+        )
+    else:
+        micro = t.micro_batch_size
+    precision = "fp32" if t.precision == "auto" else t.precision
+    if precision != "fp32":
+        reasons.append(f"precision {precision} requested; CPU autocast will be used")
+    eval_bs = CPU_BATCH if t.eval_batch_size == "auto" else t.eval_batch_size
+    gen_bs = CPU_BATCH if inf.batch_size == "auto" else inf.batch_size
+    source_len = cfg.tokenizer.max_source_length
+    return Settings(
+        device="cpu",
+        geometry=BatchGeometry(t.effective_batch_size, world, micro),
+        eval_batch_size=eval_bs,
+        generation_batch_size=gen_bs,
+        generation_token_budget=generation_token_budget(
+            gen_bs, source_len, cfg.max_new_tokens, inf.num_beams
+        ),
+        generation_row_cap=gen_bs,
+        precision=precision,
+        optimizer=resolve_optimizer(t.optimizer),
+        gradient_checkpointing=t.gradient_checkpointing is True,
+        source_len=source_len,
+        predict_precision="fp32",
+        reasons=reasons,
+    )
+
+
+def not_fitting_message(plan, cfg: SectionConfig) -> str:
+    """What does not fit, and the options the planner checked that would."""
+    lines = [
+        f"section '{cfg.name}' does not fit on {plan.gpu.name}: micro-batch "
+        f"{plan.micro_batch_size} at source length {plan.source_len} needs "
+        f"{plan.required_bytes / _GIB:.2f} GiB, {plan.usable_bytes / _GIB:.2f} GiB usable, "
+        "after the fallback steps this section allows.",
+        "Nothing was started. What would fit:",
+    ]
+    lines += [f"  - {option}" for option in plan.alternatives] or ["  - a larger device"]
+    where = f"--gpu {plan.gpu.slug}"
+    if plan.gpu.is_cpu and cfg.hardware.memory_cap_gib is not None:
+        where = f"--gpu cpu --set hardware.memory_cap_gib={cfg.hardware.memory_cap_gib}"
+    lines.append(f"See `dialsum plan -s {cfg.name} {where}` for the details.")
+    return "\n".join(lines)
+
+
+def _planned_settings(cfg: SectionConfig, model_config, world: int, report) -> Settings:
+    from dialsum.memory.gpus import cpu_device
+    from dialsum.memory.section import plan_for_section
+
+    cap = memory_cap_bytes(cfg)
+    gpu = cpu_device(cap) if cap is not None else None
+    plan = plan_for_section(cfg, model_config, report=report, world=world, gpu=gpu)
+    if not plan.fits:
+        raise UserError(not_fitting_message(plan, cfg))
+    inf = cfg.inference
+    reasons = list(plan.reasons)
+    source_len = cfg.tokenizer.max_source_length
+    if plan.source_len_cut:
+        source_len = plan.source_len
+        reasons.append(f"tokenizer.max_source_length {cfg.tokenizer.max_source_length} -> "
+                       f"{source_len}: the planner shortened the source to fit")  # fmt: skip
+    if inf.batch_size == "auto":
+        gen_bs, budget, row_cap = (
+            plan.generation_batch_size,
+            plan.generation_token_budget,
+            plan.generation_row_cap,
+        )
+    else:
+        gen_bs, row_cap = inf.batch_size, inf.batch_size
+        budget = generation_token_budget(gen_bs, source_len, cfg.max_new_tokens, inf.num_beams)
+    return Settings(
+        device="cpu" if cap is not None else "cuda",
+        geometry=plan.geometry,
+        eval_batch_size=plan.eval_batch_size,
+        generation_batch_size=gen_bs,
+        generation_token_budget=budget,
+        generation_row_cap=row_cap,
+        precision="bf16" if plan.precision == "pure_bf16" else plan.precision,
+        optimizer=plan.optimizer,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        source_len=source_len,
+        predict_precision=plan.predict_precision,
+        gpu=plan.gpu.slug,
+        memory_cap_bytes=cap,
+        reasons=reasons,
+        warnings=list(plan.warnings),
+        next_ladder_step=plan.next_ladder_step,
+        plan=plan.to_json_dict(),
+    )
+
+
+def describe(s: Settings) -> str:
+    cap = f", capped at {s.memory_cap_bytes / _GIB:.2f} GiB" if s.memory_cap_bytes else ""
+    lines = [
+        f"settings ({s.device}{', ' + s.gpu if s.gpu else ''}{cap}, {s.world_size} process(es)):",
+        f"  micro-batch {s.micro_batch_size} x accumulation {s.gradient_accumulation_steps} x "
+        f"{s.world_size} process(es) = effective batch {s.effective_batch_size}",
+        f"  precision {s.precision}, optimizer {s.optimizer}, "
+        f"gradient checkpointing {'on' if s.gradient_checkpointing else 'off'}, "
+        f"source length {s.source_len}",
+        f"  eval batch {s.eval_batch_size}, generation batch {s.generation_batch_size} "
+        f"(token budget {s.generation_token_budget}, at most {s.generation_row_cap} rows)",
+    ]
+    lines += [f"  - {r}" for r in s.reasons]
+    lines += [f"  ! {w}" for w in s.warnings]
+    return "\n".join(lines)

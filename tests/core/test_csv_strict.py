@@ -1,0 +1,98 @@
+"""One strict CSV reader for training, prediction and ``dialsum evaluate`` (issue 10,
+items 6 and 11): an unclosed quote names the record and the line its field started on,
+and evaluate rejects shifted rows and scores exactly what training-time scoring scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dialsum.core.errors import DataError
+from dialsum.data.dataset import read_dialogue_csv, read_predictions_csv, write_csv_atomic
+from dialsum.metrics import evaluate_files, score_summaries
+
+# Text lines: 1 header, 2 t_0, 3-4 t_1 (its dialogue opens a quote on line 3 and never
+# closes it), 5 t_2, 6 t_3: the quote at the start of t_3's dialogue is read as the end of
+# t_1's field, and the parser gives up there, three lines after the real mistake.
+UNCLOSED = (
+    "fname,dialogue,summary,topic\n"
+    "t_0,대화,요약,주제\n"
+    't_1,"#Person1#: 안녕\n'
+    "#Person2#: 네,요약,주제\n"
+    "t_2,대화,요약,주제\n"
+    't_3,"대화" 끝,요약,주제\n'
+    "t_4,대화,요약,주제\n"
+)
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_unclosed_quote_names_the_record_and_the_line_it_opened_on(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        read_dialogue_csv(write(tmp_path, "train.csv", UNCLOSED), "train")
+    message = str(info.value)
+    assert "unclosed quote" in message
+    assert "record 3 (fname 't_1')" in message
+    assert "dialogue field opens a quote on text line 3" in message
+    assert "gave up at text line 6" in message
+    assert '""' in message  # what to do
+
+
+def test_unclosed_quote_to_the_end_of_the_file(tmp_path: Path) -> None:
+    text = 'fname,dialogue,summary\nt_0,a,b\nt_1,c,"요약이\n끝나지\n않음\n'
+    with pytest.raises(DataError) as info:
+        read_dialogue_csv(write(tmp_path, "dev.csv", text), "dev")
+    message = str(info.value)
+    assert "record 3 (fname 't_1')" in message
+    assert "summary field opens a quote on text line 3" in message
+    assert "end of the file" in message
+
+
+def test_evaluate_reports_an_unclosed_quote_not_a_missing_fname(tmp_path: Path) -> None:
+    ref = write(tmp_path, "dev.csv", "fname,dialogue,summary\nd_0,a,요약\nd_1,b,요약\n")
+    pred = write(tmp_path, "pred.csv", 'fname,summary\nd_0,"요약\nd_1,요약\n')
+    with pytest.raises(DataError) as info:
+        evaluate_files(pred, ref)
+    message = str(info.value)
+    assert "pred.csv" in message and "unclosed quote" in message
+    assert "record 2 (fname 'd_0')" in message and "text line 2" in message
+    assert "without a prediction" not in message
+
+
+def test_evaluate_rejects_rows_with_extra_fields_like_training(tmp_path: Path) -> None:
+    # An unquoted comma splits the summary: "98.75" from half a summary was exit 0 before.
+    ref = write(tmp_path, "dev.csv", "fname,dialogue,summary\nd_0,a,철수가 밥을 먹는다\n")
+    pred = write(tmp_path, "pred.csv", "fname,summary\nd_0,철수가 밥을,먹는다\n")
+    with pytest.raises(DataError, match=r"more fields than the 2 header columns: line 2"):
+        evaluate_files(pred, ref)
+    shifted_ref = write(tmp_path, "ref2.csv", "fname,dialogue,summary\nd_0,a,밥을,먹는다\n")
+    good_pred = write(tmp_path, "good.csv", "fname,summary\nd_0,밥을 먹는다\n")
+    with pytest.raises(DataError, match=r"(?s)ref2.csv.*more fields than the 3 header columns"):
+        evaluate_files(good_pred, shifted_ref)
+
+
+def test_evaluate_scores_what_training_time_scoring_scores(tmp_path: Path) -> None:
+    # Artifacts that cleaning removes (literal \n, <br>, trailing spaces) and an extra
+    # reference column: both paths must read the files the same way.
+    ref = write(
+        tmp_path,
+        "dev.csv",
+        "fname,dialogue,summary,summary1\n"
+        "d_0,대화,#Person1#은 밥을<br>먹는다.,#Person1#이 식사한다\n"
+        'd_1,대화,"회의가\\n내일 있다  ",\n'
+        "d_2,대화,날씨가 좋다,\n",
+    )
+    predictions = ["#Person1#은 밥을 먹었다", "회의는 내일이다", "오늘 날씨가 좋다"]
+    table = read_dialogue_csv(ref, "dev")
+    pred = tmp_path / "dev_predictions.csv"
+    fnames = [r.fname for r in table.records]
+    write_csv_atomic(pred, ["fname", "summary"], zip(fnames, predictions, strict=True))
+    # Training-time scoring: train.build_trainer scores generated texts against these.
+    during_training = score_summaries(predictions, [r.references for r in table.records])
+    assert evaluate_files(pred, ref) == during_training
+    assert read_predictions_csv(pred) == dict(zip(fnames, predictions, strict=True))
