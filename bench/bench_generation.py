@@ -25,16 +25,11 @@ from pathlib import Path
 
 import torch
 
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.data import dataset as data_mod
-from dialsum.inference.batching import (
-    fixed_batches,
-    generation_cost,
-    restore_order,
-    token_budget_batches,
-)
-from dialsum.inference.generate import _generate_rows, generate_summaries
-from dialsum.training.recipe import generation_kwargs, setup_model
+from dialsum.inference.batching import generation_cost, restore_order, token_budget_batches
+from dialsum.inference.predict import _generate_rows, generate_summaries
+from dialsum.training.run_setup import generation_kwargs, setup_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +52,11 @@ def varied_rows(cfg, tokenizer, n: int) -> list[dict[str, list[int]]]:
 def run_batches(model, tokenizer, rows, gen, batches: list[list[int]]) -> list[str]:
     outputs = [_generate_rows(model, tokenizer, [rows[i] for i in b], gen) for b in batches]
     return restore_order(batches, outputs, len(rows))
+
+
+def fixed_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Indices ``0..n-1`` in input order, ``batch_size`` per batch (the naive baseline)."""
+    return [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
 
 
 def sorted_fixed_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -46,16 +46,18 @@ import torch
 from transformers import BartConfig, T5Config
 
 from dialsum.checks.cpu_loop import Setup, compare, make_trainer, measure, predict
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.memory.gpus import cpu_device
 from dialsum.memory.live_cap import LiveBytesCap
-from dialsum.memory.plan import Plan, PlanRequest, largest_fitting, make_plan
+from dialsum.memory.plan import Plan, make_plan
+from dialsum.memory.planner import largest_fitting
 from dialsum.memory.profile import TrainOptions, TrainShape
+from dialsum.memory.request import PlanRequest
 from dialsum.memory.section import overheads_for
 from dialsum.memory.simulate import simulate_train
 from dialsum.models.architectures import load_config, model_from_config
 from dialsum.training.geometry import divisors
-from dialsum.training.recipe import setup_model
+from dialsum.training.run_setup import setup_model
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30

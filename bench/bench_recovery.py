@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.training.recipe import run_training
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -119,7 +119,7 @@ def targets(smoke: bool):
 
 
 def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> dict:
-    from dialsum.training.recipe import length_report, read_tables, setup_model, tiny_texts_from
+    from dialsum.training.run_setup import length_report, read_tables, setup_model, tiny_texts_from
 
     started = time.perf_counter()
     out: dict = {"runs": {}, "emulated": {}, "skipped": []}

@@ -57,8 +57,8 @@ def to_cli_args(ns: argparse.Namespace) -> tuple[list[str], list[str]]:
 
 def check_test_file(ns: argparse.Namespace) -> int:
     """Validate the test CSV before training: a bad path or file must not cost a run."""
-    from dialsum.cli.app import err_console
-    from dialsum.core.config import load_section
+    from dialsum.cli.printers import err_console
+    from dialsum.core.config_load import load_section
     from dialsum.core.errors import UserError
     from dialsum.data.dataset import read_dialogue_csv
 

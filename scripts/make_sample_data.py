@@ -17,7 +17,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from dialsum.data.dataset import write_csv_atomic
+from dialsum.core.csv_files import write_csv_atomic
 
 DEFAULT_OUT_DIR = Path(__file__).resolve().parent.parent / "data" / "sample"
 DEFAULT_SEED = 20240611

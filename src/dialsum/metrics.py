@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from rouge_score import rouge_scorer
 
 from dialsum.core.errors import DataError
-from dialsum.data import dataset as data_mod
+from dialsum.data.dataset import read_dialogue_csv, read_predictions_csv
 
 if TYPE_CHECKING:
     from kiwipiepy import Kiwi
@@ -220,14 +220,15 @@ def evaluate_files(pred_csv: str | Path, ref_csv: str | Path) -> dict[str, float
 
     The reference CSV is the competition dev format ``fname,dialogue,summary`` with
     optional extra references in ``summary1..summary3``. Both files go through the strict
-    reader training and ``predict`` use (``dialsum.data.dataset``): the same encodings, the same
-    row checks (a row shifted by an unquoted comma is an error, not half a summary) and
-    the same cleaning, so this scores exactly what training-time evaluation scores. Rows
-    pair up by fname; a prediction missing or extra is a ``DataError``.
+    reader training and ``predict`` use (``dialsum.core.csv_files``): the same encodings, the
+    same row checks (a row shifted by an unquoted comma is an error, not half a summary) and
+    the same cleaning (``dialsum.data.clean``), so this scores exactly what training-time
+    evaluation scores. Rows pair up by fname; a prediction missing or extra is a
+    ``DataError``.
     """
     pred_path, ref_path = Path(pred_csv), Path(ref_csv)
-    preds = data_mod.read_predictions_csv(pred_path)
-    refs = {r.fname: r.references for r in data_mod.read_dialogue_csv(ref_path, "dev").records}
+    preds = read_predictions_csv(pred_path)
+    refs = {r.fname: r.references for r in read_dialogue_csv(ref_path, "dev").records}
     _check_fnames(pred_path, ref_path, preds, refs)
     fnames = list(refs)  # reference order, so results line up with the dev file
     return score_summaries([preds[f] for f in fnames], [refs[f] for f in fnames])

@@ -18,7 +18,7 @@ from dialsum.checks.calibrate import (
     measure_fragmentation,
     variable_lengths,
 )
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.memory.gpus import resolve_gpu
 from dialsum.memory.overheads import CALIBRATION_ENV, default_overheads
 from dialsum.memory.profile import TrainOptions, TrainShape

@@ -15,9 +15,9 @@ import dialsum.memory.simulate as simulate
 import dialsum.training.guarded_trainer as guarded_trainer
 import dialsum.training.step as step
 from dialsum.checks.cpu_loop import Setup, compare, measure, predict
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.memory.profile import TrainOptions, TrainShape
-from dialsum.training.recipe import setup_model
+from dialsum.training.run_setup import setup_model
 
 ROOT = Path(__file__).resolve().parents[2]
 

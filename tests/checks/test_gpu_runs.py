@@ -41,9 +41,8 @@ def test_emulation_overrides_and_memory_fraction(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr("dialsum.memory.gpus.detect_gpu", lambda: h200)
     monkeypatch.setattr("dialsum.checks.probe.default_overheads", lambda: SimpleNamespace(
         cuda_context_bytes=768 * MIB))  # fmt: skip
-    # (16 GiB - 768 MiB of CUDA context) / the H200's 150,109,945,856 bytes
-    expected = (16 * GIB - 768 * MIB) / 150_109_945_856
-    assert Emulation(16 * GIB, "16GB", cuda=True).fraction() == pytest.approx(expected)
+    # (16 GiB - 768 MiB of CUDA context) / the H200's bytes = 16,374,562,816 / 150,109,945,856
+    assert Emulation(16 * GIB, "16GB", cuda=True).fraction() == pytest.approx(0.109083797)
 
 
 def test_phase_rows_keep_planned_phases_when_nothing_was_measured() -> None:

@@ -1,15 +1,20 @@
-"""One strict CSV reader for training, prediction and ``dialsum evaluate`` (issue 10,
-items 6 and 11): an unclosed quote names the record and the line its field started on,
-and evaluate rejects shifted rows and scores exactly what training-time scoring scores."""
+"""dialsum.core.csv_files: one strict CSV reader for training, prediction and ``dialsum
+evaluate`` (issue 10, items 6 and 11), one atomic writer. An unclosed quote names the record
+and the line its field started on; evaluate rejects shifted rows and scores exactly what
+training-time scoring scores."""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dialsum.core.csv_files import write_csv_atomic
 from dialsum.core.errors import DataError
-from dialsum.data.dataset import read_dialogue_csv, read_predictions_csv, write_csv_atomic
+from dialsum.data.dataset import read_dialogue_csv, read_predictions_csv
 from dialsum.metrics import evaluate_files, score_summaries
 
 # Text lines: 1 header, 2 t_0, 3-4 t_1 (its dialogue opens a quote on line 3 and never
@@ -77,8 +82,8 @@ def test_evaluate_rejects_rows_with_extra_fields_like_training(tmp_path: Path) -
 
 
 def test_evaluate_scores_what_training_time_scoring_scores(tmp_path: Path) -> None:
-    # Artifacts that cleaning removes (literal \n, <br>, trailing spaces) and an extra
-    # reference column: both paths must read the files the same way.
+    # Artifacts that cleaning removes (literal \n, <br>, trailing spaces) in both files, and
+    # an extra reference column: evaluate must see what training-time scoring sees.
     ref = write(
         tmp_path,
         "dev.csv",
@@ -87,12 +92,63 @@ def test_evaluate_scores_what_training_time_scoring_scores(tmp_path: Path) -> No
         'd_1,대화,"회의가\\n내일 있다  ",\n'
         "d_2,대화,날씨가 좋다,\n",
     )
-    predictions = ["#Person1#은 밥을 먹었다", "회의는 내일이다", "오늘 날씨가 좋다"]
-    table = read_dialogue_csv(ref, "dev")
-    pred = tmp_path / "dev_predictions.csv"
-    fnames = [r.fname for r in table.records]
-    write_csv_atomic(pred, ["fname", "summary"], zip(fnames, predictions, strict=True))
-    # Training-time scoring: train.build_trainer scores generated texts against these.
-    during_training = score_summaries(predictions, [r.references for r in table.records])
-    assert evaluate_files(pred, ref) == during_training
-    assert read_predictions_csv(pred) == dict(zip(fnames, predictions, strict=True))
+    pred = write(
+        tmp_path,
+        "dev_predictions.csv",
+        "fname,summary\n"
+        "d_0,#Person1#은 밥을<br>먹었다\n"
+        "d_1,회의는\\n내일이다\n"
+        'd_2,"오늘 날씨가 좋다  "\n',
+    )
+    # Training-time scoring: the generated summaries against the references as training
+    # reads them (read_dialogue_csv), both written out here by hand.
+    generated = ["#Person1#은 밥을\n먹었다", "회의는\n내일이다", "오늘 날씨가 좋다"]
+    references = [
+        ["#Person1#은 밥을\n먹는다.", "#Person1#이 식사한다"],
+        ["회의가\n내일 있다"],
+        ["날씨가 좋다"],
+    ]
+    assert [r.references for r in read_dialogue_csv(ref, "dev").records] == references
+    assert read_predictions_csv(pred) == dict(zip(["d_0", "d_1", "d_2"], generated, strict=True))
+    expected = score_summaries(generated, references)
+    assert evaluate_files(pred, ref) == expected
+    # The artifacts matter: left in ("br", "n" are words to ROUGE), the score differs.
+    raw = ["#Person1#은 밥을<br>먹었다", "회의는\\n내일이다", "오늘 날씨가 좋다  "]
+    assert score_summaries(raw, references)["score"] != expected["score"]
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_write_csv_atomic_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "out" / "nested" / "submission.csv"
+    rows = [("t_0", "첫 줄\n둘째 줄, 쉼표"), ("t_1", '"따옴표"')]
+    write_csv_atomic(path, ["fname", "summary"], rows)
+    raw = path.read_bytes()
+    assert not raw.startswith(b"\xef\xbb\xbf") and b"\r\n" not in raw
+    assert read_predictions_csv(path) == {"t_0": "첫 줄\n둘째 줄, 쉼표", "t_1": '"따옴표"'}
+    assert sorted(os.listdir(path.parent)) == ["submission.csv"]
+
+
+def test_write_csv_atomic_failure_leaves_destination_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "submission.csv"
+    path.write_text("fname,summary\nold,이전 결과\n", encoding="utf-8")
+    before = path.read_bytes()
+
+    def rows() -> Iterator[tuple[str, str]]:
+        yield ("t_0", "새 결과")
+        raise RuntimeError("generation crashed")
+
+    with pytest.raises(RuntimeError, match="generation crashed"):
+        write_csv_atomic(path, ["fname", "summary"], rows())
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["submission.csv"]  # the temporary file is gone
+
+
+def test_read_predictions_duplicates_and_columns(tmp_path: Path) -> None:
+    dup = write(tmp_path, "pred.csv", "fname,summary\nt_0,a\nt_1,b\nt_0,c\n")
+    with pytest.raises(DataError, match=re.escape("'t_0' (lines 2, 4)")):
+        read_predictions_csv(dup)
+    wrong = write(tmp_path, "wrong.csv", "fname,prediction\nt_0,a\n")
+    with pytest.raises(DataError, match="missing required column.*summary.*found columns"):
+        read_predictions_csv(wrong)

@@ -209,7 +209,7 @@ def test_plan_rows_for_a_gpu_the_build_cannot_run_name_the_build(
     from types import SimpleNamespace
 
     import dialsum.memory.section as planning
-    from dialsum.core.config import load_section
+    from dialsum.core.config_load import load_section
     from dialsum.models.architectures import known_config
 
     monkeypatch.setattr(gpu_support, "installed_build", lambda: CU132)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dialsum.cli.app import main
-from dialsum.core.config import list_sections, load_section
+from dialsum.core.config_load import load_section, read_yaml
 from dialsum.core.errors import ConfigError, UserError
 from dialsum.training.oom_guard import GuardState
 
@@ -36,7 +36,7 @@ def test_cp949_yaml_names_the_file_the_line_and_the_fix(tmp_path: Path) -> None:
 def test_sections_written_as_a_list(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("defaults: {}\nsections:\n  - tiny:\n      model: {name: tiny:t5}\n")
-    for call in (lambda: load_section(path, "tiny"), lambda: list_sections(path)):
+    for call in (lambda: load_section(path, "tiny"), lambda: read_yaml(path)):
         with pytest.raises(ConfigError) as info:
             call()
         message = str(info.value)

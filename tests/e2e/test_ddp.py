@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.core.runs import latest_run
 from dialsum.training.oom_guard import GuardState
 from dialsum.training.recipe import run_training

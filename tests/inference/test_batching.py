@@ -7,7 +7,6 @@ import random
 import pytest
 
 from dialsum.inference.batching import (
-    fixed_batches,
     restore_order,
     split_batch,
     token_budget_batches,
@@ -98,14 +97,6 @@ def test_restore_order_rejects_inconsistent_batches(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         restore_order(batches, outputs, n)
-
-
-def test_fixed_batches() -> None:
-    assert fixed_batches(7, 3) == [[0, 1, 2], [3, 4, 5], [6]]
-    assert fixed_batches(6, 3) == [[0, 1, 2], [3, 4, 5]]
-    assert fixed_batches(0, 3) == []
-    with pytest.raises(ValueError, match="batch_size"):
-        fixed_batches(3, 0)
 
 
 def test_split_batch_keeps_order_larger_pieces_first() -> None:

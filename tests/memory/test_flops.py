@@ -18,7 +18,8 @@ from dialsum.memory.flops import (
     short_cache_len,
 )
 from dialsum.memory.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_generate, simulate_train
+from dialsum.memory.simulate import simulate_train
+from dialsum.memory.simulate_generate import simulate_generate
 
 
 @pytest.fixture(autouse=True)

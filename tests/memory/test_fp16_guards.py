@@ -5,7 +5,8 @@ from __future__ import annotations
 from transformers import BartConfig
 
 from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_generate, simulate_train
+from dialsum.memory.simulate import simulate_train
+from dialsum.memory.simulate_generate import simulate_generate
 
 BART = BartConfig(
     vocab_size=500, d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64,

@@ -23,21 +23,11 @@ from transformers import T5Config
 
 import dialsum.training.step as step_mod
 from dialsum.core.errors import ConfigError
+from dialsum.memory.generation_batches import EVAL_BATCH_CAP, GENERATION_BATCH_CAP
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
+from dialsum.memory.ladder import ladder_steps
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
-from dialsum.memory.plan import (
-    EVAL_BATCH_CAP,
-    GENERATION_BATCH_CAP,
-    Plan,
-    PlanRequest,
-    Simulator,
-    bucket_table,
-    divisors,
-    ladder_steps,
-    make_plan,
-    model_family,
-    truncated_fraction,
-)
+from dialsum.memory.plan import Plan, bucket_table, make_plan
 from dialsum.memory.profile import (
     GenerateOptions,
     GenerateShape,
@@ -45,7 +35,10 @@ from dialsum.memory.profile import (
     TrainOptions,
     TrainShape,
 )
-from dialsum.models.architectures import known_config
+from dialsum.memory.request import PlanRequest, truncated_fraction
+from dialsum.memory.simulator import Simulator
+from dialsum.models.architectures import count_params, known_config, model_from_config
+from dialsum.training.geometry import divisors
 
 KIB = 2**10
 MIB = 2**20
@@ -145,12 +138,6 @@ def fp32_gpu_for_rows(rows: int, extra_bytes: int = 0) -> GPU:
 # --- helpers -------------------------------------------------------------------------------
 
 
-def test_divisors() -> None:
-    assert divisors(1) == [1]
-    assert divisors(24) == [1, 2, 3, 4, 6, 8, 12, 24]
-    assert divisors(49) == [1, 7, 49]
-
-
 def test_truncated_fraction() -> None:
     lengths = [(100, 10), (200, 20), (300, 100), (600, 40)]
     assert truncated_fraction(lengths, 256) == 0.5
@@ -158,10 +145,6 @@ def test_truncated_fraction() -> None:
     assert truncated_fraction(lengths, 1024) == 0.0
     assert truncated_fraction(None, 128) is None
     assert truncated_fraction([], 128) is None
-
-
-def test_model_family() -> None:
-    assert (model_family(T5), model_family(MT5), model_family(BART)) == ("t5", "mt5", "bart")
 
 
 # --- micro-batch and effective batch --------------------------------------------------------
@@ -174,8 +157,9 @@ def test_micro_batch_is_largest_fitting_divisor() -> None:
     assert plan.effective_batch_size == 24
     assert plan.precision == "fp32"
     assert plan.gradient_checkpointing is False
-    assert plan.predicted_peak_bytes == STATIC_FP32_ADAMW + 6 * TOKENS_512_64 * MIB
-    assert plan.required_bytes == plan.predicted_peak_bytes
+    # 1.6e9 static + 6 rows x 576 MiB = 1,600,000,000 + 3,623,878,656; no overheads (ZERO).
+    assert plan.predicted_peak_bytes == 5_223_878_656
+    assert plan.required_bytes == 5_223_878_656
     assert plan.fits is True
     assert plan.next_ladder_step == "gradient_checkpointing"
 
@@ -224,7 +208,9 @@ def test_world_size_splits_batch_and_counts_ddp_buckets() -> None:
     plan = plan_for(req, fp32_gpu_for_rows(4, extra_bytes=400_000_000))
     assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (4, 4)
     assert plan.micro_batch_size * plan.gradient_accumulation_steps * plan.world_size == 32
-    assert plan.required_bytes == plan.predicted_peak_bytes + 400_000_000
+    # Peak 1.6e9 + 4 rows x 576 MiB = 4,015,919,104; plus the DDP gradient copy 4e8.
+    assert plan.predicted_peak_bytes == 4_015_919_104
+    assert plan.required_bytes == 4_415_919_104
     plan = plan_for(req, fp32_gpu_for_rows(4, extra_bytes=399_999_999))
     assert plan.micro_batch_size == 2
 
@@ -391,8 +377,11 @@ def test_ladder_then_shorter_source_with_truncation_numbers() -> None:
         256,
     )
     assert plan.predicted_peak_bytes == 800_000_000 + 80 * MIB
-    # (source + new tokens) x beams per row: (256 + 64) x 4.
-    assert plan.generation_token_budget == plan.generation_batch_size * 320 * 4
+    # Prediction in fp32: 4e8 weights + b x 4 beams x (256 + 64) tokens x 64 KiB = b x 80 MiB
+    # fits 8e8 + 100 MiB for b <= 6.02 -> 6 among 1, 2, 3, 4, 6, 8.
+    assert plan.generation_batch_size == 6
+    # (source + new tokens) x beams per row: 6 x (256 + 64) x 4.
+    assert plan.generation_token_budget == 7680
     step = "max source length 512 -> 256 (truncates 50.0% of dialogues: 2 of 4)"
     assert any(reason.startswith(step) for reason in plan.reasons)
     assert any(step in warning for warning in plan.warnings)
@@ -526,7 +515,8 @@ def test_to_json_dict() -> None:
     assert data["params"] == PARAMS
     assert (data["micro_batch_size"], data["gradient_accumulation_steps"]) == (6, 4)
     assert data["breakdown"]["optimizer_state"] == 800_000_000
-    assert data["gpu"] == {"slug": "test", "name": "Test GPU", "total_bytes": plan.gpu.total_bytes}
+    # 1.6e9 + 7 rows x 576 MiB = 1,600,000,000 + 4,227,858,432.
+    assert data["gpu"] == {"slug": "test", "name": "Test GPU", "total_bytes": 5_827_858_432}
     assert json.loads(json.dumps(data)) == data
 
 
@@ -607,5 +597,13 @@ def test_plan_with_real_simulator_smoke(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert plan.precision == "bf16"
     assert plan.fits
     assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (8, 1)
-    assert plan.predicted_peak_bytes == plan.train_profile.peak_bytes > 0
+    # All 8 rows in one micro-batch (no accumulation), bf16 AMP, fused AdamW, CUDA's
+    # kernels: the plan's peak is that step's traced peak, asked of the simulator directly.
+    from dialsum.memory.simulate import simulate_train
+
+    step = TrainOptions(precision="bf16", optimizer="adamw", micro_batches=1, device="cuda")
+    assert plan.predicted_peak_bytes == simulate_train(tiny, TrainShape(8, 64, 16), step).peak_bytes
+    # At least the model states: fp32 weights and gradients, AdamW's two fp32 moments.
+    params = count_params(model_from_config(tiny, device="meta"))
+    assert plan.predicted_peak_bytes > 16 * params
     assert plan.generate_profile.peak_bytes > 0

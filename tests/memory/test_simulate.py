@@ -12,12 +12,8 @@ from transformers import BartConfig, T5Config
 from dialsum.memory.allocator import round_allocation_bytes, segment_bytes
 from dialsum.memory.fake_model import fake_model_from_config, unique_params
 from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import (
-    kv_cache_bytes,
-    simulate_generate,
-    simulate_train,
-    weights_bytes,
-)
+from dialsum.memory.simulate import simulate_train, weights_bytes
+from dialsum.memory.simulate_generate import kv_cache_bytes, simulate_generate
 from dialsum.models.architectures import KNOWN_PARAM_COUNTS, known_config
 
 MIB = 1 << 20

@@ -56,7 +56,7 @@ def test_sizes_must_be_affine_and_structures_equal() -> None:
 @pytest.mark.parametrize("config", [T5, BART], ids=["t5", "bart"])
 def test_generation_replay_equals_direct_trace(config) -> None:
     from dialsum.memory.profile import GenerateShape
-    from dialsum.memory.simulate import simulate_generate
+    from dialsum.memory.simulate_generate import simulate_generate
 
     for batch, beams, precision in ((5, 4, "fp32"), (16, 1, "bf16")):
         shape = GenerateShape(batch, 96, 16, beams)

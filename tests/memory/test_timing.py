@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dialsum.memory.epoch_time import epoch_time, length_scale, step_micro_batches
 from dialsum.memory.gpu_specs import DeviceSpec, known_slugs
 from dialsum.memory.gpus import catalog
 from dialsum.memory.overheads import load_calibration
@@ -16,14 +17,11 @@ from dialsum.memory.timing import (
     achieved_efficiency,
     achieved_step_efficiency,
     efficiency_for,
-    epoch_time,
     format_duration,
-    length_scale,
     predict_step,
     predict_time,
     read_efficiencies,
     record_efficiency,
-    step_micro_batches,
     step_time_of,
     train_step_cost,
 )

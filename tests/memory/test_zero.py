@@ -13,8 +13,10 @@ from transformers import T5Config
 from dialsum.core.errors import ConfigError
 from dialsum.memory.gpus import GPU
 from dialsum.memory.overheads import Overheads
-from dialsum.memory.plan import PlanRequest, Simulator, make_plan
+from dialsum.memory.plan import make_plan
 from dialsum.memory.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
+from dialsum.memory.request import PlanRequest
+from dialsum.memory.simulator import Simulator
 from dialsum.memory.zero import (
     ZERO12_BUCKET_ELEMENTS,
     StateLayout,

@@ -215,3 +215,15 @@ def test_architecture_facts_of_partial_and_raw_configs() -> None:
     assert architecture_facts(T5Config())["ffn"] == "relu"
     bart = architecture_facts(BartConfig(activation_function="relu", encoder_ffn_dim=64))
     assert (bart["ffn"], bart["d_ff"], bart["tied_lm_head"]) == ("relu", 64, True)
+
+
+def test_model_family_of_configs_and_models() -> None:
+    from types import SimpleNamespace
+
+    from dialsum.models.architectures import is_t5_like, model_family
+
+    t5, mt5, bart = (known_config(m) for m in (T5_ID, MT5_ID, BART_ID))
+    assert (model_family(t5), model_family(mt5), model_family(bart)) == ("t5", "mt5", "bart")
+    assert model_family(model_from_config(bart, device="meta")) == "bart"  # a model: its config
+    assert model_family(SimpleNamespace(model_type="gpt2")) == "other"
+    assert [is_t5_like(f) for f in ("t5", "mt5", "bart", "other")] == [True, True, False, False]

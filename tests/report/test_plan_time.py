@@ -110,10 +110,10 @@ def test_step_timer_summary_measured_vs_predicted() -> None:
 
 
 def test_probe_path_measures_and_calibrates_on_the_cpu(tmp_path) -> None:
-    from dialsum.core.config import load_section
+    from dialsum.core.config_load import load_section
     from dialsum.memory.gpus import cpu_device
     from dialsum.memory.timing import read_efficiencies
-    from dialsum.training.recipe import setup_model
+    from dialsum.training.run_setup import setup_model
     from dialsum.training.step_timer import probe_step_time
 
     cfg = load_section(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.core.errors import UserError
 from dialsum.training.deepspeed import (
     STEPS_PER_PRINT,
@@ -121,7 +121,7 @@ def test_config_for_run_follows_the_resolved_settings() -> None:
     assert config["gradient_accumulation_steps"] == 4
     assert config["gradient_clipping"] == 0.5
     assert config["zero_optimization"]["reduce_bucket_size"] == 1024 * 1024
-    assert config["optimizer"]["params"]["lr"] == cfg.training.learning_rate
+    assert config["optimizer"]["params"]["lr"] == 5e-5  # kobart's learning_rate in config.yaml
 
 
 @pytest.mark.skipif(deepspeed_available(), reason="DeepSpeed is installed here")

@@ -67,7 +67,7 @@ def test_a_gradient_larger_than_a_bucket_gets_its_own() -> None:
 def test_settings_split_the_effective_batch_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
     from pathlib import Path
 
-    from dialsum.core.config import load_section
+    from dialsum.core.config_load import load_section
     from dialsum.training.settings import resolve_settings
 
     # The tiny section asks for micro-batch 16 = effective batch 16 on one process; with

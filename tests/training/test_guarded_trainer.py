@@ -137,7 +137,7 @@ def test_resume_does_not_report_tied_embeddings_as_missing() -> None:
     from transformers import T5Config
 
     from dialsum.models.architectures import model_from_config
-    from dialsum.training.guarded_trainer import untied_missing_keys
+    from dialsum.training.resumable_trainer import untied_missing_keys
 
     config = T5Config(vocab_size=64, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2,
                       tie_word_embeddings=False, decoder_start_token_id=0)  # fmt: skip

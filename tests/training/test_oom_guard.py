@@ -20,7 +20,6 @@ from dialsum.training.oom_guard import (
     agree_on_batch,
     free_device_memory,
     is_oom,
-    micro_batches,
     next_eval_batch,
     next_micro_batch,
     run_with_oom_retry,
@@ -178,15 +177,6 @@ def test_next_eval_batch_halves_down_to_one() -> None:
         next_eval_batch(0)
 
 
-def test_micro_batches_are_consecutive_chunks() -> None:
-    assert micro_batches(range(12), 4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
-    # A short last step of an epoch leaves a short last chunk.
-    assert micro_batches([9, 3, 5, 7, 1], 2) == [[9, 3], [5, 7], [1]]
-    assert micro_batches([], 3) == []
-    with pytest.raises(ValueError, match="must be >= 1"):
-        micro_batches([1, 2], 0)
-
-
 # --- run_with_oom_retry -------------------------------------------------------------------
 
 
@@ -317,7 +307,7 @@ def _state() -> GuardState:
     state = GuardState(micro_batch_size=12, eval_batch_size=64)
     state.record(RecoveryEvent(7, "train", 12, 6, CUDA_OOM))
     state.record(RecoveryEvent(7, "eval", 64, 32, "요약 생성 중 OOM"))
-    state.record(RecoveryEvent(9, "predict", 32, 16, CUDA_OOM))
+    state.record(RecoveryEvent(9, "eval", 32, 16, CUDA_OOM))
     return state
 
 
@@ -327,7 +317,7 @@ def test_record_adopts_the_smaller_batch_per_phase() -> None:
     assert [(e.phase, e.old_batch, e.new_batch) for e in state.events] == [
         ("train", 12, 6),
         ("eval", 64, 32),
-        ("predict", 32, 16),
+        ("eval", 32, 16),
     ]
 
 
@@ -373,6 +363,9 @@ def test_guard_state_rejects_bad_files(tmp_path: Path) -> None:
 def test_recovery_event_rejects_unknown_phase() -> None:
     with pytest.raises(ValueError, match="phase must be one of"):
         RecoveryEvent(1, "warmup", 2, 1, "")  # type: ignore[arg-type]
+    # Generation after training splits its own batches and records no guard events.
+    with pytest.raises(ValueError, match="phase must be one of"):
+        RecoveryEvent(1, "predict", 2, 1, "")  # type: ignore[arg-type]
 
 
 # --- agree_on_batch -----------------------------------------------------------------------

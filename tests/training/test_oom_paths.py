@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 import dialsum.training.guarded_trainer
 import dialsum.training.recipe
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.training.oom_guard import GuardState, OOMUnrecoverable
 from dialsum.training.recipe import run_training
 

@@ -151,7 +151,6 @@ def test_a_run_records_train_and_eval_peaks_and_prints_them(monkeypatch, tmp_pat
 
     import torch
 
-    import dialsum.training.recipe as train
     from dialsum.cli.app import main
     from dialsum.training.monitor import NvmlDevice
 
@@ -162,9 +161,7 @@ def test_a_run_records_train_and_eval_peaks_and_prints_them(monkeypatch, tmp_pat
         def read(self) -> PhasePeak:
             return PhasePeak(3 * 2**20, 4 * 2**20, 3 * 2**20)
 
-    monkeypatch.setattr(
-        train.PhasePeaks, "for_device", classmethod(lambda cls, device: cls(Constant()))
-    )
+    monkeypatch.setattr(PhasePeaks, "for_device", classmethod(lambda cls, device: cls(Constant())))
     monkeypatch.setattr(NvmlDevice, "for_cuda_device", classmethod(lambda cls, index: None))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     out = tmp_path / "runs"

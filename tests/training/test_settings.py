@@ -9,10 +9,10 @@ import pytest
 import dialsum.memory.section as planning
 import dialsum.training.settings as settings_mod
 import dialsum.training.step as step_mod
-from dialsum.core.config import load_section
+from dialsum.core.config_load import load_section
 from dialsum.core.errors import ConfigError, UserError
-from dialsum.memory.plan import Simulator
 from dialsum.memory.profile import MemoryProfile
+from dialsum.memory.simulator import Simulator
 from dialsum.models.architectures import known_config
 from dialsum.training.geometry import BatchGeometry
 from dialsum.training.oom_guard import GuardState
@@ -119,7 +119,7 @@ def _source_dependent(config, shape, options) -> MemoryProfile:
 
 
 def test_the_planned_source_length_is_the_one_the_run_tokenizes_at(monkeypatch) -> None:
-    from dialsum.training.recipe import apply_source_len
+    from dialsum.training.run_setup import apply_source_len
 
     simulator = Simulator(train=_source_dependent, generate=FAKE.generate)
     _use_fake_gpu(monkeypatch, simulator)

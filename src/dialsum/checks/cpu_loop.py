@@ -29,15 +29,17 @@ from transformers import TrainerCallback
 from dialsum.checks.measure import PhaseRecorder
 from dialsum.core.config import SectionConfig
 from dialsum.core.runs import new_run
-from dialsum.data.dataset import make_collator
-from dialsum.inference.generate import generate_summaries
+from dialsum.data.tokenize import make_collator
+from dialsum.inference.predict import generate_summaries
 from dialsum.memory.optimizers import state_tensors
 from dialsum.memory.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_generate, simulate_train
+from dialsum.memory.simulate import simulate_train
+from dialsum.memory.simulate_generate import simulate_generate
 from dialsum.training.geometry import BatchGeometry
 from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.training.oom_guard import GuardState
-from dialsum.training.recipe import ListDataset, training_arguments
+from dialsum.training.run_setup import ListDataset
+from dialsum.training.trainer_setup import training_arguments
 from dialsum.training.settings import Settings
 
 PHASES: tuple[str, ...] = ("train", "optimizer", "eval", "predict")

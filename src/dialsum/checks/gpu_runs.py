@@ -4,14 +4,14 @@ The building blocks of ``bench/gpu_validate.py``. Nothing here is a re-creation 
 
 - ``real_run`` writes a model folder (random weights from an architecture config, the tiny
   tokenizer: memory does not depend on the values, and nothing is downloaded) and runs
-  ``train.run_training`` and ``predict.run_predict`` on it, the functions behind
+  ``recipe.run_training`` and ``predict.run_predict`` on it, the functions behind
   ``dialsum train`` and ``dialsum predict``. The run plans itself for the device, applies
   the plan and writes each phase's measured peaks next to the planned ones
   (``metrics.json``, ``run_memory``). Every dialogue fills the source length, every
   summary the target length, and generation runs to its full length
   (``inference.min_new_tokens``): the phases run at the shapes the plan is for.
 - ``emulated`` plans for a smaller device and runs the guarded trainer (built by
-  ``train.training_arguments``, as ``train`` builds it), evaluation and generation at the
+  ``trainer_setup.training_arguments``, as ``train`` builds it), evaluation and generation at the
   planned settings under that device's limit, counting OOMs (the guard's recoveries, the
   generation's batch splits); then it searches the largest micro-batch that trains
   without an OOM. The limit is ``torch.cuda.set_per_process_memory_fraction`` on a GPU (what
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import gc
 import json
 import time
@@ -33,7 +32,10 @@ from typing import Any
 import torch
 
 from dialsum.checks.cpu_loop import fixed_rows
-from dialsum.core.config import SectionConfig, load_section
+from dialsum.core.config import SectionConfig
+from dialsum.core.config_load import load_section
+from dialsum.core.csv_files import write_csv_atomic
+from dialsum.data.dataset import read_dialogue_csv
 from dialsum.training.geometry import BatchGeometry
 from dialsum.training.oom_guard import GuardState, OOMUnrecoverable, is_oom
 
@@ -46,20 +48,19 @@ GIB, MIB = 2**30, 2**20
 def write_long_csvs(sample: Path, out: Path, rows: dict[str, int], repeat: int = 4) -> dict:
     """Train/dev/test CSVs whose every dialogue (and summary) is ``repeat`` bundled ones
     joined, so tokenization cuts each at the section's limits; ``rows`` per split."""
-    with (sample / "train.csv").open(encoding="utf-8", newline="") as handle:
-        source = list(csv.DictReader(handle))
+    source = read_dialogue_csv(sample / "train.csv", "train").records
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, count in rows.items():
         path = out / f"{split}.csv"
-        with path.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["fname", "dialogue"] + ([] if split == "test" else ["summary"]))
-            for i in range(count):
-                picked = [source[(i * repeat + k) % len(source)] for k in range(repeat)]
-                dialogue = "\n".join(r["dialogue"] for r in picked)
-                summary = " ".join(r["summary"] for r in picked)
-                writer.writerow([f"{split}_{i}", dialogue] + ([] if split == "test" else [summary]))
+        lines = []
+        for i in range(count):
+            picked = [source[(i * repeat + k) % len(source)] for k in range(repeat)]
+            dialogue = "\n".join(r.dialogue for r in picked)
+            summary = " ".join(r.summary or "" for r in picked)
+            lines.append([f"{split}_{i}", dialogue] + ([] if split == "test" else [summary]))
+        header = ["fname", "dialogue"] + ([] if split == "test" else ["summary"])
+        write_csv_atomic(path, header, lines)
         paths[split] = path
     return paths
 
@@ -68,7 +69,8 @@ def write_model_folder(model_config, family: str, texts: list[str], out: Path) -
     """A model folder ``load_model`` reads: random weights for ``model_config`` and a tiny
     tokenizer trained on ``texts`` (its ids fit any vocabulary above 2,000)."""
     from dialsum.models.architectures import model_from_config
-    from dialsum.models.loading import save_pretrained, set_generation_ids, train_tiny_tokenizer
+    from dialsum.models.loading import save_pretrained, set_generation_ids
+    from dialsum.models.tiny import train_tiny_tokenizer
 
     tokenizer = train_tiny_tokenizer(texts, family=family)  # type: ignore[arg-type]
     torch.manual_seed(0)
@@ -94,8 +96,7 @@ def section(config: Path, name: str, overrides: list[str]) -> SectionConfig:
 def real_run(cfg: SectionConfig, out: Path, echo=None) -> dict[str, Any]:
     """``dialsum train`` (with its evaluation) and ``dialsum predict`` on ``cfg``; the
     planned vs measured memory of each phase, as the run recorded it."""
-    from dialsum.inference.generate import GenerationStats
-    from dialsum.inference.predict import run_predict
+    from dialsum.inference.predict import GenerationStats, run_predict
     from dialsum.training.recipe import run_training
 
     echo = echo or (lambda *_: None)
@@ -173,7 +174,7 @@ class Emulation:
 
     @contextlib.contextmanager
     def limit(self, settings, model):
-        from dialsum.training.recipe import memory_cap
+        from dialsum.training.run_setup import memory_cap
 
         _free(self.cuda)
         if not self.cuda:
@@ -201,9 +202,10 @@ def trial_trainer(model, tokenizer, cfg: SectionConfig, settings, out: Path, *, 
     """The guarded trainer as ``train`` builds it, on ``steps`` steps of full-length rows."""
     from dialsum.checks.calibrate import set_checkpointing
     from dialsum.core.runs import new_run
-    from dialsum.data.dataset import make_collator
+    from dialsum.data.tokenize import make_collator
     from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
-    from dialsum.training.recipe import ListDataset, generation_kwargs, training_arguments
+    from dialsum.training.run_setup import ListDataset, generation_kwargs
+    from dialsum.training.trainer_setup import training_arguments
 
     t = replace(cfg.training, max_steps=steps, eval_strategy="no", save_strategy="no",
                 report_to=["none"], logging_steps=1000)  # fmt: skip
@@ -256,8 +258,8 @@ def trains_without_oom(model, tokenizer, cfg, settings, emulation, out, target_l
 
 def ooms_at_planned(model, tokenizer, cfg, settings, emulation, out, target_len) -> dict:
     """OOMs of two training steps, one evaluation and one generation pass at the plan."""
-    from dialsum.inference.generate import GenerationStats, generate_summaries
-    from dialsum.training.recipe import generation_kwargs
+    from dialsum.inference.predict import GenerationStats, generate_summaries
+    from dialsum.training.run_setup import generation_kwargs
 
     trainer = trial_trainer(model, tokenizer, cfg, settings, out, steps=2,
                             target_len=target_len, stop_at_oom=False)  # fmt: skip
@@ -306,9 +308,9 @@ def emulated(
     ``search_factor`` x the planned one, at most 128), and OOMs at the planned settings, on
     the emulated device; ``cfg_for(overrides)`` gives the section."""
     from dialsum.core.errors import UserError
-    from dialsum.memory.plan import largest_fitting
+    from dialsum.memory.planner import largest_fitting
     from dialsum.memory.section import plan_for_section
-    from dialsum.training.settings import resolve_settings
+    from dialsum.training.settings import resolve_settings, settings_from_plan
 
     started = time.perf_counter()
     cfg = cfg_for(emulation.overrides())
@@ -319,7 +321,7 @@ def emulated(
     except UserError:  # the plan does not fit: the run would refuse to start
         settings = None
         unfit = plan_for_section(cfg, model.config, report=report)
-        plan, base = unfit.to_json_dict(), _settings_at(cfg, unfit)
+        plan, base = unfit.to_json_dict(), settings_from_plan(unfit, cfg)
     micro = int(plan["micro_batch_size"])
     row: dict[str, Any] = {"gpu": emulation.label, "size_bytes": emulation.size_bytes,
                            "planned_micro_batch": micro, "planned_fits": bool(plan["fits"]),
@@ -356,28 +358,6 @@ def emulated(
     return row
 
 
-def _settings_at(cfg: SectionConfig, plan):
-    """Settings for a plan that does not fit (the search still runs at its options)."""
-    from dialsum.training.settings import Settings
-
-    return Settings(
-        device="cuda" if cfg.hardware.memory_cap_gib is None else "cpu",
-        geometry=plan.geometry,
-        eval_batch_size=plan.eval_batch_size,
-        generation_batch_size=plan.generation_batch_size,
-        generation_token_budget=plan.generation_token_budget,
-        generation_row_cap=plan.generation_row_cap,
-        precision="bf16" if plan.precision == "pure_bf16" else plan.precision,
-        optimizer=plan.optimizer,
-        gradient_checkpointing=plan.gradient_checkpointing,
-        source_len=plan.source_len,
-        predict_precision=plan.predict_precision,
-        memory_cap_bytes=None
-        if cfg.hardware.memory_cap_gib is None
-        else int(cfg.hardware.memory_cap_gib * GIB),
-    )
-
-
 # -- planning ahead, in parallel ----------------------------------------------------------
 
 
@@ -395,7 +375,7 @@ def plan_in_worker(task: PlanTask) -> str:
     """Make ``task``'s plan as the run will (same model config, same data lengths), so its
     traces land in the on-disk trace cache."""
     from dialsum.memory.section import plan_for_section
-    from dialsum.training.recipe import length_report, read_tables, setup_model
+    from dialsum.training.run_setup import length_report, read_tables, setup_model
 
     cfg = section(task.config, task.section, list(task.overrides))
     model, tokenizer = setup_model(cfg)

@@ -14,6 +14,7 @@ runs use (``allocator_env``). Both go to the calibration file the planner reads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import torch
 
 from dialsum.checks.calibrate import (
     FragmentationMeasurement,
+    Measurement,
     context_bytes,
     measure_fragmentation,
     measure_generate,
@@ -32,7 +34,7 @@ from dialsum.core.errors import UserError
 from dialsum.core.gpu_support import prepare_cuda_run
 from dialsum.memory.gpus import GPU, detect_gpu, resolve_gpu
 from dialsum.memory.overheads import default_calibration_path, default_overheads
-from dialsum.memory.plan import largest_fitting
+from dialsum.memory.planner import largest_fitting
 from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
 from dialsum.memory.section import plan_for_section
 from dialsum.models.architectures import load_config, model_from_config
@@ -57,10 +59,23 @@ def emulate(gpu: GPU, real: GPU) -> float:
 
 
 def probe_one(cfg: SectionConfig, model, gpu: GPU, real: GPU, *, search: bool, echo) -> dict:
-    model_config = model.config
-    plan = plan_for_section(cfg, model_config, gpu=gpu)
+    """Plan for ``gpu``, emulate it on the ``real`` device, and measure the planned training
+    step, the true largest micro-batch (when ``search``) and the planned generation."""
+    plan = plan_for_section(cfg, model.config, gpu=gpu)
     fraction = emulate(gpu, real)
     torch.cuda.set_per_process_memory_fraction(fraction)
+    train_at = _train_measurer(cfg, model, plan)
+    result = {"gpu": gpu.slug, "memory_fraction": round(fraction, 4)}
+    result |= _probe_planned_step(gpu, plan, train_at, echo)
+    if search:
+        result |= _search_largest_micro_batch(plan, train_at, echo)
+    result["generation"] = _probe_generation(cfg, model, plan, echo)
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    return result
+
+
+def _train_measurer(cfg: SectionConfig, model, plan) -> Callable[[int], Measurement]:
+    """``train_at(micro_batch)``: real training steps at the plan's settings and lengths."""
     options = TrainOptions(
         precision=plan.precision,  # type: ignore[arg-type]
         optimizer=plan.optimizer,  # type: ignore[arg-type]
@@ -70,15 +85,24 @@ def probe_one(cfg: SectionConfig, model, gpu: GPU, real: GPU, *, search: bool, e
     )
     device = torch.device("cuda")
 
-    def train_at(batch: int):
+    def train_at(batch: int) -> Measurement:
         return measure_train(
             model, TrainShape(batch, plan.source_len, plan.target_len), options, device
         )
 
+    return train_at
+
+
+def _probe_planned_step(gpu: GPU, plan, train_at, echo) -> dict:
+    """The planned micro-batch: predicted vs measured peak."""
     planned = train_at(plan.micro_batch_size)
-    result = {
-        "gpu": gpu.slug,
-        "memory_fraction": round(fraction, 4),
+    echo(
+        f"{gpu.slug}: micro-batch {plan.micro_batch_size} predicted "
+        f"{plan.predicted_peak_bytes / GIB:.2f} GiB, measured "
+        f"{planned.max_allocated_bytes / GIB:.2f} GiB allocated / "
+        f"{planned.max_reserved_bytes / GIB:.2f} GiB reserved" + (" -- OOM!" if planned.oom else "")
+    )
+    return {
         "planned_micro_batch": plan.micro_batch_size,
         "precision": plan.precision,
         "gradient_checkpointing": plan.gradient_checkpointing,
@@ -86,40 +110,40 @@ def probe_one(cfg: SectionConfig, model, gpu: GPU, real: GPU, *, search: bool, e
         "measured": asdict(planned),
         "error_pct": _error_pct(plan.predicted_peak_bytes, planned.max_allocated_bytes),
     }
-    echo(
-        f"{gpu.slug}: micro-batch {plan.micro_batch_size} predicted "
-        f"{plan.predicted_peak_bytes / GIB:.2f} GiB, measured "
-        f"{planned.max_allocated_bytes / GIB:.2f} GiB allocated / "
-        f"{planned.max_reserved_bytes / GIB:.2f} GiB reserved" + (" -- OOM!" if planned.oom else "")
-    )
-    if search:
-        cap = max(64, 4 * plan.micro_batch_size)
-        true_max = largest_fitting(range(1, cap + 1), lambda b: not train_at(b).oom)
-        result["true_largest_micro_batch"] = true_max
-        if true_max:
-            result["planned_vs_true"] = round(plan.micro_batch_size / true_max, 3)
-        echo(f"  largest micro-batch that really fits: {true_max}")
+
+
+def _search_largest_micro_batch(plan, train_at, echo) -> dict:
+    """The largest micro-batch that really fits, found by trial, next to the planned one."""
+    cap = max(64, 4 * plan.micro_batch_size)
+    true_max = largest_fitting(range(1, cap + 1), lambda b: not train_at(b).oom)
+    result = {"true_largest_micro_batch": true_max}
+    if true_max:
+        result["planned_vs_true"] = round(plan.micro_batch_size / true_max, 3)
+    echo(f"  largest micro-batch that really fits: {true_max}")
+    return result
+
+
+def _probe_generation(cfg: SectionConfig, model, plan, echo) -> dict:
+    """The planned generation batch: predicted vs measured peak."""
     gen = measure_generate(
         model,
         GenerateShape(
             plan.generation_batch_size, plan.source_len, cfg.max_new_tokens, cfg.inference.num_beams
         ),
-        device,
+        torch.device("cuda"),
         plan.predict_precision,
     )
-    result["generation"] = {
-        "batch": plan.generation_batch_size,
-        "predicted_peak_bytes": plan.generate_profile.peak_bytes,
-        "measured": asdict(gen),
-        "error_pct": _error_pct(plan.generate_profile.peak_bytes, gen.max_allocated_bytes),
-    }
     echo(
         f"  generation batch {plan.generation_batch_size} x {cfg.inference.num_beams} beams: "
         f"predicted {plan.generate_profile.peak_bytes / GIB:.2f} GiB, measured "
         f"{gen.max_allocated_bytes / GIB:.2f} GiB" + (" -- OOM!" if gen.oom else "")
     )
-    torch.cuda.set_per_process_memory_fraction(1.0)
-    return result
+    return {
+        "batch": plan.generation_batch_size,
+        "predicted_peak_bytes": plan.generate_profile.peak_bytes,
+        "measured": asdict(gen),
+        "error_pct": _error_pct(plan.generate_profile.peak_bytes, gen.max_allocated_bytes),
+    }
 
 
 def _error_pct(predicted: int, measured: int) -> float | None:

@@ -1,6 +1,9 @@
-"""Command line: one function per verb; parsing and printing only.
+"""Command line: the ``dialsum`` typer app, one function per verb, and ``main``.
 
-User errors (``UserError``) print one clear message and exit with code 2, no traceback.
+A verb parses its options and calls into the package; printing is ``cli.printers``,
+flags become config overrides in ``cli.overrides``, and argv and usage errors are
+handled in ``cli.usage``. User errors (``UserError``) print one clear message and exit
+with code 2, no traceback.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from dialsum.cli.overrides import flag_overrides, load_with_overrides
+from dialsum.cli.printers import console, echo, err_console, print_json, print_metrics
+from dialsum.cli.usage import USAGE_ERRORS, bare_resume, show_usage_error
 from dialsum.core.errors import UserError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
 
 app = typer.Typer(
     name="dialsum",
@@ -38,59 +40,6 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key relative to the section: training.seed=1."),
 ]
-
-
-def echo(message: str) -> None:
-    # soft_wrap: long paths and commands stay on one line (copy-pastable).
-    console.print(message, markup=False, soft_wrap=True)
-
-
-def print_json(data: object) -> None:
-    """Plain stdout, never wrapped or styled, so the output parses when piped."""
-    import json
-
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _overrides(
-    sets: list[str] | None,
-    *,
-    max_steps: int | None = None,
-    save_steps: int | None = None,
-    train_data: Path | None = None,
-    val_data: Path | None = None,
-    test_data: Path | None = None,
-    output_dir: Path | None = None,
-) -> list[str]:
-    """Command-line flags expressed as ``--set`` overrides (one code path for both)."""
-    out = list(sets or [])
-    if max_steps is not None:
-        out.append(f"training.max_steps={max_steps}")
-    if save_steps is not None:
-        # Saving every N steps: evaluation (if on) moves to the same rhythm so the best
-        # checkpoint can be picked among the saved ones.
-        out += ["training.save_strategy=steps", f"training.save_steps={save_steps}"]
-        out.append(f"training.eval_steps={save_steps}")
-    for key, value in (
-        ("data.train", train_data),
-        ("data.dev", val_data),
-        ("data.test", test_data),
-        ("training.output_dir", output_dir),
-    ):
-        if value is not None:
-            out.append(f"{key}={value}")
-    return out
-
-
-def _load(config: Path, section: str, overrides: list[str]):
-    from dialsum.core.config import load_section
-
-    cfg = load_section(config, section, overrides)
-    saving_by_steps = any(o.startswith("training.save_strategy=steps") for o in overrides)
-    if saving_by_steps and cfg.training.eval_strategy == "epoch":
-        cfg.training.eval_strategy = "steps"
-    return cfg
 
 
 @app.command()
@@ -126,7 +75,7 @@ def train(
       dialsum train -s eenzeenee --resume --max-steps 2000 --override-on-resume
       torchrun --nproc_per_node 4 -m dialsum train -s kobart   # 4 GPUs, same config
     """
-    overrides = _overrides(
+    overrides = flag_overrides(
         set_,
         max_steps=max_steps,
         save_steps=save_steps,
@@ -135,7 +84,7 @@ def train(
         output_dir=output_dir,
     )
     # The config is checked before torch/transformers are imported (seconds).
-    cfg = _load(config, section, overrides)
+    cfg = load_with_overrides(config, section, overrides)
     from dialsum.training.distributed import is_main_process
     from dialsum.training.recipe import run_training
 
@@ -148,7 +97,7 @@ def train(
     )
     if not is_main_process():
         return
-    _print_metrics("training finished", result.metrics)
+    print_metrics("training finished", result.metrics)
     echo(f"run folder: {result.run.path}")
     echo(f"best model: {result.run.best}")
 
@@ -174,7 +123,7 @@ def predict(
     if int(os.environ.get("RANK", "0")) != 0:
         # Prediction is not sharded: under a launcher rank 0 writes the one submission.
         return
-    cfg = _load(config, section, _overrides(set_, test_data=test_data))
+    cfg = load_with_overrides(config, section, flag_overrides(set_, test_data=test_data))
     from dialsum.inference.predict import run_predict
 
     path, n = run_predict(cfg, checkpoint=checkpoint, output=output, echo=echo)
@@ -221,7 +170,9 @@ def demo(
     """
     from dialsum.cli.demo import run_demo
 
-    cfg = _load(config, section, _overrides(None, max_steps=max_steps, output_dir=output_dir))
+    cfg = load_with_overrides(
+        config, section, flag_overrides(None, max_steps=max_steps, output_dir=output_dir)
+    )
     run_demo(cfg, echo=echo)
 
 
@@ -354,7 +305,7 @@ def probe(
     """
     from dialsum.checks.probe import run_probe
 
-    cfg = _load(config, section, list(set_ or []))
+    cfg = load_with_overrides(config, section, list(set_ or []))
     run_probe(cfg, emulate_gpus=emulate_gpu, search=search, calibration=calibration, echo=echo)
 
 
@@ -393,49 +344,7 @@ def monitor(
         pass
 
 
-def _print_metrics(title: str, metrics: dict) -> None:
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
-        table.add_row(key, text)
-    console.print(table)
-
-
-# Usage errors of the (vendored) click that typer runs on: print usage, error and the close
-# match click suggests, exit 2 - never a traceback.
-_USAGE_ERRORS = tuple(
-    {cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException"}
-)
-
 INTERRUPTED = 130
-
-
-def _bare_resume(args: list[str]) -> list[str]:
-    """``--resume`` with no value means the latest run (the seed's spelling)."""
-    out = list(args)
-    for i, arg in enumerate(out):
-        if arg == "--resume" and (i + 1 == len(out) or out[i + 1].startswith("-")):
-            out.insert(i + 1, "latest")
-            break
-    return out
-
-
-def _show_usage_error(exc, args: list[str]) -> None:
-    """Click's message; errors raised before a command context exists (an option missing
-    its value) get the usage line here, so every usage error shows one."""
-    if getattr(exc, "ctx", None) is None and getattr(exc, "exit_code", 1) == 2:
-        verb = next((a for a in args if not a.startswith("-")), "")
-        command = f"dialsum {verb}".strip()
-        err_console.print(
-            f"Usage: {command} [OPTIONS]\nTry '{command} --help' for help.\n",
-            markup=False,
-            soft_wrap=True,
-        )
-    exc.show()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -444,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("transformers", "accelerate", "torch"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     started = time.time()
-    args = _bare_resume(sys.argv[1:] if argv is None else argv)
+    args = bare_resume(sys.argv[1:] if argv is None else argv)
     try:
         code = app(args=args, standalone_mode=False)
     except UserError as exc:
@@ -454,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         code = INTERRUPTED
-    except _USAGE_ERRORS as exc:
-        _show_usage_error(exc, args)
+    except USAGE_ERRORS as exc:
+        show_usage_error(exc, args)
         return exc.exit_code
     finally:
         logging.getLogger(__name__).debug("took %.1fs", time.time() - started)

@@ -1,7 +1,7 @@
 """`dialsum plan --compare`: one section planned on several GPUs, ranked by epoch time.
 
 Each GPU gets its own plan (precision, micro-batch, accumulation, checkpointing) from
-``plan_cli.plan_command``; the table shows, per GPU, the settings, whether they fit
+``cli.plan.plan_command``; the table shows, per GPU, the settings, whether they fit
 (need vs usable memory), the predicted step time, tokens/s and time per epoch of the
 data (``--data`` or the section's train file), fastest fitting GPU first.
 """

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 from dialsum.core.config import SectionConfig
-from dialsum.inference.generate import predict_table, write_submission
+from dialsum.inference.predict import predict_table, write_submission
 from dialsum.metrics import format_scores, score_summaries
-from dialsum.training.recipe import read_tables, run_training, setup_model
+from dialsum.training.recipe import run_training
+from dialsum.training.run_setup import read_tables, setup_model
 from dialsum.training.run_memory import MemorySummary, PhasePeaks
 from dialsum.training.settings import resolve_settings
 

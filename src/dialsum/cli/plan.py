@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dialsum.core.config import SectionConfig, load_section, section_from_dict
+from dialsum.core.config import SectionConfig
+from dialsum.core.config_load import load_section, section_from_dict
 from dialsum.core.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ class PlanResult:
     def print(self, console) -> None:
         from rich.table import Table
 
-        from dialsum.report.guide import breakdown_table, format_plan
+        from dialsum.cli.printers import breakdown_table, format_plan
 
         for note in self.notes:
             console.print(note, markup=False)
@@ -81,7 +82,7 @@ def per_rank_lines(plan) -> list[str]:
 def _section_for_model(
     model: str, source_len: int | None, target_len: int | None, overrides: list[str]
 ) -> SectionConfig:
-    from dialsum.core.config import apply_overrides
+    from dialsum.core.config_load import apply_overrides
 
     raw: dict[str, Any] = {"model": {"name": model}, "tokenizer": {}}
     if source_len:
@@ -94,12 +95,13 @@ def _section_for_model(
 def _data_lengths(cfg: SectionConfig, data: Path):
     """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer."""
     from dialsum.data import dataset as data_mod
-    from dialsum.training.recipe import length_report, setup_model
+    from dialsum.data.tokenize import tokenize_records
+    from dialsum.training.run_setup import length_report, setup_model
 
     table = data_mod.read_dialogue_csv(data, "train")
     _, tokenizer = setup_model(cfg)
     report = length_report(cfg, table, tokenizer)
-    rows = data_mod.tokenize_records(
+    rows = tokenize_records(
         table.records,
         tokenizer,
         prefix=cfg.tokenizer.prefix,
@@ -127,34 +129,11 @@ def plan_command(
     zero_stage: int | None = None,
     offload: bool | None = None,
 ) -> PlanResult:
-    from dialsum.memory.plan import bucket_table, zero_states_json
-    from dialsum.memory.section import (
-        device_for_section,
-        overheads_for,
-        plan_for_section,
-        request_for_section,
-        section_model_config,
-    )
+    from dialsum.cli.printers import plan_json
+    from dialsum.memory.section import device_for_section, plan_for_section, section_model_config
 
-    overrides = list(overrides)
-    if effective_batch is not None:
-        overrides.append(f"training.effective_batch_size={effective_batch}")
-    if num_beams is not None:
-        overrides.append(f"inference.num_beams={num_beams}")
-    if zero_stage is not None:
-        overrides.append(f"hardware.zero_stage={zero_stage}")
-    if offload is not None:
-        overrides.append(f"hardware.offload={str(offload).lower()}")
-    if model:
-        cfg = _section_for_model(model, source_len, target_len, overrides)
-    elif section:
-        if source_len:
-            overrides.append(f"tokenizer.max_source_length={source_len}")
-        if target_len:
-            overrides.append(f"tokenizer.max_target_length={target_len}")
-        cfg = load_section(config or Path("config.yaml"), section, overrides)
-    else:
-        raise ConfigError("plan: pass -c CONFIG -s SECTION, or --model HUB_ID_OR_DIR")
+    overrides = _option_overrides(overrides, effective_batch, num_beams, zero_stage, offload)
+    cfg = _section_to_plan(config, section, model, source_len, target_len, overrides)
     if num_gpus < 1:
         raise ConfigError("--num-gpus must be >= 1")
     model_config = section_model_config(cfg)
@@ -166,17 +145,8 @@ def plan_command(
     plan = plan_for_section(
         cfg, model_config, report=report, world=num_gpus, gpu=device, data_lengths=lengths
     )
-    from dialsum.report.guide import plan_json
-
     out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
-    out.json["per_rank"] = {
-        "world_size": plan.world_size,
-        "zero_stage": plan.zero_stage,
-        "offload": plan.offload,
-        "predicted_peak_bytes": plan.predicted_peak_bytes,
-        "required_bytes": plan.required_bytes,
-        "model_states": zero_states_json(plan.zero_states),
-    }
+    out.json["per_rank"] = _per_rank_json(plan)
     out.notes = notes
     from dialsum.report.plan_time import epoch_json, plan_speed, time_lines
 
@@ -184,16 +154,78 @@ def plan_command(
     out.speed = time_lines(plan, out.epoch, out.epoch_data)
     out.json["epoch"] = epoch_json(out.epoch, out.epoch_data)
     if buckets:
-        request = request_for_section(
-            cfg, model_config, report=None, world=num_gpus, data_lengths=lengths
-        )
-        limit = cfg.tokenizer.max_source_length
-        out.buckets = bucket_table(
-            request,
-            device,
-            overheads_for(cfg, device),
-            source_lens=[n for n in (128, 256, 512, 1024) if n <= max(limit, 128)],
-            target_lens=[n for n in (32, 64, 128) if n <= max(cfg.tokenizer.max_target_length, 32)],
-        )
+        out.buckets = _bucket_rows(cfg, model_config, device, num_gpus, lengths)
         out.json["buckets"] = out.buckets
     return out
+
+
+def _option_overrides(
+    overrides: list[str],
+    effective_batch: int | None,
+    num_beams: int | None,
+    zero_stage: int | None,
+    offload: bool | None,
+) -> list[str]:
+    """``overrides`` plus the command-line options given, as ``key=value`` overrides."""
+    overrides = list(overrides)
+    if effective_batch is not None:
+        overrides.append(f"training.effective_batch_size={effective_batch}")
+    if num_beams is not None:
+        overrides.append(f"inference.num_beams={num_beams}")
+    if zero_stage is not None:
+        overrides.append(f"hardware.zero_stage={zero_stage}")
+    if offload is not None:
+        overrides.append(f"hardware.offload={str(offload).lower()}")
+    return overrides
+
+
+def _section_to_plan(
+    config: Path | None,
+    section: str | None,
+    model: str | None,
+    source_len: int | None,
+    target_len: int | None,
+    overrides: list[str],
+) -> SectionConfig:
+    """A bare model id (``--model``), or section ``section`` of ``config`` with the
+    command line's lengths."""
+    if model:
+        return _section_for_model(model, source_len, target_len, overrides)
+    if not section:
+        raise ConfigError("plan: pass -c CONFIG -s SECTION, or --model HUB_ID_OR_DIR")
+    if source_len:
+        overrides.append(f"tokenizer.max_source_length={source_len}")
+    if target_len:
+        overrides.append(f"tokenizer.max_target_length={target_len}")
+    return load_section(config or Path("config.yaml"), section, overrides)
+
+
+def _per_rank_json(plan) -> dict[str, Any]:
+    from dialsum.memory.plan import zero_states_json
+
+    return {
+        "world_size": plan.world_size,
+        "zero_stage": plan.zero_stage,
+        "offload": plan.offload,
+        "predicted_peak_bytes": plan.predicted_peak_bytes,
+        "required_bytes": plan.required_bytes,
+        "model_states": zero_states_json(plan.zero_states),
+    }
+
+
+def _bucket_rows(cfg: SectionConfig, model_config, device, num_gpus: int, lengths):
+    """``bucket_table`` over the buckets up to the section's length limits."""
+    from dialsum.memory.plan import bucket_table
+    from dialsum.memory.section import overheads_for, request_for_section
+
+    request = request_for_section(
+        cfg, model_config, report=None, world=num_gpus, data_lengths=lengths
+    )
+    limit = cfg.tokenizer.max_source_length
+    return bucket_table(
+        request,
+        device,
+        overheads_for(cfg, device),
+        source_lens=[n for n in (128, 256, 512, 1024) if n <= max(limit, 128)],
+        target_lens=[n for n in (32, 64, 128) if n <= max(cfg.tokenizer.max_target_length, 32)],
+    )

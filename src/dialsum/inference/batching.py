@@ -1,4 +1,4 @@
-"""Batches of row indices for evaluation and generation.
+"""Batches of row indices for generation, and the token cost the planner sizes them by.
 
 Generation memory grows with ``rows x padded length``, so a fixed batch size either wastes
 the GPU on short dialogues or OOMs on long ones. Token-budget batches bound the padded
@@ -19,7 +19,11 @@ def generation_cost(source_len: int, new_tokens: int, num_beams: int) -> int:
 
     Every beam's decoder caches grow to ``new_tokens`` (self-attention) and hold the
     ``source`` (cross-attention), and the encoder output is expanded to every beam. The
-    planner and ``infer`` both batch by this one formula.
+    planner (its budget and row cap) and ``inference.predict.generate_summaries`` both batch
+    by this one formula. ``source_len`` counts a source as the encoder gets it: prefix +
+    dialogue, with the special tokens the tokenizer adds (T5's ``</s>``), truncated at
+    ``max_source_length`` - the unit of ``max_source_length`` and of the planner's source
+    length. ``new_tokens`` is ``max_new_tokens``.
     """
     return (max(source_len, 1) + new_tokens) * num_beams
 
@@ -34,12 +38,17 @@ def token_budget_batches(
 ) -> list[list[int]]:
     """Group row indices so that ``len(batch) * max_len_in_batch <= token_budget``.
 
+    ``lengths`` are per-row costs in the budget's unit. Generation passes
+    ``generation_cost(len(input_ids), max_new_tokens, num_beams)`` for each row, with
+    ``input_ids`` as tokenized (special tokens included, unpadded), and a budget from
+    ``generation_token_budget``; as the cost grows with the source, the longest row of a
+    batch prices the whole batch padded to it.
+
     Rows are sorted longest first (ties by index, so the result is deterministic): the
     most expensive batch runs first, and an OOM shows up in seconds, not at the end of a
     long prediction run. A row longer than the budget gets a batch of its own (a batch
-    always holds at least one row). For generation pass ``input_len + max_new_tokens`` as
-    the length: the decoder cache grows to that. A zero length costs as one token, so a
-    batch never grows past ``token_budget`` rows.
+    always holds at least one row). A zero length costs as one token, so a batch never
+    grows past ``token_budget`` rows.
     """
     if token_budget < 1:
         raise ValueError(f"token_budget ({token_budget}) must be >= 1")
@@ -66,15 +75,6 @@ def token_budget_batches(
     if batch:
         batches.append(batch)
     return batches
-
-
-def fixed_batches(n: int, batch_size: int) -> list[list[int]]:
-    """Indices ``0..n-1`` in input order, ``batch_size`` per batch (the baseline)."""
-    if n < 0:
-        raise ValueError(f"n ({n}) must be >= 0")
-    if batch_size < 1:
-        raise ValueError(f"batch_size ({batch_size}) must be >= 1")
-    return [list(range(start, min(start + batch_size, n))) for start in range(0, n, batch_size)]
 
 
 def split_batch(indices: Sequence[int], parts: int = 2) -> list[list[int]]:

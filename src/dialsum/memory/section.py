@@ -13,7 +13,8 @@ from dialsum.core.config import SectionConfig
 from dialsum.core.errors import ConfigError
 from dialsum.memory.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
 from dialsum.memory.overheads import Overheads, default_overheads
-from dialsum.memory.plan import Plan, PlanRequest, make_plan
+from dialsum.memory.plan import Plan, make_plan
+from dialsum.memory.request import PlanRequest
 from dialsum.models.architectures import load_config
 
 
@@ -21,7 +22,7 @@ def section_model_config(cfg: SectionConfig):
     """The architecture config of the section's model, without loading weights: a built-in
     or local ``config.json``, a hub id (network), or the offline tiny model's config."""
     if cfg.model.name.startswith("tiny:"):
-        from dialsum.training.recipe import setup_model
+        from dialsum.training.run_setup import setup_model
 
         return setup_model(cfg)[0].config
     try:
@@ -110,6 +111,11 @@ def overheads_for(cfg: SectionConfig, gpu: GPU) -> Overheads:
             margin_fraction=cfg.hardware.memory_margin,
             source="CPU: live tensor bytes only",
         )
+    return gpu_overheads(cfg)
+
+
+def gpu_overheads(cfg: SectionConfig) -> Overheads:
+    """A GPU's overheads (allocator, CUDA context, libraries) with the section's margin."""
     return replace(default_overheads(), margin_fraction=cfg.hardware.memory_margin)
 
 

@@ -1,4 +1,4 @@
-"""How long a training step and an epoch take, predicted from the traced step's cost.
+"""How long a training step takes, predicted from the traced step's cost.
 
 A step's cost comes from the same trace as its memory (``flops.CostMeter``): FLOPs,
 bytes moved and kernels. A device has peak speeds (``gpu_specs``). The predicted time is
@@ -24,7 +24,9 @@ efficiency). The defaults are one per matmul precision (``DEFAULT_EFFICIENCY``);
 ``dialsum probe`` has measured a step on this GPU, the achieved value replaces it
 (``achieved_efficiency``; stored in the calibration file under ``time_efficiency``).
 
-Everything here is a pure function of numbers, except reading/writing that file.
+An epoch's time (``memory.epoch_time``) and a plan's speed (``memory.plan_timing``) are
+built on ``predict_time``. Everything here is a pure function of numbers, except
+reading/writing that file.
 """
 
 from __future__ import annotations
@@ -308,129 +310,7 @@ def efficiency_for(
     return DEFAULT_EFFICIENCY[precision], False
 
 
-# -- epochs -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EpochTime:
-    """Predicted time of one pass over the training rows."""
-
-    seconds: float
-    steps: int
-    records: int
-    padded_tokens: int
-    lengths_from: str  # "data" or "config limits"
-
-    def to_json(self) -> dict:
-        return {
-            "seconds": self.seconds,
-            "steps": self.steps,
-            "records": self.records,
-            "padded_tokens": self.padded_tokens,
-            "lengths_from": self.lengths_from,
-        }
-
-
-def epoch_order(
-    lengths: Sequence[tuple[int, int]], per_step_rows: int, group_by_length: bool, seed: int = 0
-) -> list[int]:
-    """Row order of one epoch as the Trainer's sampler draws it: length-grouped
-    (transformers' ``get_length_grouped_indices``, by source length) or shuffled."""
-    import torch
-
-    if len({pair for pair in lengths}) <= 1:
-        return list(range(len(lengths)))  # all alike: the order changes nothing
-    generator = torch.Generator().manual_seed(seed)
-    if group_by_length:
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
-        sources = [s for s, _ in lengths]
-        return list(get_length_grouped_indices(sources, per_step_rows, generator=generator))
-    return torch.randperm(len(lengths), generator=generator).tolist()
-
-
-def step_micro_batches(
-    lengths: Sequence[tuple[int, int]], order: Sequence[int], per_step_rows: int, micro: int
-) -> list[list[tuple[int, int, int]]]:
-    """Per optimizer step, its micro-batches as (rows, padded source, padded target):
-    consecutive rows of the order, each micro-batch padded to its own longest row (the
-    guarded trainer trims padding per micro-batch)."""
-    if len(set(lengths)) == 1:
-        return _uniform_steps(len(order), lengths[0], per_step_rows, micro)
-    steps = []
-    for start in range(0, len(order), per_step_rows):
-        rows = order[start : start + per_step_rows]
-        chunks = []
-        for i in range(0, len(rows), micro):
-            chunk = [lengths[r] for r in rows[i : i + micro]]
-            chunks.append((len(chunk), max(s for s, _ in chunk), max(t for _, t in chunk)))
-        steps.append(chunks)
-    return steps
-
-
-def _uniform_steps(
-    n_rows: int, lengths: tuple[int, int], per_step_rows: int, micro: int
-) -> list[list[tuple[int, int, int]]]:
-    """``step_micro_batches`` when every row has the same lengths (no per-row work)."""
-
-    def chunks(rows: int) -> list[tuple[int, int, int]]:
-        out = [(micro, *lengths)] * (rows // micro)
-        return out + ([(rows % micro, *lengths)] if rows % micro else [])
-
-    full, last = divmod(n_rows, per_step_rows)
-    return [chunks(per_step_rows)] * full + ([chunks(last)] if last else [])
-
-
-def length_scale(
-    source: int, target: int, planned: tuple[int, int], weights: tuple[float, float]
-) -> float:
-    """Cost of a row at (source, target) tokens relative to one at the planned lengths:
-    linear-layer FLOPs per source and per target token (``flops.linear_flops_per_token``)
-    weigh the two sides. Attention grows faster than linearly, so shorter rows are a bit
-    cheaper than this says (an upper bound)."""
-    w_source, w_target = weights
-    full = w_source * planned[0] + w_target * planned[1]
-    return (w_source * source + w_target * target) / full if full else 1.0
-
-
-def epoch_time(
-    profile: MemoryProfile,
-    *,
-    lengths: Sequence[tuple[int, int]],
-    planned: tuple[int, int],
-    micro: int,
-    per_step_rows: int,
-    spec: DeviceSpec,
-    precision: str,
-    efficiency: float | None = None,
-    weights: tuple[float, float] = (1.0, 1.0),
-    group_by_length: bool = True,
-    lengths_from: str = "data",
-) -> EpochTime:
-    """Seconds for one epoch over rows of ``lengths`` (source, target tokens, truncated),
-    with ``profile`` traced at micro-batch ``micro`` and the ``planned`` lengths."""
-    per_micro = micro_batch_cost(profile)
-    optimizer = optimizer_cost(profile)
-    order = epoch_order(lengths, per_step_rows, group_by_length)
-    seconds, padded, steps = 0.0, 0, step_micro_batches(lengths, order, per_step_rows, micro)
-    optimizer_s = predict_time(optimizer, spec, precision, efficiency).seconds
-    chunk_s: dict[tuple[int, int, int], float] = {}  # rows at the same lengths cost the same
-    for chunks in steps:
-        seconds += optimizer_s
-        for chunk in chunks:
-            rows, source, target = chunk
-            if chunk not in chunk_s:
-                scale = rows / micro * length_scale(source, target, planned, weights)
-                cost = per_micro.scaled(scale)
-                chunk_s[chunk] = predict_time(cost, spec, precision, efficiency).seconds
-            seconds += chunk_s[chunk]
-            padded += rows * (source + target)
-    return EpochTime(seconds, len(steps), len(lengths), padded, lengths_from)
-
-
-def uniform_lengths(records: int, source: int, target: int) -> list[tuple[int, int]]:
-    """``records`` rows all at the config limits (no tokenizer at hand: the worst case)."""
-    return [(source, target)] * records
+# -- display ------------------------------------------------------------------------------
 
 
 def format_duration(seconds: float | None) -> str:
@@ -448,99 +328,3 @@ def format_duration(seconds: float | None) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
-
-
-# -- a plan's numbers ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PlanTiming:
-    """FLOPs and predicted speed of a plan's training step (per GPU) and generation.
-
-    ``flops_per_token`` divides the step's FLOPs by its padded tokens (rows x (source +
-    target)); generation's divides one prediction batch's FLOPs (encoder, every decoder
-    step with its beams) by the summary tokens it produces (batch x new tokens).
-    ``step`` is None when the device's speeds are unknown (a GPU given by memory size).
-    """
-
-    flops_per_step: int
-    bytes_per_step: int
-    kernels_per_step: int
-    tokens_per_step: int
-    flops_by_phase: dict[str, int]
-    step: StepTime | None
-    generate_flops: dict[str, int]
-    generate_tokens: int
-
-    @property
-    def flops_per_token(self) -> float:
-        return self.flops_per_step / self.tokens_per_step if self.tokens_per_step else 0.0
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens_per_step / self.step.seconds if self.step and self.step.seconds else None
-
-    @property
-    def generate_flops_per_token(self) -> float:
-        total = self.generate_flops.get("total", 0)
-        return total / self.generate_tokens if self.generate_tokens else 0.0
-
-    def to_json(self) -> dict:
-        return {
-            "flops_per_step": self.flops_per_step,
-            "flops_per_token": self.flops_per_token,
-            "bytes_moved_per_step": self.bytes_per_step,
-            "kernels_per_step": self.kernels_per_step,
-            "tokens_per_step": self.tokens_per_step,
-            "flops_by_phase": dict(self.flops_by_phase),
-            "step_time": self.step.to_json() if self.step else None,
-            "tokens_per_s": self.tokens_per_s,
-            "generate_flops": dict(self.generate_flops),
-            "generate_flops_per_token": self.generate_flops_per_token,
-        }
-
-
-def plan_timing(
-    train: MemoryProfile,
-    generate: MemoryProfile | None,
-    *,
-    micro: int,
-    accumulation: int,
-    source_len: int,
-    target_len: int,
-    generate_batch: int,
-    new_tokens: int,
-    spec: DeviceSpec | None,
-    precision: str,
-    efficiency: float | None = None,
-    calibrated: bool = False,
-) -> PlanTiming | None:
-    """The plan's ``PlanTiming`` (None when the profiles carry no costs)."""
-    from dialsum.memory.flops import generation_totals
-
-    if not has_costs(train):
-        return None
-    cost = train_step_cost(train, accumulation)
-    step = None
-    if spec is not None:
-        mp = matmul_precision(precision)
-        step = step_time_of(train, accumulation, spec, mp, efficiency, calibrated)
-    generated: dict[str, int] = {}
-    if has_costs(generate):
-        assert generate is not None
-        generated = generation_totals({"flops": generate.flops}, new_tokens)["flops"]
-    by_phase = {
-        "forward": train.flops.get("forward", 0) * accumulation,
-        "backward": train.flops.get("backward", 0) * accumulation,
-        "optimizer": train.flops.get("optimizer", 0),
-    }
-    return PlanTiming(
-        flops_per_step=cost.flops,
-        bytes_per_step=cost.bytes_moved,
-        kernels_per_step=cost.kernels,
-        tokens_per_step=micro * accumulation * (source_len + target_len),
-        flops_by_phase=by_phase,
-        step=step,
-        generate_flops=generated,
-        generate_tokens=generate_batch * new_tokens,
-    )

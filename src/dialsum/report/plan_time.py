@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dialsum.memory.timing import EpochTime, epoch_time, format_duration, uniform_lengths
+from dialsum.memory.epoch_time import EpochTime, epoch_time, uniform_lengths
+from dialsum.memory.timing import format_duration
 
 _T = 1e12
 

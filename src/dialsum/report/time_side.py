@@ -1,61 +1,31 @@
-"""The guide's time side: step and epoch time per GPU, a time-vs-micro-batch plot, and the
-old hand-written guide's settings side by side with the plan's.
+"""The guide's time side, computed: step and epoch time per GPU, epoch time vs
+micro-batch (for the time plot), and the old hand-written guide's settings next to the
+plan's. The guide's Markdown and plots (``report.markdown``, ``report.plots``) show them.
 
 An epoch here is ``GUIDE_EPOCH_DIALOGUES`` rows (the competition's training set) at the
 section's config limits: the guide knows no data, so every row is padded to the longest
-(a worst case, said in the guide). Times come from ``memory.timing`` and are *estimated*
-(data-sheet peaks, default efficiency) unless ``dialsum probe`` calibrated that GPU.
+(a worst case, said in the guide). Times come from ``memory.timing`` and
+``memory.epoch_time`` and are *estimated* (data-sheet peaks, default efficiency) unless
+``dialsum probe`` calibrated that GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
+from dialsum.memory.epoch_time import EpochTime, epoch_time, uniform_lengths
 from dialsum.memory.gpu_specs import spec_for
 from dialsum.memory.gpus import GPU
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
 from dialsum.memory.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.memory.timing import (
-    EpochTime,
-    efficiency_for,
-    epoch_time,
-    format_duration,
-    has_costs,
-    matmul_precision,
-    uniform_lengths,
-)
+from dialsum.memory.timing import efficiency_for, has_costs, matmul_precision
+from dialsum.report.seed_guide import seed_settings
 from dialsum.training.geometry import divisors
 
 GUIDE_EPOCH_DIALOGUES = 12_457
 """Rows of the competition's training set: what "an epoch" means in the guide."""
-
-# The users' old hand-written guide, "Recommended batch size per GPU memory": its per-GPU
-# settings as (GPU as they wrote it, catalog slugs, model, train batch, gradient
-# accumulation; "-" there is 1). Kept as data so the guide can show what those settings
-# cost next to the planned ones; never read from anywhere at run time.
-SEED_SETTINGS: tuple[tuple[str, tuple[str, ...], str, int, int], ...] = (
-    ("V100 16GB", ("v100-16gb",), "csebuetnlp/mT5_multilingual_XLSum", 1, 4),
-    ("V100 16GB", ("v100-16gb",), "eenzeenee/t5-base-korean-summarization", 4, 2),
-    ("A100 40GB", ("a100-40gb",), "csebuetnlp/mT5_multilingual_XLSum", 4, 2),
-    ("A100 40GB", ("a100-40gb",), "eenzeenee/t5-base-korean-summarization", 8, 2),
-    (
-        "RTX 3080/4090",
-        ("rtx3080-10gb", "rtx4090-24gb"),
-        "csebuetnlp/mT5_multilingual_XLSum",
-        1,
-        8,
-    ),
-    (
-        "RTX 3080/4090",
-        ("rtx3080-10gb", "rtx4090-24gb"),
-        "eenzeenee/t5-base-korean-summarization",
-        2,
-        1,
-    ),
-)
 
 TrainFn = Callable[[Any, TrainShape, TrainOptions], MemoryProfile]
 
@@ -99,17 +69,6 @@ def plan_epoch(plan, records: int = GUIDE_EPOCH_DIALOGUES) -> EpochTime | None:
         (plan.source_len, plan.target_len),
         -(-records // plan.world_size),
     )
-
-
-def time_cells(plan) -> list[str]:
-    """The guide table's "step time" and "epoch time" cells for ``plan``."""
-    step = plan.timing.step if plan.timing else None
-    epoch = plan_epoch(plan)
-    mark = "" if step is None or step.calibrated else "~"
-    return [
-        f"{mark}{format_duration(step.seconds)}" if step else "-",
-        f"{mark}{format_duration(epoch.seconds)}" if epoch else "-",
-    ]
 
 
 # -- time vs micro-batch -------------------------------------------------------------------
@@ -162,50 +121,6 @@ def time_curves(
     return curves
 
 
-def time_plot_path(memory_plot: Path) -> Path:
-    return memory_plot.with_name(memory_plot.stem + "-time.png")
-
-
-def render_time_plot(title: str, curves: Sequence[TimeCurve], path: Path) -> None:
-    """Two panels (checkpointing off / on): epoch time vs micro-batch, one line per GPU."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    fig = Figure(figsize=(11, 5.5), dpi=110)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2, sharey=True)
-    slugs = list(dict.fromkeys(c.gpu for c in curves))
-    colors = {slug: f"C{i % 10}" for i, slug in enumerate(slugs)}
-    for ax, checkpointing in zip(axes, (False, True), strict=True):
-        for curve in (c for c in curves if c.checkpointing == checkpointing and c.points):
-            xs = [m for m, _ in curve.points]
-            ys = [s / 60 for _, s in curve.points]
-            ax.plot(xs, ys, marker="o", color=colors[curve.gpu], label=curve.gpu)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ticks = sorted({m for c in curves for m, _ in c.points}) or [1]
-        ax.set_xticks(ticks, [str(m) for m in ticks])
-        ax.minorticks_off()
-        # Minutes at 1-2-5 steps: a log axis with one decade would show a single label.
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("micro-batch (rows); only settings that fit are drawn")
-        ax.set_title(f"gradient checkpointing {'on' if checkpointing else 'off'}")
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel(f"estimated epoch time (minutes, {GUIDE_EPOCH_DIALOGUES:,} dialogues)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    for handle, label in zip(*axes[1].get_legend_handles_labels(), strict=True):
-        if label not in labels:
-            handles.append(handle)
-            labels.append(label)
-    fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.suptitle(title)
-    fig.subplots_adjust(right=0.84, wspace=0.08)
-    fig.savefig(path, format="png")
-
-
 # -- the old guide's settings ----------------------------------------------------------------
 
 
@@ -236,10 +151,11 @@ def seed_rows(
     """The old guide's settings for ``model_id`` on each of its GPUs that has a plan: the
     same precision and optimizer as the plan there, its micro-batch and accumulation."""
     rows = []
-    for label, slugs, model, micro, accumulation in SEED_SETTINGS:
-        if model != model_id:
+    for setting in seed_settings():
+        if setting.model != model_id:
             continue
-        for slug in slugs:
+        label, micro, accumulation = setting.gpu_label, setting.micro, setting.accumulation
+        for slug in setting.slugs:
             plan = plans.get(slug)
             if plan is None or plan.world_size != 1:
                 continue
@@ -272,32 +188,6 @@ def seed_rows(
     return rows
 
 
-def seed_markdown(rows: Sequence[SeedRow]) -> list[str]:
-    """The side-by-side table (empty when the model was not in the old guide)."""
-    if not rows:
-        return []
-    lines = [
-        f"The old hand-written guide's settings on the same GPUs, estimated epoch time for "
-        f"{GUIDE_EPOCH_DIALOGUES:,} dialogues (same precision and optimizer as the plan, so "
-        "only micro-batch and accumulation differ; its effective batch also differed):",
-        "",
-        "| GPU | old micro-batch x accum. (effective) | old fits | old epoch "
-        "| planned micro-batch x accum. (effective) | planned epoch | speed-up (estimated) |",
-        "|---|---|---|---:|---|---:|---:|",
-    ]
-    for r in rows:
-        speedup = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
-        lines.append(
-            f"| {r.slug} ({r.gpu_label}) | {r.micro} x {r.accumulation} "
-            f"({r.micro * r.accumulation}) | {'yes' if r.fits else 'no'} "
-            f"| ~{format_duration(r.seed_epoch.seconds if r.seed_epoch else None)} "
-            f"| {r.plan_micro} x {r.plan_accumulation} ({r.plan_micro * r.plan_accumulation}) "
-            f"| ~{format_duration(r.plan_epoch.seconds if r.plan_epoch else None)} "
-            f"| {speedup} |"
-        )
-    return lines
-
-
 # -- what a section carries ---------------------------------------------------------------
 
 
@@ -314,38 +204,3 @@ def section_times(
         time_curves(model_config, plans, train, overheads),
         seed_rows(model_id, model_config, plans, train, overheads),
     )
-
-
-def time_markdown(times: SectionTimes | None, memory_plot_name: str) -> list[str]:
-    """The time plot and the old guide's settings, for the section's part of the guide."""
-    if times is None:
-        return []
-    lines = []
-    if any(c.points for c in times.curves):
-        name = time_plot_path(Path(memory_plot_name)).name
-        lines += [f"![estimated epoch time vs micro-batch]({name})", ""]
-    lines += seed_markdown(times.seeds)
-    return lines + ([""] if times.seeds else [])
-
-
-TIME_METHOD = (
-    "- Time (columns *step time* and *epoch time*, `~` = estimated): FLOPs, bytes moved and "
-    "kernels of the traced step (`torch.utils.flop_counter` on the same fake tensors), "
-    "step time = max(FLOPs / (dense peak x efficiency), bytes / memory bandwidth, kernels x "
-    "10 us issue time) with data-sheet peaks and efficiency 0.3 (bf16/fp16), 0.6 (fp32) "
-    "until `dialsum probe` measures it on the GPU; an epoch is "
-    f"{GUIDE_EPOCH_DIALOGUES:,} dialogues padded to the config limits (an upper bound)."
-)
-
-
-def time_yaml(plan) -> dict[str, Any]:
-    """Predicted times for the guide's YAML (None when unknown)."""
-    step = plan.timing.step if plan.timing else None
-    epoch = plan_epoch(plan)
-    return {
-        "flops_per_step": plan.timing.flops_per_step if plan.timing else None,
-        "step_time_s": round(step.seconds, 4) if step else None,
-        "epoch_time_s": round(epoch.seconds, 1) if epoch else None,
-        "epoch_dialogues": GUIDE_EPOCH_DIALOGUES,
-        "time_estimated": not step.calibrated if step else True,
-    }

@@ -7,16 +7,27 @@ micro-batches of ``guard.micro_batch_size`` rows, runs forward/backward per micr
 and lets gradients add up. If a micro-batch raises an OOM, the gradients of the partial
 step are zeroed, memory is freed, the micro-batch shrinks to the next divisor, and the
 *same* step is redone. No example is skipped or counted twice, and the loss of every
-micro-batch is a token *sum* divided by the token count of the whole step, so the
-gradient is the same whatever the micro-batch up to dropout and summation order (exact
-loss normalisation). Dropout masks depend on how the random stream is cut into
-micro-batches, so a redo restores the random state the step started with: a redone step
-is exactly the step a run at the smaller micro-batch would have taken from that state
-(tests/test_oom_paths.py). The forward/backward itself is ``step.step_forward_backward``,
-the function the memory planner traces, and the optimizer is ``step.build_optimizer``
-(its ``step()`` is retried once after an OOM that updated nothing: ``optimizer_guard``).
+micro-batch is a token *sum* divided by the token count of the whole step (exact loss
+normalisation): without dropout, the step's gradient is the same whatever the
+micro-batch, up to floating-point summation order.
 
-Evaluation and prediction batches are split the same way in ``prediction_step``.
+With dropout it is not: every micro-batch draws its masks from the global random stream,
+and other chunk shapes draw other masks. A redo therefore restores the random state (CPU
+and CUDA generators) the step started with, so the redone step depends only on the
+weights, the rows, that state and the new micro-batch: it is exactly the step a run
+switched to the smaller micro-batch at the start of this step takes (what
+tests/training/test_oom_paths.py checks, with dropout on). It does not reproduce the
+failed attempt's masks (the redo cuts the stream into smaller chunks: at most its first
+chunk can share masks with the failed attempt's first one), nor match a run that used the
+smaller micro-batch from the start, which reaches this step with another random state
+(unless it is the run's first step).
+
+The forward/backward itself is ``step.step_forward_backward``, the function the memory
+planner traces, and the optimizer is ``step.build_optimizer`` (its ``step()`` is retried
+once after an OOM that updated nothing: ``optimizer_guard``).
+
+Evaluation batches are cut into chunks of ``guard.eval_batch_size`` rows in
+``prediction_step``, halved after an OOM (no accumulation: no divisor rule).
 
 Several ranks (DDP): every micro-batch runs under ``no_sync`` and gradients are averaged
 over ranks only after all ranks agreed that the step succeeded (``agree_on_batch``). DDP
@@ -34,7 +45,6 @@ here. Under DeepSpeed the Trainer accumulates ``micro_batch_size`` rows at a tim
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -43,8 +53,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Seq2SeqTrainer
-from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
 
 from dialsum.training.distributed import reduce_or_stop, reduce_staging
 from dialsum.training.oom_guard import (
@@ -52,6 +60,7 @@ from dialsum.training.oom_guard import (
     OOMUnrecoverable,
     RecoveryEvent,
     agree_on_batch,
+    first_line,
     free_device_memory,
     is_oom,
     next_eval_batch,
@@ -59,15 +68,15 @@ from dialsum.training.oom_guard import (
     run_with_oom_retry,
 )
 from dialsum.training.optimizer_guard import guard_optimizer_step
+from dialsum.training.resumable_trainer import ResumableSeq2SeqTrainer
 from dialsum.training.step import build_optimizer, label_token_count, step_forward_backward
 
 log = logging.getLogger(__name__)
 
-RUN_LOSS_FILE = "dialsum_loss.json"
 
-
-class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
-    """Seq2SeqTrainer with micro-batching and OOM recovery (see module docstring)."""
+class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
+    """Seq2SeqTrainer with micro-batching and OOM recovery (see module docstring), on the
+    trainer that makes ``--resume`` exact (``resumable_trainer``)."""
 
     def __init__(
         self,
@@ -109,8 +118,8 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         rows = int(inputs["labels"].shape[0])
         per_step_rows = self.args.per_device_train_batch_size
         normalizer = self._token_normalizer(inputs["labels"])
-        # A redo replays the step with the random state it started with (dropout masks
-        # then follow the same stream as a run that started at the smaller micro-batch).
+        # A redo replays the step from the random state it started with: its dropout masks
+        # are those of a step started at the smaller micro-batch (see the module docstring).
         rng = _rng_state()
         while True:
             micro = min(self.guard.micro_batch_size, rows)
@@ -124,7 +133,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
                     raise
                 # Keep only the message: holding the exception would keep its traceback's
                 # frames, and with them the failed attempt's activations, alive.
-                error_msg = _first_line(exc)
+                error_msg = first_line(exc)
             failed = error_msg is not None
             # All ranks agree on the smallest micro-batch any of them needs (a collective,
             # run by every rank every step, so no rank waits for a peer that gave up).
@@ -220,7 +229,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
         except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
             if not is_oom(exc):
                 raise
-            error_msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            error_msg = first_line(exc)
         per_step_rows = rows * self.args.gradient_accumulation_steps
         smaller = next_micro_batch(rows, per_step_rows)
         advice = (
@@ -303,7 +312,7 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
 
         def on_oom(old: int, new: int, exc: BaseException) -> None:
             # GuardState.record adopts the smaller eval batch for the following batches.
-            self._record("eval", old, new, _first_line(exc))
+            self._record("eval", old, new, first_line(exc))
 
         result, _ = run_with_oom_retry(
             predict_in_chunks,
@@ -317,71 +326,6 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
     def _pad_id(self) -> int:
         tok = self.processing_class
         return int(getattr(tok, "pad_token_id", 0) or 0)
-
-    def _issue_warnings_after_load(self, load_result: Any) -> None:
-        """Drop tied weights from the "missing keys" warning of a resume: T5's encoder and
-        decoder ``embed_tokens`` *are* ``shared`` (saved once), so nothing is missing."""
-        really_missing = untied_missing_keys(self.model, load_result.missing_keys)
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=really_missing))
-
-    def _get_train_sampler(self, train_dataset=None):
-        sampler = super()._get_train_sampler(train_dataset)
-        if isinstance(sampler, LengthGroupedSampler):
-            return EpochSeededLengthGroupedSampler(sampler, seed=self.args.seed)
-        return sampler
-
-    # ------------------------------------------------------------------ run loss
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        # Read now: checkpoint rotation may delete the checkpoint during this run.
-        self._prior = _read_run_loss(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _loss_sum_so_far(self) -> float:
-        """Sum of the per-step losses of this process's part of the run (the Trainer's
-        running total, plus the not yet logged remainder, averaged over ranks)."""
-        remainder = self._tr_loss.detach()
-        if self.accelerator.num_processes > 1:
-            remainder = self.accelerator.gather(remainder.reshape(1)).mean()
-        return float(self._total_loss_scalar) + float(remainder.item())
-
-    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
-        # The loss sum of every step so far travels with the checkpoint, so a resumed run
-        # reports its train_loss over the whole run, not over the resumed part only.
-        total = self._prior_loss()[0] + self._loss_sum_so_far()
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if self.is_world_process_zero() and folder.is_dir():
-            from dialsum.core.runs import write_json_atomic
-
-            write_json_atomic(
-                folder / RUN_LOSS_FILE, {"loss_sum": total, "steps": self.state.global_step}
-            )
-
-    def _prior_loss(self) -> tuple[float, int | None]:
-        """(loss sum, steps) of the run before the checkpoint this run resumed from;
-        ``(0.0, 0)`` for a fresh run, ``(0.0, None)`` when the checkpoint has no record."""
-        return getattr(self, "_prior", (0.0, 0))
-
-    def run_loss_metrics(self) -> dict[str, Any]:
-        """``train_loss`` over the whole run (all steps, resumed or not), and what it spans."""
-        prior_sum, prior_steps = self._prior_loss()
-        steps = int(self.state.global_step)
-        if prior_steps is None:
-            first = int(getattr(self, "_initial_global_step", 0)) + 1
-            return {"train_loss_steps": f"{first}-{steps} (resumed part only: no record "
-                    "of the earlier steps in the checkpoint)"}  # fmt: skip
-        # After train() the Trainer has drained the remainder into its running total.
-        total = prior_sum + float(self._total_loss_scalar)
-        return {"train_loss": total / max(steps, 1), "train_loss_steps": f"1-{steps}"}
-
-    def finished_run_metrics(self, checkpoint: Path) -> dict[str, Any]:
-        """Metrics of a run that had nothing left to train: its recorded whole-run loss."""
-        loss_sum, steps = _read_run_loss(str(checkpoint))
-        if not steps:
-            return {}
-        self.state.global_step = steps
-        return {"train_loss": loss_sum / steps, "train_loss_steps": f"1-{steps}"}
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -414,52 +358,6 @@ class GuardedSeq2SeqTrainer(Seq2SeqTrainer):
 
 
 _NO_LIMIT = 2**31 - 1
-
-
-class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-    """``group_by_length`` batches whose order depends on (seed, epoch) only.
-
-    transformers' ``LengthGroupedSampler`` draws its permutation from the global RNG when
-    iteration starts; a resumed run reaches that point with another RNG state, so it
-    replays a *different* order than the run it continues (and the weights differ). The
-    Trainer calls ``set_epoch`` on the sampler at every epoch, as for accelerate's seedable
-    random sampler: the permutation of epoch ``e`` is then drawn from ``seed + e``.
-    """
-
-    def __init__(self, sampler: LengthGroupedSampler, seed: int) -> None:
-        self.batch_size, self.lengths = sampler.batch_size, sampler.lengths
-        self.generator, self.seed, self.epoch = None, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
-def untied_missing_keys(model: nn.Module, missing_keys: list[str]) -> list[str]:
-    """The missing keys whose parameter is not shared with a loaded one (tied weights are
-    saved once, under one name: the others are not missing)."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    missing = set(missing_keys)
-    loaded = {id(p) for name, p in params.items() if name not in missing}
-    return [k for k in missing_keys if k not in params or id(params[k]) not in loaded]
-
-
-def _read_run_loss(checkpoint: str | bool | None) -> tuple[float, int | None]:
-    """The loss record a checkpoint carries (see ``_save_checkpoint``)."""
-    if not isinstance(checkpoint, str):
-        return 0.0, 0
-    try:
-        data = json.loads((Path(checkpoint) / RUN_LOSS_FILE).read_text(encoding="utf-8"))
-        return float(data["loss_sum"]), int(data["steps"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0.0, None
-
-
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor] | None]:

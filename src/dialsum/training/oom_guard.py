@@ -26,8 +26,10 @@ from dialsum.core.errors import UserError
 
 T = TypeVar("T")
 
-Phase = Literal["train", "eval", "predict"]
-PHASES: tuple[str, ...] = ("train", "eval", "predict")
+# The trainer's phases. Generation after training (``dialsum predict``) splits its batches
+# itself (``inference``) and keeps no guard state.
+Phase = Literal["train", "eval"]
+PHASES: tuple[str, ...] = ("train", "eval")
 
 # Messages of device allocation failures that a smaller batch can cure. accelerate's
 # ``should_reduce_batch_size`` list is the starting point; see ``NOT_RECOVERABLE_PHRASES``
@@ -157,18 +159,6 @@ def next_eval_batch(current: int) -> int | None:
     return max(current // 2, 1)
 
 
-def micro_batches(indices: Sequence[int], micro: int) -> list[list[int]]:
-    """Consecutive chunks of ``micro`` row indices of one optimizer step, in order.
-
-    The last chunk is shorter only when the step itself is short (the last step of an
-    epoch); the caller normalises the loss by the step's row or token count.
-    """
-    if micro < 1:
-        raise ValueError(f"micro-batch ({micro}) must be >= 1")
-    rows = list(indices)
-    return [rows[start : start + micro] for start in range(0, len(rows), micro)]
-
-
 @dataclass
 class RecoveryEvent:
     """One OOM recovered by shrinking a batch; kept so a report can show what happened."""
@@ -200,7 +190,6 @@ class GuardState:
         if event.phase == "train":
             self.micro_batch_size = event.new_batch
         else:
-            # eval and predict share one generation batch size: both run generate().
             self.eval_batch_size = event.new_batch
 
     def to_json(self) -> str:
@@ -253,6 +242,12 @@ class GuardState:
                 "the file (the run then starts from the plan's batch sizes again and re-learns "
                 "any smaller ones) or restore it, then run again"
             ) from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none): enough to
+    report an OOM without keeping the exception, whose traceback holds the activations."""
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def free_device_memory() -> None:

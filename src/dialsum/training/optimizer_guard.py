@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from dialsum.training.oom_guard import OOMUnrecoverable, free_device_memory, is_oom
+from dialsum.training.oom_guard import OOMUnrecoverable, first_line, free_device_memory, is_oom
 
 _NOT_TAKEN = object()  # the snapshot itself ran out of memory: nothing was touched yet
 # Per parameter: its counter as a number, or (device, index) into the stacked copies.
@@ -84,7 +84,7 @@ def run_guarded_step(
         except Exception as exc:  # noqa: BLE001 - only OOMs are handled, others re-raised
             if not is_oom(exc):
                 raise
-            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            error = first_line(exc)
         # Outside the except block: the traceback (and what its frames hold) is gone.
         untouched = _untouched(optimizer, before)
         if untouched:

@@ -19,7 +19,7 @@ import torch
 from dialsum.core.config import SectionConfig
 from dialsum.core.errors import ConfigError, UserError
 from dialsum.inference.batching import generation_token_budget
-from dialsum.memory.plan import resolve_optimizer
+from dialsum.memory.request import resolve_optimizer
 from dialsum.training.geometry import BatchGeometry, GeometryView, per_rank_rows
 
 _GIB = 2**30
@@ -219,25 +219,41 @@ def _planned_settings(cfg: SectionConfig, model_config, world: int, report) -> S
     else:
         gen_bs, row_cap = inf.batch_size, inf.batch_size
         budget = generation_token_budget(gen_bs, source_len, cfg.max_new_tokens, inf.num_beams)
-    return Settings(
-        device="cpu" if cap is not None else "cuda",
-        geometry=plan.geometry,
-        eval_batch_size=plan.eval_batch_size,
+    return settings_from_plan(
+        plan,
+        cfg,
         generation_batch_size=gen_bs,
         generation_token_budget=budget,
         generation_row_cap=row_cap,
-        precision="bf16" if plan.precision == "pure_bf16" else plan.precision,
-        optimizer=plan.optimizer,
-        gradient_checkpointing=plan.gradient_checkpointing,
         source_len=source_len,
-        predict_precision=plan.predict_precision,
         gpu=plan.gpu.slug,
-        memory_cap_bytes=cap,
         reasons=reasons,
         warnings=list(plan.warnings),
         next_ladder_step=plan.next_ladder_step,
         plan=plan.to_json_dict(),
     )
+
+
+def settings_from_plan(plan, cfg: SectionConfig, **overrides: Any) -> Settings:
+    """Settings that apply every decision of ``plan`` as it stands (``overrides`` replace
+    fields), on the device it is for: a CPU emulating one under ``hardware.memory_cap_gib``,
+    else CUDA. Also the settings of a plan that does not fit (the GPU check searches it)."""
+    cap = memory_cap_bytes(cfg)
+    values: dict[str, Any] = dict(
+        device="cpu" if cap is not None else "cuda",
+        geometry=plan.geometry,
+        eval_batch_size=plan.eval_batch_size,
+        generation_batch_size=plan.generation_batch_size,
+        generation_token_budget=plan.generation_token_budget,
+        generation_row_cap=plan.generation_row_cap,
+        precision="bf16" if plan.precision == "pure_bf16" else plan.precision,
+        optimizer=plan.optimizer,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        source_len=plan.source_len,
+        predict_precision=plan.predict_precision,
+        memory_cap_bytes=cap,
+    )
+    return Settings(**(values | overrides))
 
 
 def describe(s: Settings) -> str:

@@ -1,4 +1,4 @@
-"""The training step and the generation batching that both the trainer and the planner use.
+"""The training step and the optimizer that both the trainer and the planner use.
 
 "The plan is the run": the memory planner traces these functions on fake tensors and the
 guarded trainer calls them on real ones, so what is simulated is what runs - the same
@@ -13,8 +13,8 @@ code objects, not a re-creation:
   ``adamw`` is the fused AdamW kernel (what transformers picks on torch >= 2.8): it
   updates in place. ``adamw_foreach`` keeps the multi-tensor kernel, whose ``step()``
   makes a parameter-sized temporary (+1 GiB for T5-base); both are simulated as they run.
-- generation: ``infer.generate_summaries`` batches by ``batching.generation_cost``, the
-  formula the planner turns its generation batch into a token budget with.
+
+Generation is shared with the planner the same way, in ``inference.batching``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Prediction: token-budget batches, OOM splitting, input order, atomic submission."""
+"""dialsum.inference.predict generation: token-budget batches, OOM splitting, input order,
+atomic submission. (The verb's output handling: test_predict_output.py.)"""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dialsum.core.config import load_section
-from dialsum.data import dataset as data_mod
-from dialsum.inference.generate import GenerationStats, generate_summaries, write_submission
-from dialsum.training.recipe import generation_kwargs, setup_model
+from dialsum.core.config_load import load_section
+from dialsum.data.dataset import read_dialogue_csv
+from dialsum.data.tokenize import tokenize_records
+from dialsum.inference.predict import GenerationStats, generate_summaries, write_submission
+from dialsum.training.run_setup import generation_kwargs, setup_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,9 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny():
     cfg = load_section(ROOT / "config.yaml", "tiny", ["inference.max_new_tokens=6"])
     model, tokenizer = setup_model(cfg)
-    table = data_mod.read_dialogue_csv(ROOT / "data/sample/dev.csv", "dev")
+    table = read_dialogue_csv(ROOT / "data/sample/dev.csv", "dev")
     table.records = table.records[:12]
-    rows = data_mod.tokenize_records(
+    rows = tokenize_records(
         table.records, tokenizer, prefix="", max_source_len=256, max_target_len=64,
         with_labels=False,
     )  # fmt: skip

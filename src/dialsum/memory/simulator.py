@@ -1,0 +1,86 @@
+"""The simulator the planner asks, injectable, and one memo of its answers.
+
+``Simulator`` holds the two simulations a plan needs (a training step, a generation
+step); the defaults trace the real model code (``memory.simulate``), tests inject exact
+analytic fakes. ``SimulationMemo`` remembers answers: bisection revisits shapes within one
+plan, and the guide plans ten GPUs (then plots) that revisit them again. A fake-tensor
+trace of T5-base takes seconds, a dictionary lookup nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dialsum.memory.profile import (
+    GenerateOptions,
+    GenerateShape,
+    MemoryProfile,
+    TrainOptions,
+    TrainShape,
+)
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
+
+
+def _real_train(
+    config: PretrainedConfig, shape: TrainShape, options: TrainOptions
+) -> MemoryProfile:
+    # Imported late: the simulator traces real model code and pulls in torch/transformers.
+    from dialsum.memory.simulate import simulate_train
+
+    return simulate_train(config, shape, options)
+
+
+def _real_generate(
+    config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions
+) -> MemoryProfile:
+    from dialsum.memory.simulate_generate import simulate_generate
+
+    return simulate_generate(config, shape, options)
+
+
+TrainSimulation = Callable[["PretrainedConfig", TrainShape, TrainOptions], MemoryProfile]
+GenerateSimulation = Callable[["PretrainedConfig", GenerateShape, GenerateOptions], MemoryProfile]
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """The two memory simulations the planner needs; defaults are the real (tracing) ones."""
+
+    train: TrainSimulation = _real_train
+    generate: GenerateSimulation = _real_generate
+
+
+class SimulationMemo:
+    """Remembers the simulations of one model config, keyed by shape and options.
+
+    One memo serves one model config (the key leaves the config out): a plan makes its
+    own, the guide keeps one per section across GPUs, plots and breakdowns.
+    """
+
+    def __init__(self, simulator: Simulator) -> None:
+        self._simulator = simulator
+        self._train: dict[tuple[TrainShape, TrainOptions], MemoryProfile] = {}
+        self._generate: dict[tuple[GenerateShape, GenerateOptions], MemoryProfile] = {}
+
+    def train(
+        self, config: PretrainedConfig, shape: TrainShape, options: TrainOptions
+    ) -> MemoryProfile:
+        key = (shape, options)
+        if key not in self._train:
+            self._train[key] = self._simulator.train(config, shape, options)
+        return self._train[key]
+
+    def generate(
+        self, config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions
+    ) -> MemoryProfile:
+        key = (shape, options)
+        if key not in self._generate:
+            self._generate[key] = self._simulator.generate(config, shape, options)
+        return self._generate[key]
+
+    def as_simulator(self) -> Simulator:
+        return Simulator(train=self.train, generate=self.generate)
