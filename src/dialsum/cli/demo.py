@@ -14,8 +14,8 @@ from dialsum.core.config import SectionConfig
 from dialsum.inference.predict import predict_table, write_submission
 from dialsum.metrics import format_scores, score_summaries
 from dialsum.training.recipe import run_training
-from dialsum.training.run_setup import read_tables, setup_model
 from dialsum.training.run_memory import MemorySummary, PhasePeaks
+from dialsum.training.run_setup import read_tables, setup_model
 from dialsum.training.settings import resolve_settings
 
 

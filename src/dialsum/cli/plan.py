@@ -18,9 +18,9 @@ class PlanResult:
     json: dict[str, Any]
     buckets: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    speed: list[str] = field(default_factory=list)  # plan_time.time_lines
-    epoch: Any = None  # timing.EpochTime of the data, when known
-    epoch_data: Any = None  # plan_time.EpochData
+    speed: list[str] = field(default_factory=list)  # report.plan_time.time_lines
+    epoch: Any = None  # memory.epoch_time.EpochTime of the data, when known
+    epoch_data: Any = None  # report.plan_time.EpochData
 
     def print(self, console) -> None:
         from rich.table import Table

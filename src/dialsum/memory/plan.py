@@ -60,9 +60,9 @@ if TYPE_CHECKING:
 class Plan(GeometryView):
     """Batch settings for one GPU, with the numbers and the reasons behind them.
 
-    ``generation_token_budget`` counts ``step.generation_cost`` tokens ((source + new) x
-    beams per row) and ``generation_row_cap`` bounds the rows of a batch of short dialogues
-    (their logits and beam bookkeeping do not shrink with the source).
+    ``generation_token_budget`` counts ``inference.batching.generation_cost`` tokens
+    ((source + new) x beams per row) and ``generation_row_cap`` bounds the rows of a batch
+    of short dialogues (their logits and beam bookkeeping do not shrink with the source).
     """
 
     gpu: GPU

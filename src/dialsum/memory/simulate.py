@@ -130,7 +130,7 @@ def _build_train_rig(
     trainable = trainable_params(model)
     with mode:
         if options.optimizer == "adamw8bit":
-            # bitsandbytes runs on CUDA only: its state is modelled (see optimizers.py).
+            # bitsandbytes runs on CUDA only: its state is modelled (see ``memory.optimizers``).
             optimizer = AdamW8bitModel(trainable)
         else:
             # The trainer's own optimizer construction (parameter groups, fused AdamW).
@@ -150,7 +150,7 @@ def _train_step(
     options: TrainOptions,
     micro: int,
 ) -> None:
-    """One optimizer step as the guarded trainer runs it: ``step.step_forward_backward``
+    """One optimizer step as the guarded trainer runs it: ``training.step.step_forward_backward``
     over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``."""
 
     def forward_phase(_chunk: dict) -> None:

@@ -1,10 +1,11 @@
 """The simulator the planner asks, injectable, and one memo of its answers.
 
 ``Simulator`` holds the two simulations a plan needs (a training step, a generation
-step); the defaults trace the real model code (``memory.simulate``), tests inject exact
-analytic fakes. ``SimulationMemo`` remembers answers: bisection revisits shapes within one
-plan, and the guide plans ten GPUs (then plots) that revisit them again. A fake-tensor
-trace of T5-base takes seconds, a dictionary lookup nothing.
+step); the defaults trace the real model code (``memory.simulate``,
+``memory.simulate_generate``), tests inject exact analytic fakes. ``SimulationMemo``
+remembers answers: bisection revisits shapes within one plan, and the guide plans ten GPUs
+(then plots) that revisit them again. A fake-tensor trace of T5-base takes seconds, a
+dictionary lookup nothing.
 """
 
 from __future__ import annotations

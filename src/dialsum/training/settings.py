@@ -234,7 +234,7 @@ def _planned_settings(cfg: SectionConfig, model_config, world: int, report) -> S
     )
 
 
-def settings_from_plan(plan, cfg: SectionConfig, **overrides: Any) -> Settings:
+def settings_from_plan(plan, cfg: SectionConfig, /, **overrides: Any) -> Settings:
     """Settings that apply every decision of ``plan`` as it stands (``overrides`` replace
     fields), on the device it is for: a CPU emulating one under ``hardware.memory_cap_gib``,
     else CUDA. Also the settings of a plan that does not fit (the GPU check searches it)."""
