@@ -95,20 +95,12 @@ def _section_for_model(
 def _data_lengths(cfg: SectionConfig, data: Path):
     """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer."""
     from dialsum.data import dataset as data_mod
-    from dialsum.data.tokenize import tokenize_records
-    from dialsum.training.run_setup import length_report, setup_model
+    from dialsum.training.run_setup import length_report, setup_model, tokenize_table
 
     table = data_mod.read_dialogue_csv(data, "train")
     _, tokenizer = setup_model(cfg)
     report = length_report(cfg, table, tokenizer)
-    rows = tokenize_records(
-        table.records,
-        tokenizer,
-        prefix=cfg.tokenizer.prefix,
-        max_source_len=cfg.tokenizer.max_source_length,
-        max_target_len=cfg.tokenizer.max_target_length,
-        with_labels=True,
-    )
+    rows = tokenize_table(cfg, table, tokenizer, with_labels=True).rows
     return report, [(len(r["input_ids"]), len(r["labels"])) for r in rows]
 
 

@@ -41,13 +41,13 @@ from dialsum.memory.fake_model import (
 from dialsum.memory.flops import CostMeter
 from dialsum.memory.optimizers import AdamW8bitModel, state_tensors
 from dialsum.memory.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.memory.trace_reuse import Traced, cached, default_round_fn, replayed, set_costs
+from dialsum.memory.trace_reuse import Traced, default_round_fn, reused_or_traced, set_costs
 from dialsum.memory.trace_run import (
     amp_dtype,
     emulation_on,
     full_breakdown,
+    labelled_batch,
     prepared_model,
-    random_ids,
     track_model,
     weights_dtype,
 )
@@ -83,17 +83,6 @@ def weights_bytes(
         round_fn(t.numel() * (itemsize if t.is_floating_point() else t.element_size()))
         for t in tensors
     )
-
-
-def _train_batch(config: PretrainedConfig, rows: int, shape: TrainShape) -> dict[str, torch.Tensor]:
-    # What the collator hands the trainer: source ids/mask [rows, source_len], labels and
-    # the shifted ``decoder_input_ids`` [rows, target_len] (int64, like a tokenizer's).
-    return {
-        "input_ids": random_ids(rows, shape.source_len, config.vocab_size),
-        "attention_mask": torch.ones(rows, shape.source_len, dtype=torch.long),
-        "labels": random_ids(rows, shape.target_len, config.vocab_size),
-        "decoder_input_ids": random_ids(rows, shape.target_len, config.vocab_size),
-    }
 
 
 @dataclass
@@ -217,7 +206,7 @@ def _trace_train(
                 meter.reset()  # the costs kept are the second (steady) step's
                 tracker.reset_peaks()
                 tracker.set_phase("data")
-                batch = _train_batch(config, rows, shape)
+                batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
                 _train_step(rig, batch, tracker, emulation, options, shape.batch)
                 del batch
                 if tracker.events is not None:
@@ -306,19 +295,19 @@ def simulate_train(
     def trace_at(batch: int, record: bool) -> Traced:
         return _trace_train(config, replace(shape, batch=batch), options, round_fn, record)
 
-    def compute() -> MemoryProfile:
-        if not (replay_batches and shape.batch > 1):
-            return trace_at(shape.batch, False)[0]
-        key = trace_cache.cache_key(
+    def timeline_key() -> str:
+        return trace_cache.cache_key(
             "timeline", config, shape.source_len, shape.target_len, options, round_fn.__name__
         )
-        return replayed(
-            key,
-            shape.batch,
-            trace_at,
-            lambda base, steps: _train_profile(base.params, base.trainable_params, steps),
-            round_fn,
-        )
 
-    key = trace_cache.cache_key("train", config, shape, options, round_fn.__name__)
-    return cached(key, cache_dir, use_cache, round_fn, compute)
+    return reused_or_traced(
+        trace_cache.cache_key("train", config, shape, options, round_fn.__name__),
+        timeline_key,
+        shape.batch,
+        trace_at,
+        lambda base, steps: _train_profile(base.params, base.trainable_params, steps),
+        round_fn,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        replay_batches=replay_batches,
+    )

@@ -27,11 +27,12 @@ from dialsum.memory.cuda_emulation import CudaEmulationMode
 from dialsum.memory.fake_model import fake_model_from_config, unique_params
 from dialsum.memory.flops import CostMeter, short_cache_len
 from dialsum.memory.profile import GenerateOptions, GenerateShape, MemoryProfile, Precision
-from dialsum.memory.trace_reuse import Traced, cached, default_round_fn, replayed, set_costs
+from dialsum.memory.trace_reuse import Traced, default_round_fn, reused_or_traced, set_costs
 from dialsum.memory.trace_run import (
     dtype_of,
     emulation_on,
     full_breakdown,
+    labelled_batch,
     prepared_model,
     random_ids,
     track_model,
@@ -186,12 +187,7 @@ def _eval_loss_forward(
     """The eval-loss forward (phase ``eval_loss``) on [batch, source_len] ids and
     [batch, label_len] labels."""
     tracker.set_phase("eval_loss", default_category="activations")
-    batch = {
-        "input_ids": random_ids(shape.batch, shape.source_len, config.vocab_size),
-        "attention_mask": torch.ones(shape.batch, shape.source_len, dtype=torch.long),
-        "labels": random_ids(shape.batch, shape.label_len, config.vocab_size),
-        "decoder_input_ids": random_ids(shape.batch, shape.label_len, config.vocab_size),
-    }
+    batch = labelled_batch(config, shape.batch, shape.source_len, shape.label_len)
     outputs = decoder(**batch)
     del outputs, batch
 
@@ -279,19 +275,19 @@ def simulate_generate(
     def trace_at(batch: int, record: bool) -> Traced:
         return _trace_generate(config, replace(shape, batch=batch), options, round_fn, record)
 
-    def compute() -> MemoryProfile:
-        if not (replay_batches and shape.batch > 1):
-            return trace_at(shape.batch, False)[0]
-        key = trace_cache.cache_key(
+    def timeline_key() -> str:
+        return trace_cache.cache_key(
             "generate-timeline", config, replace(shape, batch=0), options, round_fn.__name__
         )
-        return replayed(
-            key,
-            shape.batch,
-            trace_at,
-            lambda base, steps: _generate_profile(base.params, *steps[-1]),
-            round_fn,
-        )
 
-    key = trace_cache.cache_key("generate", config, shape, options, round_fn.__name__)
-    return cached(key, cache_dir, use_cache, round_fn, compute)
+    return reused_or_traced(
+        trace_cache.cache_key("generate", config, shape, options, round_fn.__name__),
+        timeline_key,
+        shape.batch,
+        trace_at,
+        lambda base, steps: _generate_profile(base.params, *steps[-1]),
+        round_fn,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        replay_batches=replay_batches,
+    )

@@ -1,10 +1,11 @@
 """Not tracing twice: timelines replayed for other batch sizes, and the disk cache.
 
-A trace of T5-base takes seconds. ``replayed`` records the step at two batch sizes
-(``REPLAY_LO``, ``REPLAY_HI``) once per process and replays any other batch size from the
-recordings with every allocation resized (``memory.timeline``: exact); FLOPs, bytes
-moved and kernels are interpolated the same way (``flops.interpolate_costs``). ``cached``
-keeps finished profiles on disk (``memory.cache``).
+A trace of T5-base takes seconds. ``reused_or_traced`` gives a simulation's profile: from
+the disk cache (``memory.cache``) when it is there, else replayed: the step is recorded at
+two batch sizes (``REPLAY_LO``, ``REPLAY_HI``) once per process and any other batch size
+is replayed from the recordings with every allocation resized (``memory.timeline``:
+exact); FLOPs, bytes moved and kernels are interpolated the same way
+(``flops.interpolate_costs``). Batch 1, or ``replay_batches=False``, traces directly.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ REPLAY_LO, REPLAY_HI = 2, 3
 Traced = tuple[MemoryProfile, list | None]
 
 
-def replayed(
+def _replayed(
     key: str,
     batch: int,
     trace_at: Callable[[int, bool], Traced],
@@ -64,7 +65,7 @@ def default_round_fn(device: str) -> RoundFn:
     return round_allocation_bytes if device == "cuda" else exact_bytes
 
 
-def cached(
+def _cached(
     key: str,
     cache_dir: str | Path | None,
     use_cache: bool,
@@ -80,3 +81,26 @@ def cached(
     if cacheable:
         trace_cache.store(cache_path, key, profile)
     return profile
+
+
+def reused_or_traced(
+    key: str,
+    timeline_key: Callable[[], str],
+    batch: int,
+    trace_at: Callable[[int, bool], Traced],
+    profile_of: Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile],
+    round_fn: RoundFn,
+    *,
+    cache_dir: str | Path | None,
+    use_cache: bool,
+    replay_batches: bool,
+) -> MemoryProfile:
+    """The profile at ``batch``: cached on disk under ``key``, else replayed from the
+    timelines recorded under ``timeline_key()`` (see ``_replayed``), else traced."""
+
+    def compute() -> MemoryProfile:
+        if not (replay_batches and batch > 1):
+            return trace_at(batch, False)[0]
+        return _replayed(timeline_key(), batch, trace_at, profile_of, round_fn)
+
+    return _cached(key, cache_dir, use_cache, round_fn, compute)

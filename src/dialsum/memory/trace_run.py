@@ -2,8 +2,8 @@
 
 The dtypes a precision stores tensors in, the model as accelerate prepares it for AMP
 (``prepared_model``), CUDA's kernel choices switched on for a ``cuda`` trace
-(``emulation_on``), the weights counted as ``weights``, fake token ids as a tokenizer
-would give them, and the breakdown of a peak by category.
+(``emulation_on``), the weights counted as ``weights``, fake token ids and labelled
+batches as the tokenizer and collator give them, and the breakdown of a peak by category.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig
 
 from dialsum.memory.cuda_emulation import CudaEmulationMode
 from dialsum.memory.fake_model import unique_params
@@ -53,6 +54,19 @@ def full_breakdown(record: PeakRecord, categories: tuple[str, ...]) -> dict[str,
 def random_ids(batch: int, length: int, vocab_size: int) -> torch.Tensor:
     # Values never matter on fake tensors; dtype/shape do (int64 like a tokenizer's output).
     return torch.randint(0, vocab_size, (batch, length), dtype=torch.long)
+
+
+def labelled_batch(
+    config: PretrainedConfig, rows: int, source_len: int, target_len: int
+) -> dict[str, torch.Tensor]:
+    # What the collator hands the trainer: source ids/mask [rows, source_len], labels and
+    # the shifted ``decoder_input_ids`` [rows, target_len] (int64, like a tokenizer's).
+    return {
+        "input_ids": random_ids(rows, source_len, config.vocab_size),
+        "attention_mask": torch.ones(rows, source_len, dtype=torch.long),
+        "labels": random_ids(rows, target_len, config.vocab_size),
+        "decoder_input_ids": random_ids(rows, target_len, config.vocab_size),
+    }
 
 
 class _AmpForward:
