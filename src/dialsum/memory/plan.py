@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dialsum.memory.alternatives import suggest_alternatives
 from dialsum.memory.generation_batches import Generation, choose_eval_batch, choose_generation
+from dialsum.memory.gpu_specs import spec_for
 from dialsum.memory.gpus import GPU
 from dialsum.memory.ladder import ladder_steps
 from dialsum.memory.overheads import Overheads
@@ -49,11 +50,10 @@ from dialsum.memory.precision import PREDICT_PRECISION, eval_generate_options
 from dialsum.memory.profile import GenerateOptions, MemoryProfile
 from dialsum.memory.request import PlanRequest, max_source_positions, truncated_fraction
 from dialsum.memory.simulator import Simulator
+from dialsum.memory.timing import efficiency_for, matmul_precision
 from dialsum.memory.zero import ZeroStateBytes
+from dialsum.models.architectures import architecture_facts
 from dialsum.training.geometry import BatchGeometry, GeometryView, divisors
-
-if TYPE_CHECKING:
-    from transformers import PretrainedConfig
 
 
 @dataclass
@@ -209,7 +209,7 @@ def make_plan(
     calibration file); ``simulator`` defaults to the real tracing simulator.
     Raises ``ConfigError`` for an invalid request or one the GPU cannot run.
     """
-    setup = set_up_plan(request, gpu, overheads, simulator)
+    setup = set_up_plan(request, gpu, overheads, simulator)  # request checked, precision chosen
     if gpu.warning:
         setup.warnings.append(gpu.warning)
     planner = setup.planner
@@ -278,7 +278,7 @@ def _plan_of(
         eval_required_bytes=eval_need.required_bytes,
         generate_required_bytes=generation.need.required_bytes,
         alternatives=alternatives,
-        architecture=_architecture(request.model_config),
+        architecture=architecture_facts(request.model_config),
         timing=timing,
     )
 
@@ -288,9 +288,6 @@ def _estimate_time(
 ) -> PlanTiming | None:
     """FLOPs of the planned step and generation (from their traces), and the step's
     predicted time on this GPU (``memory.timing``)."""
-    from dialsum.memory.gpu_specs import spec_for
-    from dialsum.memory.timing import efficiency_for, matmul_precision
-
     assert state.need is not None
     spec = spec_for(planner.gpu)
     efficiency, calibrated = (None, False)
@@ -311,12 +308,6 @@ def _estimate_time(
         efficiency=efficiency,
         calibrated=calibrated,
     )
-
-
-def _architecture(config: PretrainedConfig) -> dict[str, Any]:
-    from dialsum.models.architectures import architecture_facts
-
-    return architecture_facts(config)
 
 
 # --------------------------------------------------------------------------------------

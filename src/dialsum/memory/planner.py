@@ -44,6 +44,7 @@ from dialsum.memory.zero import (
     sharded_profile_peak_bytes,
     zero_state_bytes,
 )
+from dialsum.models.architectures import model_from_config
 from dialsum.training.geometry import BatchGeometry, divisors
 
 if TYPE_CHECKING:
@@ -60,6 +61,9 @@ def format_gib(n_bytes: int) -> str:
 
 @dataclass(frozen=True)
 class Need:
+    """What one setting needs: its simulated profile, the bytes it requires with the
+    overheads, and whether they fit in the usable memory."""
+
     profile: MemoryProfile
     required_bytes: int
     fits: bool
@@ -88,8 +92,6 @@ class Planner:
 
     def largest_layer(self) -> int:
         if self._largest_layer is None:
-            from dialsum.models.architectures import model_from_config
-
             meta = model_from_config(self.request.model_config, device="meta")
             self._largest_layer = largest_layer_params(meta)
         return self._largest_layer
