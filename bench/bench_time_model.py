@@ -1,7 +1,7 @@
 """Time model on the CPU: predicted vs measured step time of the real guarded trainer.
 
 No GPU is needed to check the time model's arithmetic end to end. For each setting this
-runs optimizer steps of the real ``GuardedSeq2SeqTrainer`` (``plan_check.make_trainer``:
+runs optimizer steps of the real ``GuardedSeq2SeqTrainer`` (``checks.cpu_loop.make_trainer``:
 fixed-length rows, its micro-batches, token-sum loss and optimizer) on the CPU, times
 them with the trainer's own ``StepTimer`` (the first step is warm-up), and predicts the
 same step from the traced cost (``simulate_train`` with ``device="cpu"``: FLOPs, bytes

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from dialsum.checks import gpu_runs as gpu_check
+from dialsum.checks import gpu_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
@@ -123,7 +123,7 @@ def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> di
 
     started = time.perf_counter()
     out: dict = {"runs": {}, "emulated": {}, "skipped": []}
-    data = gpu_check.write_long_csvs(
+    data = gpu_runs.write_long_csvs(
         ROOT / "data/sample", work / "data", SMOKE_ROWS if smoke else ROWS
     )
     base = [f"data.{split}={path}" for split, path in data.items()]
@@ -133,19 +133,19 @@ def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> di
         sizes = [(s * 3 * MIB // 16, f"{s * 3 / 16:g}MiB") for s in SIZES_GIB]
     else:
         sizes = [(s * GIB, f"{s}GB") for s in SIZES_GIB]
-    emulations = [gpu_check.Emulation(size, label, cuda=not smoke) for size, label in sizes]
+    emulations = [gpu_runs.Emulation(size, label, cuda=not smoke) for size, label in sizes]
     prepared = []
     for arch, name, model_id, config, family in targets(smoke):
         echo(f"[{arch}] model folder (random weights, tiny tokenizer)")
-        texts = tiny_texts_from(gpu_check.section(CONFIG, name, base))()
-        folder = gpu_check.write_model_folder(config, family, texts, work / arch)
+        texts = tiny_texts_from(gpu_runs.section(CONFIG, name, base))()
+        folder = gpu_runs.write_model_folder(config, family, texts, work / arch)
         prepared.append((arch, name, model_id, [*base, f"model.name={folder}",
                                                  f"tokenizer.name={folder}"]))  # fmt: skip
     real_gpu = None if smoke else _detected_gpu()
-    tasks = [gpu_check.PlanTask(CONFIG, name, tuple(o), real_gpu) for _, name, _, o in prepared]
-    tasks += [gpu_check.PlanTask(CONFIG, name, (*o, *e.overrides()))
+    tasks = [gpu_runs.PlanTask(CONFIG, name, tuple(o), real_gpu) for _, name, _, o in prepared]
+    tasks += [gpu_runs.PlanTask(CONFIG, name, (*o, *e.overrides()))
               for _, name, _, o in prepared for e in emulations]  # fmt: skip
-    gpu_check.prefill_trace_cache(tasks, workers, echo=echo)
+    gpu_runs.prefill_trace_cache(tasks, workers, echo=echo)
 
     ran = []
     for arch, name, model_id, overrides in prepared:
@@ -153,12 +153,12 @@ def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> di
             out["skipped"].append(f"{arch}: real run (time budget)")
             continue
         echo(f"[{arch}] dialsum train --max-steps 3 with evaluation, then dialsum predict")
-        cfg = gpu_check.section(CONFIG, name, overrides)
-        out["runs"][arch] = {"model": model_id, **gpu_check.real_run(cfg, work, echo=None)}
+        cfg = gpu_runs.section(CONFIG, name, overrides)
+        out["runs"][arch] = {"model": model_id, **gpu_runs.real_run(cfg, work, echo=None)}
         ran.append((arch, name, overrides))
         _free()
     for arch, name, overrides in ran:
-        cfg = gpu_check.section(CONFIG, name, overrides)
+        cfg = gpu_runs.section(CONFIG, name, overrides)
         model, tokenizer = setup_model(cfg)
         train_table, _ = read_tables(cfg, dev=False, echo=lambda *_: None)
         report = length_report(cfg, train_table, tokenizer)
@@ -169,12 +169,12 @@ def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> di
                 continue
             echo(f"[{arch}] emulated {emulation.label}: the planned settings, then the largest "
                  "micro-batch that trains")  # fmt: skip
-            cfg_for = lambda extra, name=name, overrides=overrides: gpu_check.section(  # noqa: E731
+            cfg_for = lambda extra, name=name, overrides=overrides: gpu_runs.section(  # noqa: E731
                 CONFIG, name, [*overrides, *extra]
             )
             search_factor = 2 if smoke else 4
             rows.append(
-                gpu_check.emulated(
+                gpu_runs.emulated(
                     model, tokenizer, cfg_for, report, emulation, work / "trials", search_factor
                 )
             )

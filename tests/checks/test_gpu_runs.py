@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import dialsum.checks.gpu_runs as gpu_check
 import dialsum.training.settings as settings_mod
 from dialsum.checks.gpu_runs import Emulation, phase_rows, write_long_csvs
 from dialsum.memory.gpus import GPU
@@ -66,7 +65,7 @@ def test_search_starts_above_a_planned_micro_batch_that_trained(
             "gradient_checkpointing": False, "target_len": 8,
             "gradient_accumulation_steps": 4, "per_rank_rows": 16}  # fmt: skip
     monkeypatch.setattr(settings_mod, "resolve_settings", lambda *a, **k: _settings(4, 16, plan))
-    monkeypatch.setattr(gpu_check, "ooms_at_planned", lambda *a: {"train": 0, "eval": 0,
+    monkeypatch.setattr(gpu_runs, "ooms_at_planned", lambda *a: {"train": 0, "eval": 0,
                                                                   "predict": 0})  # fmt: skip
     tried: list[tuple[int, int]] = []
 
@@ -74,9 +73,9 @@ def test_search_starts_above_a_planned_micro_batch_that_trained(
         tried.append((settings.micro_batch_size, settings.gradient_accumulation_steps))
         return settings.micro_batch_size <= 11
 
-    monkeypatch.setattr(gpu_check, "trains_without_oom", trains)
+    monkeypatch.setattr(gpu_runs, "trains_without_oom", trains)
     model = SimpleNamespace(config=None)
-    row = gpu_check.emulated(model, None, lambda extra: None, None,
+    row = gpu_runs.emulated(model, None, lambda extra: None, None,
                              Emulation(6 * MIB, "6MiB", cuda=False), tmp_path)  # fmt: skip
     # Up to 4 x 4 = 16, above the planned 4 (which trained); accumulation kept (2 chunks).
     assert tried[0] == (16, 2) and all(micro > 4 for micro, _ in tried)
@@ -103,9 +102,9 @@ def test_a_plan_that_does_not_fit_is_still_searched(
     )  # fmt: skip
     monkeypatch.setattr(settings_mod, "resolve_settings", refuse)
     monkeypatch.setattr("dialsum.memory.section.plan_for_section", lambda *a, **k: unfit)
-    monkeypatch.setattr(gpu_check, "trains_without_oom", lambda *a: False)
+    monkeypatch.setattr(gpu_runs, "trains_without_oom", lambda *a: False)
     cfg = SimpleNamespace(hardware=SimpleNamespace(memory_cap_gib=0.001))
-    row = gpu_check.emulated(SimpleNamespace(config=None), None, lambda extra: cfg, None,
+    row = gpu_runs.emulated(SimpleNamespace(config=None), None, lambda extra: cfg, None,
                              Emulation(MIB, "1MiB", cuda=False), tmp_path)  # fmt: skip
     assert row["planned_fits"] is False and row["ooms_at_planned"] is None
     assert row["true_largest_micro_batch"] is None and row["largest_divisor_that_runs"] is None

@@ -208,15 +208,15 @@ def test_plan_rows_for_a_gpu_the_build_cannot_run_name_the_build(
 ) -> None:
     from types import SimpleNamespace
 
-    import dialsum.memory.section as planning
+    import dialsum.memory.section as section_plan
     from dialsum.core.config_load import load_section
     from dialsum.models.architectures import known_config
 
     monkeypatch.setattr(gpu_support, "installed_build", lambda: CU132)
     monkeypatch.setattr(gpu_support, "release_archs", lambda: RELEASES)
-    monkeypatch.setattr(planning, "make_plan", lambda *a, **k: SimpleNamespace(warnings=[]))
+    monkeypatch.setattr(section_plan, "make_plan", lambda *a, **k: SimpleNamespace(warnings=[]))
     cfg = load_section(ROOT / "config.yaml", "eenzeenee")
     config = known_config("eenzeenee/t5-base-korean-summarization")
-    (warning,) = planning.plan_for_section(cfg, config, gpu="v100-16gb").warnings
+    (warning,) = section_plan.plan_for_section(cfg, config, gpu="v100-16gb").warnings
     assert "cannot run the Tesla V100 16GB (sm_70)" in warning and V100_COMMAND in warning
-    assert planning.plan_for_section(cfg, config, gpu="a100-40gb").warnings == []
+    assert section_plan.plan_for_section(cfg, config, gpu="a100-40gb").warnings == []

@@ -7,6 +7,8 @@ import random
 import pytest
 
 from dialsum.inference.batching import (
+    generation_cost,
+    generation_token_budget,
     restore_order,
     split_batch,
     token_budget_batches,
@@ -109,3 +111,12 @@ def test_split_batch_keeps_order_larger_pieces_first() -> None:
     assert split_batch([]) == []
     with pytest.raises(ValueError, match="parts"):
         split_batch([1, 2], parts=0)
+
+
+def test_generation_cost_and_budget() -> None:
+    assert generation_cost(100, 20, 4) == 480
+    assert generation_cost(512, 64, 4) == 2304
+    assert generation_cost(0, 20, 4) == 84  # an empty source costs as one token
+    assert generation_cost(100, 20, 1) == 120
+    assert generation_token_budget(8, 512, 64, 4) == 8 * 576 * 4 == 18432
+    assert generation_token_budget(1, 0, 10, 2) == 22

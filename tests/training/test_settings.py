@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import dialsum.memory.section as planning
+import dialsum.memory.section as section_plan
 import dialsum.training.settings as settings_mod
 import dialsum.training.step as step_mod
 from dialsum.core.config_load import load_section
@@ -44,13 +44,13 @@ def test_cpu_auto_micro_batch_is_a_divisor() -> None:
 
 
 def test_gpu_auto_settings_come_from_the_plan(monkeypatch) -> None:
-    real_plan = planning.plan_for_section
+    real_plan = section_plan.plan_for_section
 
     def plan_with_fake(cfg, model_config, **kwargs):
         return real_plan(cfg, model_config, simulator=FAKE, **kwargs)
 
     monkeypatch.setattr(settings_mod, "use_cuda", lambda cfg: True)
-    monkeypatch.setattr(planning, "plan_for_section", plan_with_fake)
+    monkeypatch.setattr(section_plan, "plan_for_section", plan_with_fake)
     cfg = load_section(ROOT / "config.yaml", "eenzeenee", ["hardware.gpu=v100-16gb"])
     s = resolve_settings(cfg, known_config(cfg.model.name), echo=quiet)
     assert s.device == "cuda" and s.gpu == "v100-16gb"
@@ -79,13 +79,13 @@ def test_effective_batch_must_split_over_processes(monkeypatch) -> None:
 
 def _use_fake_gpu(monkeypatch, simulator: Simulator = FAKE) -> None:
     """Plan as on a CUDA machine, with an analytic simulator instead of traces."""
-    real_plan = planning.plan_for_section
+    real_plan = section_plan.plan_for_section
 
     def plan_with_fake(cfg, model_config, **kwargs):
         return real_plan(cfg, model_config, simulator=simulator, **kwargs)
 
     monkeypatch.setattr(settings_mod, "use_cuda", lambda cfg: True)
-    monkeypatch.setattr(planning, "plan_for_section", plan_with_fake)
+    monkeypatch.setattr(section_plan, "plan_for_section", plan_with_fake)
     # 8-bit AdamW is never a ladder step, whether or not bitsandbytes is installed here.
     monkeypatch.setattr(step_mod, "optimizer_available", lambda name: name != "adamw8bit")
 
@@ -126,7 +126,7 @@ def test_the_planned_source_length_is_the_one_the_run_tokenizes_at(monkeypatch) 
     cfg, model_config = _eenzeenee("hardware.gpu=v100-16gb")
     # v100-16gb: 14.24 GiB usable, need = x GiB x 1.08 + 64 MiB. At 512 tokens micro-batch 1
     # needs x = 16 (no); checkpointing and Adafactor change nothing here; at 256, x = 10.
-    plan = planning.plan_for_section(cfg, model_config)
+    plan = section_plan.plan_for_section(cfg, model_config)
     assert plan.fits and plan.source_len_cut
     assert (plan.requested_source_len, plan.source_len, plan.micro_batch_size) == (512, 256, 1)
 

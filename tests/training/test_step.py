@@ -13,7 +13,6 @@ import torch
 import transformers
 
 from dialsum.core.errors import UserError
-from dialsum.inference.batching import generation_cost, generation_token_budget
 from dialsum.training.step import (
     build_optimizer,
     label_token_count,
@@ -312,15 +311,3 @@ def test_optimizer_step_updates_only_decayed_weights_without_gradient() -> None:
     build_optimizer(model, "adamw", lr=0.1, weight_decay=0.5).step()
     torch.testing.assert_close(norm.detach(), norm_before)
     torch.testing.assert_close(q.detach(), q_before * (1 - 0.1 * 0.5))
-
-
-# -- generation cost ------------------------------------------------------------------
-
-
-def test_generation_cost_and_budget() -> None:
-    assert generation_cost(100, 20, 4) == 480
-    assert generation_cost(512, 64, 4) == 2304
-    assert generation_cost(0, 20, 4) == 84  # an empty source costs as one token
-    assert generation_cost(100, 20, 1) == 120
-    assert generation_token_budget(8, 512, 64, 4) == 8 * 576 * 4 == 18432
-    assert generation_token_budget(1, 0, 10, 2) == 22

@@ -2,12 +2,13 @@
 
 With no GPU at hand, the planner is checked against what ``train`` and ``predict`` really
 execute, on the CPU with real tensors: the guarded trainer's optimizer steps (its
-micro-batches, token-sum loss and optimizer, built by ``train.training_arguments``), an
-evaluation pass (beam-search ``generate()`` and the eval-loss forward, next to the
-resident optimizer state) and a ``predict`` pass (``infer.generate_summaries``). Each
-phase's peak live tensor bytes is measured with ``torch.profiler`` memory events
-(``memory.measure``: independent of the simulator) and predicted by the simulator with
-``device="cpu"`` (CPU kernels, exact bytes), as ``dialsum plan --gpu cpu`` does.
+micro-batches, token-sum loss and optimizer, built by
+``training.trainer_setup.training_arguments``), an evaluation pass (beam-search
+``generate()`` and the eval-loss forward, next to the resident optimizer state) and a
+``predict`` pass (``inference.predict.generate_summaries``). Each phase's peak live tensor
+bytes is measured with ``torch.profiler`` memory events (``checks.measure``: independent of
+the simulator) and predicted by the simulator with ``device="cpu"`` (CPU kernels, exact
+bytes), as ``dialsum plan --gpu cpu`` does.
 
 Rows have a fixed length (every second one a token shorter, so batches are padded as
 real ones are) and generation runs to its full length (``min_new_tokens =
@@ -39,8 +40,8 @@ from dialsum.training.geometry import BatchGeometry
 from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.training.oom_guard import GuardState
 from dialsum.training.run_setup import ListDataset
-from dialsum.training.trainer_setup import training_arguments
 from dialsum.training.settings import Settings
+from dialsum.training.trainer_setup import training_arguments
 
 PHASES: tuple[str, ...] = ("train", "optimizer", "eval", "predict")
 TRAIN_TOLERANCE, GENERATION_TOLERANCE = 0.05, 0.10

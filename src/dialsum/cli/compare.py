@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dialsum.core.errors import ConfigError
-from dialsum.report.plan_time import (
+from dialsum.cli.plan_time import (
     COMPARE_COLUMNS,
     CompareRow,
     EpochData,
@@ -21,6 +20,7 @@ from dialsum.report.plan_time import (
     estimated_label,
     ranked,
 )
+from dialsum.core.errors import ConfigError
 
 
 @dataclass

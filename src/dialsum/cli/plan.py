@@ -18,9 +18,9 @@ class PlanResult:
     json: dict[str, Any]
     buckets: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    speed: list[str] = field(default_factory=list)  # report.plan_time.time_lines
+    speed: list[str] = field(default_factory=list)  # cli.plan_time.time_lines
     epoch: Any = None  # memory.epoch_time.EpochTime of the data, when known
-    epoch_data: Any = None  # report.plan_time.EpochData
+    epoch_data: Any = None  # cli.plan_time.EpochData
 
     def print(self, console) -> None:
         from rich.table import Table
@@ -140,7 +140,7 @@ def plan_command(
     out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
     out.json["per_rank"] = _per_rank_json(plan)
     out.notes = notes
-    from dialsum.report.plan_time import epoch_json, plan_speed, time_lines
+    from dialsum.cli.plan_time import epoch_json, plan_speed, time_lines
 
     out.epoch, out.epoch_data = plan_speed(plan, cfg, model_config, lengths, data)
     out.speed = time_lines(plan, out.epoch, out.epoch_data)

@@ -29,7 +29,6 @@ from dialsum.core.gpu_support import prepare_cuda_run
 from dialsum.core.outputs import require_writable, write_or_rescue
 from dialsum.core.runs import RunDir, find_best_model
 from dialsum.data.dataset import DialogueTable, read_dialogue_csv
-from dialsum.data.tokenize import tokenize_records
 from dialsum.inference.batching import (
     generation_cost,
     restore_order,
@@ -44,7 +43,13 @@ from dialsum.training.run_memory import (
     log_to_tensorboard,
     merge_into_metrics_file,
 )
-from dialsum.training.run_setup import apply_source_len, generation_kwargs, memory_cap, setup_model
+from dialsum.training.run_setup import (
+    apply_source_len,
+    generation_kwargs,
+    memory_cap,
+    setup_model,
+    tokenize_table,
+)
 from dialsum.training.settings import resolve_settings, use_cuda
 
 log = logging.getLogger(__name__)
@@ -133,14 +138,7 @@ def predict_table(
     cfg: SectionConfig, model, tokenizer, table: DialogueTable, settings, **kwargs
 ) -> list[str]:
     """Summaries of every record of ``table``, in order, at the run's ``settings``."""
-    rows = tokenize_records(
-        table.records,
-        tokenizer,
-        prefix=cfg.tokenizer.prefix,
-        max_source_len=cfg.tokenizer.max_source_length,
-        max_target_len=cfg.tokenizer.max_target_length,
-        with_labels=False,
-    )
+    rows = tokenize_table(cfg, table, tokenizer, with_labels=False).rows
     return generate_summaries(
         model,
         tokenizer,

@@ -53,11 +53,12 @@ from dialsum.memory.simulator import Simulator
 from dialsum.memory.timing import efficiency_for, matmul_precision
 from dialsum.memory.zero import ZeroStateBytes
 from dialsum.models.architectures import architecture_facts
-from dialsum.training.geometry import BatchGeometry, GeometryView, divisors
+from dialsum.training.decisions import RunDecisions
+from dialsum.training.geometry import BatchGeometry, divisors
 
 
 @dataclass
-class Plan(GeometryView):
+class Plan(RunDecisions):
     """Batch settings for one GPU, with the numbers and the reasons behind them.
 
     ``generation_token_budget`` counts ``inference.batching.generation_cost`` tokens
@@ -66,15 +67,6 @@ class Plan(GeometryView):
     """
 
     gpu: GPU
-    geometry: BatchGeometry
-    eval_batch_size: int
-    generation_batch_size: int
-    generation_token_budget: int
-    generation_row_cap: int
-    precision: str
-    optimizer: str
-    gradient_checkpointing: bool
-    source_len: int
     target_len: int
     predicted_peak_bytes: int
     required_bytes: int

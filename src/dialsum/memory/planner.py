@@ -207,14 +207,19 @@ def set_up_plan(
     planner = Planner(request, gpu, overheads or Overheads(), simulator or Simulator())
     family = request_family(request)
     precision, reasons, warnings = choose_precision(request, gpu, family)
-    options = TrainOptions(
+    options = requested_options(request, precision)
+    return PlanSetup(planner, family, precision, reasons, warnings, options)
+
+
+def requested_options(request: PlanRequest, precision: str) -> TrainOptions:
+    """Training options as ``request`` asks for them, at ``precision`` (before the ladder)."""
+    return TrainOptions(
         precision=precision,  # type: ignore[arg-type]
         optimizer=resolve_optimizer(request.optimizer),  # type: ignore[arg-type]
         gradient_checkpointing=request.gradient_checkpointing is True,
         lora=request.lora,
         lora_rank=request.lora_rank,
     )
-    return PlanSetup(planner, family, precision, reasons, warnings, options)
 
 
 # --------------------------------------------------------------------------------------

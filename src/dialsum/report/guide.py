@@ -29,8 +29,7 @@ from dialsum.core.runs import write_text_atomic
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
 from dialsum.memory.overheads import Overheads, required_bytes
 from dialsum.memory.plan import Plan
-from dialsum.memory.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.memory.request import resolve_optimizer
+from dialsum.memory.profile import MemoryProfile, TrainShape
 from dialsum.memory.simulator import SimulationMemo, Simulator
 from dialsum.report.facts import ModelFacts, model_facts
 from dialsum.report.markdown import REAL_SIMULATOR_LABEL, guide_markdown
@@ -77,18 +76,6 @@ def real_sections(config_path: str | Path) -> list[str]:
     ]
 
 
-def section_train_options(cfg: SectionConfig, precision: str) -> TrainOptions:
-    """Training options as the section asks for them, at ``precision`` (no fallback ladder)."""
-    t = cfg.training
-    return TrainOptions(
-        precision=precision,  # type: ignore[arg-type]
-        optimizer=resolve_optimizer(t.optimizer),  # type: ignore[arg-type]
-        gradient_checkpointing=t.gradient_checkpointing is True,
-        lora=cfg.model.lora.enabled,
-        lora_rank=cfg.model.lora.rank,
-    )
-
-
 def plot_micro_batches(effective_batch_size: int, cap: int = PLOT_MAX_MICRO_BATCH) -> list[int]:
     """Powers of two up to ``cap`` plus the divisors the planner tries (their traces exist)."""
     powers = {2**k for k in range(cap.bit_length()) if 2**k <= cap}
@@ -108,7 +95,13 @@ def _compute_section(
     simulator: Simulator,
     advance: Callable[[], None],
 ) -> SectionGuide:
-    from dialsum.memory.section import gpu_overheads, plan_for_section, section_model_config
+    from dialsum.memory.planner import requested_options
+    from dialsum.memory.section import (
+        gpu_overheads,
+        plan_for_section,
+        request_for_section,
+        section_model_config,
+    )
 
     cfg = load_section(config_path, name)
     model_config = section_model_config(cfg)
@@ -129,8 +122,9 @@ def _compute_section(
     curves: dict[str, list[tuple[int, int]]] = {}
     breakdowns: dict[str, MemoryProfile] = {}
     tok = cfg.tokenizer
+    request = request_for_section(cfg, model_config)
     for precision in curve_precisions(list(plans.values())):
-        options = section_train_options(cfg, precision)
+        options = requested_options(request, precision)
         points = []
         for micro in plot_micro_batches(cfg.training.effective_batch_size):
             shape = TrainShape(micro, tok.max_source_length, tok.max_target_length)

@@ -110,6 +110,7 @@ def read_tables(cfg: SectionConfig, *, train: bool = True, dev: bool = True, ech
 
 
 def tokenize_table(cfg: SectionConfig, table, tokenizer, *, with_labels: bool = True):
+    """``table``'s records tokenized at the section's limits (train, eval and predict alike)."""
     return ListDataset(
         data_tok.tokenize_records(
             table.records,

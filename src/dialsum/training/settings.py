@@ -20,7 +20,8 @@ from dialsum.core.config import SectionConfig
 from dialsum.core.errors import ConfigError, UserError
 from dialsum.inference.batching import generation_token_budget
 from dialsum.memory.request import resolve_optimizer
-from dialsum.training.geometry import BatchGeometry, GeometryView, per_rank_rows
+from dialsum.training.decisions import RunDecisions
+from dialsum.training.geometry import BatchGeometry, per_rank_rows
 
 _GIB = 2**30
 
@@ -32,17 +33,10 @@ CPU_BATCH = 32
 
 
 @dataclass
-class Settings(GeometryView):
+class Settings(RunDecisions):
+    """The decisions a run applies (every one the plan's, or the run refuses) and where."""
+
     device: str  # "cpu" | "cuda"
-    geometry: BatchGeometry
-    eval_batch_size: int
-    generation_batch_size: int
-    generation_token_budget: int
-    generation_row_cap: int
-    precision: str
-    optimizer: str
-    gradient_checkpointing: bool
-    source_len: int  # tokenizer.max_source_length the run tokenizes at
     predict_precision: str = "fp32"  # weights dtype of post-training generation
     gpu: str | None = None
     memory_cap_bytes: int | None = None  # CPU runs emulating a smaller device
