@@ -4,7 +4,8 @@ No GPU is needed to check that "the plan is the run". For each model shape this 
 the CPU with real tensors:
 
 - two optimizer steps of the real guarded trainer (``GuardedSeq2SeqTrainer`` built from
-  ``training.trainer_setup.training_arguments``: its micro-batches, its token-sum loss, its optimizer);
+  ``training.trainer_setup.training_arguments``: its micro-batches, its token-sum loss,
+  its optimizer);
 - an evaluation pass (``trainer.evaluate()``: beam-search ``generate()`` plus the eval-loss
   forward, next to the resident optimizer state);
 - a ``predict`` pass (``inference.predict.generate_summaries``, after the trainer is gone);
