@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 import dialsum.training.settings as settings_mod
+from dialsum.checks import gpu_runs
 from dialsum.checks.gpu_runs import Emulation, phase_rows, write_long_csvs
 from dialsum.memory.gpus import GPU
 from dialsum.training.geometry import BatchGeometry
