@@ -1,0 +1,1 @@
+"""Competition CSVs in, cleaned records and tokenized rows out."""

@@ -1,0 +1,1 @@
+"""Prediction: token-budget generation batches, OOM-safe generation, the submission CSV."""

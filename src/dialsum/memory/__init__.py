@@ -1,1 +1,5 @@
-"""Offline GPU memory prediction (simulate), planning (plan) and run-time protection (guard)."""
+"""Offline GPU memory and time prediction: simulate a step on fake tensors, then plan.
+
+Prediction only: nothing here runs a real step. The run applies a plan in
+``dialsum.training.settings``; the checks against real runs live in ``dialsum.checks``.
+"""

@@ -1,0 +1,1 @@
+"""Model architectures (shipped ``config.json`` files), loading, the tiny model, LoRA."""

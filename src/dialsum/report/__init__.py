@@ -1,0 +1,1 @@
+"""The per-GPU guide, computed: Markdown, ready-to-paste YAML and plots per model section."""

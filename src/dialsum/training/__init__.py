@@ -1,0 +1,1 @@
+"""The training run: settings applied from the plan, the shared step, the OOM-guarded trainer."""
