@@ -31,7 +31,6 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 
 from dialsum.memory import cache as trace_cache
-from dialsum.memory.allocator import round_allocation_bytes
 from dialsum.memory.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
 from dialsum.memory.fake_model import (
     fake_model_from_config,
@@ -58,31 +57,6 @@ TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "t
 
 # fp16 AMP: the loss is scaled by GradScaler's initial scale, grads unscaled in place.
 GRAD_SCALER_INIT_SCALE = 2.0**16
-
-
-def weights_bytes(
-    config_or_params: PretrainedConfig | nn.Module | int,
-    dtype: torch.dtype = torch.float32,
-    round_fn: RoundFn = round_allocation_bytes,
-) -> int:
-    """Bytes the weights take on the GPU in ``dtype``.
-
-    A config or module is measured tensor by tensor (each rounded by the allocator,
-    buffers included, tied weights once); a bare parameter count gives ``count * itemsize``.
-    """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if isinstance(config_or_params, int):
-        return config_or_params * itemsize
-    module = config_or_params
-    if isinstance(config_or_params, PretrainedConfig):
-        from dialsum.models.architectures import model_from_config
-
-        module = model_from_config(copy.deepcopy(config_or_params), device="meta")
-    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}.values()
-    return sum(
-        round_fn(t.numel() * (itemsize if t.is_floating_point() else t.element_size()))
-        for t in tensors
-    )
 
 
 @dataclass

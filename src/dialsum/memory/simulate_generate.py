@@ -51,16 +51,6 @@ def _decoder_dims(config: PretrainedConfig) -> tuple[int, int, int]:
     return config.decoder_layers, heads, config.d_model // heads
 
 
-def kv_cache_bytes(config: PretrainedConfig, shape: GenerateShape, dtype: torch.dtype) -> int:
-    """Analytic KV cache at the last step: 2 (K, V) x layers x (batch*beams) x heads x d_kv
-    x (max_new_tokens self + source_len cross) x itemsize, unrounded."""
-    layers, heads, head_dim = _decoder_dims(config)
-    rows = shape.batch * shape.num_beams
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    per_token = 2 * layers * rows * heads * head_dim * itemsize
-    return per_token * (shape.max_new_tokens + shape.source_len)
-
-
 def _prefilled_cache(
     config: PretrainedConfig, rows: int, self_len: int, cross_len: int, dtype: torch.dtype
 ) -> EncoderDecoderCache:
