@@ -225,6 +225,20 @@ def test_retry_without_oom_calls_once() -> None:
     assert cleanups == []
 
 
+def test_retry_gives_up_on_an_oom_without_message() -> None:
+    # An OOM raised with no message (a custom allocator, a test double) must still give the
+    # clear error, not an IndexError from reading its first line.
+    def step(batch: int) -> None:
+        raise torch.OutOfMemoryError()
+
+    with pytest.raises(OOMUnrecoverable) as info:
+        run_with_oom_retry(step, 1, lambda batch: None, cleanup=lambda: None)
+    assert str(info.value) == (
+        "device out of memory at batch size 1 and no smaller batch is left (tried 1). "
+        "Original error: OutOfMemoryError"
+    )
+
+
 def test_retry_gives_up_with_hint_and_chain() -> None:
     step = FakeStep(fits=0)
     with pytest.raises(OOMUnrecoverable) as info:

@@ -35,6 +35,7 @@ from dialsum.checks.cpu_loop import fixed_rows
 from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import load_section
 from dialsum.core.csv_files import write_csv_atomic
+from dialsum.core.errors import first_line
 from dialsum.data.dataset import read_dialogue_csv
 from dialsum.training.geometry import BatchGeometry
 from dialsum.training.oom_guard import GuardState, OOMUnrecoverable, is_oom
@@ -298,7 +299,7 @@ def _unrecoverable(failed: dict[str, str], phase: str):
     except Exception as exc:  # noqa: BLE001 - only OOMs are recorded
         if not (isinstance(exc, OOMUnrecoverable) or is_oom(exc)):
             raise
-        failed[phase] = str(exc).splitlines()[0][:200]
+        failed[phase] = first_line(exc)[:200]
 
 
 def emulated(

@@ -23,3 +23,13 @@ class DataError(UserError):
 
 class OutputError(UserError):
     """An output file cannot be written (a folder in the way, no permission, disk full)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none.
+
+    Enough to report an error in one line (and, for an OOM, without keeping the exception,
+    whose traceback holds the activations).
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

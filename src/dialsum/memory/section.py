@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dialsum.core.config import SectionConfig
-from dialsum.core.errors import ConfigError
+from dialsum.core.errors import ConfigError, first_line
 from dialsum.memory.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
 from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, make_plan
@@ -28,7 +28,7 @@ def section_model_config(cfg: SectionConfig):
     try:
         return load_config(cfg.model.name)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(
             f"could not read the architecture of '{cfg.model.name}' (model.name): {first} "
             "Without network access, point model.name to a folder holding its config.json."

@@ -21,7 +21,7 @@ from typing import TypeVar
 import torch
 from torch import distributed as dist
 
-from dialsum.core.errors import UserError
+from dialsum.core.errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -248,7 +248,7 @@ def reduce_or_stop(
         # NCCL reports its own allocation failures as DistBackendError "... out of memory".
         if not (is_oom(exc) or "out of memory" in str(exc).lower()):
             raise
-        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        error = first_line(exc)
     hint = hint or "a smaller model or more GPU memory per rank"
     raise OOMUnrecoverable(
         f"out of memory while averaging gradients over ranks, after every rank finished step "

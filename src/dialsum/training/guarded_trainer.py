@@ -54,13 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dialsum.core.errors import first_line
 from dialsum.training.distributed import reduce_or_stop, reduce_staging
 from dialsum.training.oom_guard import (
     GuardState,
     OOMUnrecoverable,
     RecoveryEvent,
     agree_on_batch,
-    first_line,
     free_device_memory,
     is_oom,
     next_eval_batch,

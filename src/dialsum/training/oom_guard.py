@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import torch
 
-from dialsum.core.errors import UserError
+from dialsum.core.errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -244,12 +244,6 @@ class GuardState:
             ) from None
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none): enough to
-    report an OOM without keeping the exception, whose traceback holds the activations."""
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def free_device_memory() -> None:
     """Collect garbage, then return cached allocator blocks to the device.
 
@@ -313,7 +307,7 @@ def run_with_oom_retry(
                 tried_text = ", ".join(str(size) for size in tried)
                 message = (
                     f"device out of memory at batch size {batch} and no smaller batch is left "
-                    f"(tried {tried_text}). Original error: {str(exc).splitlines()[0]}"
+                    f"(tried {tried_text}). Original error: {first_line(exc)}"
                 )
                 if hint:
                     message += f" Next step: {hint}"

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from dialsum.training.oom_guard import OOMUnrecoverable, first_line, free_device_memory, is_oom
+from dialsum.core.errors import first_line
+from dialsum.training.oom_guard import OOMUnrecoverable, free_device_memory, is_oom
 
 _NOT_TAKEN = object()  # the snapshot itself ran out of memory: nothing was touched yet
 # Per parameter: its counter as a number, or (device, index) into the stacked copies.

@@ -18,7 +18,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from dialsum.core.config import SectionConfig
-from dialsum.core.errors import UserError
+from dialsum.core.errors import UserError, first_line
 from dialsum.data import dataset as data_mod
 from dialsum.data import tokenize as data_tok
 from dialsum.models.architectures import set_dropout
@@ -65,7 +65,7 @@ def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
     except OSError as exc:
         # transformers raises OSError for unreachable hubs, unknown repos and missing files.
         name = checkpoint or cfg.model.name
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(
             f"could not load model '{name}' (model.name): {first} "
             "Without network access, download it where there is network (e.g. "
