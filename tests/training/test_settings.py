@@ -67,6 +67,22 @@ def test_gpu_auto_settings_come_from_the_plan(monkeypatch) -> None:
     assert (resumed.micro_batch_size, resumed.gradient_accumulation_steps) == (1, 16)
 
 
+def test_resume_after_recovery_with_asserted_accumulation(monkeypatch) -> None:
+    # The config asserts accumulation 2 (micro 8 x 2 = 16 on a V100); an OOM recovery then
+    # shrank the micro-batch to 4, so the run went on at 4 x 4. --resume continues there
+    # instead of refusing over the assertion the recovery had to break.
+    _use_fake_gpu(monkeypatch)
+    cfg, model_config = _eenzeenee(
+        "hardware.gpu=v100-16gb", "training.gradient_accumulation_steps=2"
+    )
+    fresh = resolve_settings(cfg, model_config, echo=quiet)
+    assert (fresh.micro_batch_size, fresh.gradient_accumulation_steps) == (8, 2)
+    guard = GuardState(micro_batch_size=4, eval_batch_size=2)
+    resumed = resolve_settings(cfg, model_config, guard=guard, echo=quiet)
+    assert (resumed.micro_batch_size, resumed.gradient_accumulation_steps) == (4, 4)
+    assert any("gradient_accumulation_steps 2 no longer applies" in r for r in resumed.reasons)
+
+
 def test_effective_batch_must_split_over_processes(monkeypatch) -> None:
     monkeypatch.setattr(settings_mod, "world_size", lambda: 3)
     cfg = load_section(ROOT / "config.yaml", "tiny")

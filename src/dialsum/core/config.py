@@ -76,8 +76,9 @@ class TrainingConfig:
         "Derived: effective / (micro x GPUs); set it only to assert that. Loading checks that "
         "it x micro_batch_size divides effective_batch_size (when both are numbers); the run "
         "refuses to start unless it equals effective / (micro x GPUs) for the micro-batch the "
-        "run uses (the planned one when auto, a smaller one kept from an OOM recovery on "
-        "--resume) and the number of processes it runs on.",
+        "run uses (the planned one when auto) and the number of processes it runs on. A "
+        "--resume that keeps a smaller micro-batch from an OOM recovery drops the assertion "
+        "(the run already went on at more accumulation, same effective batch).",
     )
     eval_batch_size: int | Auto = _f("auto", "Rows per evaluation generate() call.")
     num_train_epochs: float = _f(3.0, "Epochs (ignored when max_steps > 0).")

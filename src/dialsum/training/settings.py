@@ -88,8 +88,16 @@ def resolve_settings(
         settings = _planned_settings(cfg, model_config, world, report)
     else:
         settings = _cpu_settings(cfg, world)
-    if guard is not None:
-        _keep_recovered_batches(settings, guard)
+    recovered = guard is not None and _keep_recovered_batches(settings, guard)
+    asserted = cfg.training.gradient_accumulation_steps
+    if recovered and asserted is not None:
+        # The saved run already trained at the smaller micro-batch (same effective batch,
+        # more accumulation); the asserted accumulation described the run before the OOM.
+        settings.reasons.append(
+            f"training.gradient_accumulation_steps {asserted} no longer applies: the run "
+            "went on at the recovered micro-batch"
+        )
+        asserted = None
     micro = settings.micro_batch_size
     if settings.per_step_rows % micro:
         # A micro-batch set for one process can exceed (or not divide) the rows each of
@@ -104,16 +112,20 @@ def resolve_settings(
         cfg.training.effective_batch_size,
         world,
         micro,
-        asserted_accumulation=cfg.training.gradient_accumulation_steps,
+        asserted_accumulation=asserted,
     )
     _require_optimizer(settings)
     echo(describe(settings))
     return settings
 
 
-def _keep_recovered_batches(settings: Settings, guard) -> None:
-    """--resume after an OOM recovery: keep the smaller batches that proved to fit."""
-    if guard.micro_batch_size < settings.micro_batch_size:
+def _keep_recovered_batches(settings: Settings, guard) -> bool:
+    """--resume after an OOM recovery: keep the smaller batches that proved to fit.
+
+    True when the micro-batch is the recovered one.
+    """
+    recovered = guard.micro_batch_size < settings.micro_batch_size
+    if recovered:
         settings.reasons.append(
             f"micro-batch {guard.micro_batch_size} kept from the run state (OOM recovery)"
         )
@@ -122,6 +134,7 @@ def _keep_recovered_batches(settings: Settings, guard) -> None:
         )
     if guard.eval_batch_size and guard.eval_batch_size < settings.eval_batch_size:
         settings.eval_batch_size = guard.eval_batch_size
+    return recovered
 
 
 def _require_optimizer(settings: Settings) -> None:
