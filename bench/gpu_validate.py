@@ -63,7 +63,7 @@ from pathlib import Path
 
 import torch
 
-from dialsum.checks import gpu_runs
+from dialsum.checks import gpu_runs, prefill
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config.yaml"
@@ -142,10 +142,10 @@ def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> di
         prepared.append((arch, name, model_id, [*base, f"model.name={folder}",
                                                  f"tokenizer.name={folder}"]))  # fmt: skip
     real_gpu = None if smoke else _detected_gpu()
-    tasks = [gpu_runs.PlanTask(CONFIG, name, tuple(o), real_gpu) for _, name, _, o in prepared]
-    tasks += [gpu_runs.PlanTask(CONFIG, name, (*o, *e.overrides()))
+    tasks = [prefill.PlanTask(CONFIG, name, tuple(o), real_gpu) for _, name, _, o in prepared]
+    tasks += [prefill.PlanTask(CONFIG, name, (*o, *e.overrides()))
               for _, name, _, o in prepared for e in emulations]  # fmt: skip
-    gpu_runs.prefill_trace_cache(tasks, workers, echo=echo)
+    prefill.prefill_trace_cache(tasks, workers, echo=echo)
 
     ran = []
     for arch, name, model_id, overrides in prepared:

@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 
 import torch
@@ -66,3 +68,21 @@ def store(cache_dir: Path, key: str, profile: MemoryProfile) -> None:
     except OSError:
         # A read-only or full cache dir must never break a prediction.
         return
+
+
+def fill_in_processes(
+    worker: Callable[..., object], calls: Sequence[tuple], workers: int
+) -> Iterator[Future]:
+    """Run ``worker(*call)`` for every call in up to ``workers`` processes; yield each
+    future as it finishes (``future.result()`` re-raises a worker's error).
+
+    A trace is Python on one core, so independent traces run in parallel processes that
+    only fill this on-disk cache; the caller's own pass then reads it. Processes are
+    spawned, never forked: a fork after torch started its threads (or CUDA) can hang.
+    """
+    import concurrent.futures as futures
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(min(workers, len(calls)), mp_context=context) as pool:
+        yield from futures.as_completed([pool.submit(worker, *call) for call in calls])

@@ -26,6 +26,7 @@ from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import load_section, read_yaml
 from dialsum.core.errors import ConfigError
 from dialsum.core.runs import write_text_atomic
+from dialsum.memory.cache import fill_in_processes
 from dialsum.memory.gpus import GPU, catalog, resolve_gpu
 from dialsum.memory.overheads import Overheads, required_bytes
 from dialsum.memory.plan import Plan
@@ -227,9 +228,6 @@ def _prefill_trace_cache(
     Workers only fill the on-disk trace cache; the main pass then reads it. Catalog GPUs
     are passed by slug; a detected or custom GPU keeps the sequential path.
     """
-    import concurrent.futures as futures
-    import multiprocessing
-
     workers = min(len(names), os.cpu_count() or 1)
     slugs = [g.slug for g in devices]
     known = {g.slug for g in catalog()}
@@ -239,11 +237,9 @@ def _prefill_trace_cache(
         import sys
 
         print(f"tracing {len(names)} sections in {workers} processes...", file=sys.stderr)
-    context = multiprocessing.get_context("spawn")  # no fork after torch threads started
-    with futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        jobs = [pool.submit(_prefill_section, config_path, n, slugs) for n in names]
-        for job in futures.as_completed(jobs):
-            job.result()  # re-raise a worker's error here
+    calls = [(config_path, name, slugs) for name in names]
+    for job in fill_in_processes(_prefill_section, calls, workers):
+        job.result()  # re-raise a worker's error here
 
 
 def build_guide(
