@@ -1,18 +1,15 @@
-"""The optimizers a training step is simulated with, built on (fake) parameters.
+"""What the simulator needs about optimizers beyond the trainer's own construction.
 
-- ``adamw``: ``torch.optim.AdamW(foreach=True)``, CUDA's default implementation; states
-  ``exp_avg`` + ``exp_avg_sq`` in the parameter dtype and a scalar ``step`` per parameter.
-  ``_foreach_sqrt`` makes one parameter-sized temporary list during ``step()``. (The
-  fused kernel, ``fused=True``, updates in place and has no such temporary.)
-- ``adafactor``: ``transformers.optimization.Adafactor`` with ``scale_parameter=False,
-  relative_step=False, warmup_init=False`` and an explicit ``lr``: factored second moments
-  (a row and a column vector per matrix), no first moment (``beta1=None``).
-- ``adamw8bit``: bitsandbytes is not a dependency, so ``AdamW8bitModel`` allocates what
+The simulated step builds its optimizer with the trainer's ``training.step.build_optimizer``
+(parameter groups, fused AdamW, foreach AdamW, Adafactor, SGD), so those are traced as they
+run. Two things are left here:
+
+- ``AdamW8bitModel``: bitsandbytes runs on CUDA only, so this allocates what
   ``bnb.optim.AdamW8bit`` keeps, as real (fake) tensors: two uint8 states per parameter
   (2 bytes/param) plus one fp32 absmax per 2048-element block for each state
   (``2 * ceil(numel / 2048) * 4`` bytes). Tensors under 4096 elements keep fp32 states, as
   bitsandbytes' ``min_8bit_size`` does. Its update kernel works in place: no temporaries.
-- ``sgd``: ``torch.optim.SGD(foreach=True)`` without momentum: no state, in-place update.
+- ``state_tensors``: every tensor an optimizer holds, to count its state.
 """
 
 from __future__ import annotations
@@ -56,28 +53,6 @@ class AdamW8bitModel(torch.optim.Optimizer):
                     ]
                 param.add_(param.grad, alpha=-group["lr"])
         return None
-
-
-def make_optimizer(name: str, params: Sequence[nn.Parameter]) -> torch.optim.Optimizer:
-    """The optimizer ``name`` (see module doc) over ``params``."""
-    params = list(params)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=0.0, foreach=True)
-    if name == "adafactor":
-        from transformers.optimization import Adafactor
-
-        return Adafactor(
-            params,
-            lr=LEARNING_RATE,
-            scale_parameter=False,
-            relative_step=False,
-            warmup_init=False,
-        )
-    if name == "adamw8bit":
-        return AdamW8bitModel(params)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=LEARNING_RATE, momentum=0.0, foreach=True)
-    raise ValueError(f"unknown optimizer {name!r}; use one of adamw, adafactor, adamw8bit, sgd")
 
 
 def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
