@@ -27,9 +27,10 @@ import torch
 
 from dialsum.core.config_load import load_section
 from dialsum.data import dataset as data_mod
-from dialsum.inference.batching import generation_cost, restore_order, token_budget_batches
 from dialsum.inference.predict import _generate_rows, generate_summaries
-from dialsum.training.run_setup import generation_kwargs, setup_model
+from dialsum.models.setup import setup_model
+from dialsum.step.token_budget import generation_cost, restore_order, token_budget_batches
+from dialsum.training.run_data import generation_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,7 +4,7 @@ No GPU is needed to check that "the plan is the run". For each model shape this 
 the CPU with real tensors:
 
 - two optimizer steps of the real guarded trainer (``GuardedSeq2SeqTrainer`` built from
-  ``training.trainer_setup.training_arguments``: its micro-batches, its token-sum loss,
+  ``training.trainer_args.training_arguments``: its micro-batches, its token-sum loss,
   its optimizer);
 - an evaluation pass (``trainer.evaluate()``: beam-search ``generate()`` plus the eval-loss
   forward, next to the resident optimizer state);
@@ -48,17 +48,17 @@ from transformers import BartConfig, T5Config
 
 from dialsum.checks.cpu_loop import Setup, compare, make_trainer, measure, predict
 from dialsum.core.config_load import load_section
-from dialsum.memory.gpus import cpu_device
-from dialsum.memory.live_cap import LiveBytesCap
+from dialsum.memory.fit import largest_fitting
 from dialsum.memory.plan import Plan, make_plan
-from dialsum.memory.planner import largest_fitting
-from dialsum.memory.profile import TrainOptions, TrainShape
 from dialsum.memory.request import PlanRequest
 from dialsum.memory.section import overheads_for
-from dialsum.memory.simulate import simulate_train
 from dialsum.models.architectures import load_config, model_from_config
-from dialsum.training.geometry import divisors
-from dialsum.training.run_setup import setup_model
+from dialsum.models.setup import setup_model
+from dialsum.speed.gpus import cpu_device
+from dialsum.step.geometry import divisors
+from dialsum.trace.live_cap import LiveBytesCap
+from dialsum.trace.profile import TrainOptions, TrainShape
+from dialsum.trace.step_trace import simulate_train
 
 ROOT = Path(__file__).resolve().parents[1]
 GIB = 2**30

@@ -26,11 +26,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers import T5Config
 
-from dialsum.memory.allocator import exact_bytes
-from dialsum.memory.optimizers import LEARNING_RATE, state_tensors
-from dialsum.memory.profile import TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_train
 from dialsum.models.architectures import model_from_config
+from dialsum.trace.allocator import exact_bytes
+from dialsum.trace.optimizers import LEARNING_RATE, state_tensors
+from dialsum.trace.profile import TrainOptions, TrainShape
+from dialsum.trace.step_trace import simulate_train
 
 SHAPE = TrainShape(batch=8, source_len=128, target_len=32)
 

@@ -5,8 +5,8 @@ runs optimizer steps of the real ``GuardedSeq2SeqTrainer`` (``checks.cpu_loop.ma
 fixed-length rows, its micro-batches, token-sum loss and optimizer) on the CPU, times
 them with the trainer's own ``StepTimer`` (the first step is warm-up), and predicts the
 same step from the traced cost (``simulate_train`` with ``device="cpu"``: FLOPs, bytes
-moved, kernels) and this CPU's measured speeds (``cpu_spec``: GEMM peak, copy bandwidth,
-per-kernel issue time).
+moved, kernels) and this CPU's measured speeds (``device_specs.measured_cpu_spec``: GEMM
+peak, copy bandwidth, per-kernel issue time).
 
 1. Uncalibrated: the default fp32 efficiency (``timing.DEFAULT_EFFICIENCY``).
 2. Calibration: the achieved efficiency of one setting of the ~60M model (what
@@ -39,16 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_plan_vs_run_cpu import Bench, build  # noqa: E402 - the same models and tokenizer
 
 from dialsum.checks.cpu_loop import Setup, make_trainer  # noqa: E402
-from dialsum.memory.cpu_spec import measured_cpu_spec  # noqa: E402
-from dialsum.memory.profile import TrainOptions, TrainShape  # noqa: E402
-from dialsum.memory.simulate import simulate_train  # noqa: E402
-from dialsum.memory.timing import (  # noqa: E402
+from dialsum.speed.device_specs import measured_cpu_spec  # noqa: E402
+from dialsum.speed.step_time import (  # noqa: E402
     DEFAULT_EFFICIENCY,
     achieved_step_efficiency,
     step_time_of,
     train_step_cost,
 )
-from dialsum.training.step_timer import StepTimer  # noqa: E402
+from dialsum.trace.profile import TrainOptions, TrainShape  # noqa: E402
+from dialsum.trace.step_trace import simulate_train  # noqa: E402
+from dialsum.training.step_clock import StepTimer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.25

@@ -15,9 +15,9 @@ import time
 
 from accelerate.commands.estimate import estimate_training_usage
 
-from dialsum.memory.profile import TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_train
 from dialsum.models.architectures import KNOWN_PARAM_COUNTS, known_config
+from dialsum.trace.profile import TrainOptions, TrainShape
+from dialsum.trace.step_trace import simulate_train
 
 GIB = 1 << 30
 BATCHES = (1, 4, 8)

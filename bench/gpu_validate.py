@@ -119,7 +119,8 @@ def targets(smoke: bool):
 
 
 def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> dict:
-    from dialsum.training.run_setup import length_report, read_tables, setup_model, tiny_texts_from
+    from dialsum.models.setup import setup_model, tiny_texts_from
+    from dialsum.training.run_data import length_report, read_tables
 
     started = time.perf_counter()
     out: dict = {"runs": {}, "emulated": {}, "skipped": []}
@@ -184,7 +185,7 @@ def validate(smoke: bool, work: Path, budget_s: float, workers: int, echo) -> di
 
 
 def _detected_gpu():
-    from dialsum.memory.gpus import detect_gpu
+    from dialsum.speed.gpus import detect_gpu
 
     return detect_gpu()
 
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.smoke:
         if not torch.cuda.is_available():
             sys.exit("gpu_validate needs a CUDA GPU; run it with --smoke on a CPU")
-        from dialsum.core.gpu_support import prepare_cuda_run
+        from dialsum.core.torch_build import prepare_cuda_run
 
         allocator = prepare_cuda_run(print).to_json()  # before anything starts CUDA
     workers = args.workers

@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import load_section
+from dialsum.core.config_schema import SectionConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,10 +19,10 @@ from dialsum.checks.calibrate import (
     variable_lengths,
 )
 from dialsum.core.config_load import load_section
-from dialsum.memory.gpus import resolve_gpu
 from dialsum.memory.overheads import CALIBRATION_ENV, default_overheads
-from dialsum.memory.profile import TrainOptions, TrainShape
 from dialsum.models.architectures import model_from_config
+from dialsum.speed.gpus import resolve_gpu
+from dialsum.trace.profile import TrainOptions, TrainShape
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 2**30
@@ -83,7 +83,7 @@ def test_probe_writes_the_measured_fragmentation_that_plans_then_use(
     monkeypatch.setattr(probe, "probe_one", lambda *a, **k: {"gpu": "h100-80gb"})
     monkeypatch.setattr(probe.probe_fragmentation, "__kwdefaults__", {"measure": fake_measure})
     monkeypatch.setattr(
-        "dialsum.training.step_timer.probe_step_time", lambda *a, **k: None
+        "dialsum.training.step_clock.probe_step_time", lambda *a, **k: None
     )  # time model
     path = tmp_path / "calibration.json"
     lines: list[str] = []

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-import dialsum.memory.simulate as simulate
+import dialsum.step.train_step as step
+import dialsum.trace.step_trace as simulate
 import dialsum.training.guarded_trainer as guarded_trainer
-import dialsum.training.step as step
 from dialsum.checks.cpu_loop import Setup, compare, measure, predict
 from dialsum.core.config_load import load_section
-from dialsum.memory.profile import TrainOptions, TrainShape
-from dialsum.training.run_setup import setup_model
+from dialsum.models.setup import setup_model
+from dialsum.trace.profile import TrainOptions, TrainShape
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,8 +12,8 @@ import pytest
 import dialsum.training.settings as settings_mod
 from dialsum.checks import gpu_runs
 from dialsum.checks.gpu_runs import Emulation, phase_rows, write_long_csvs
-from dialsum.memory.gpus import GPU
-from dialsum.training.geometry import BatchGeometry
+from dialsum.speed.gpus import GPU
+from dialsum.step.geometry import BatchGeometry
 from dialsum.training.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def test_emulation_overrides_and_memory_fraction(monkeypatch: pytest.MonkeyPatch
         "hardware.memory_cap_gib=0.0029296875"
     ]
     h200 = GPU("h200-141gb", "NVIDIA H200", 150_109_945_856, bf16=True)
-    monkeypatch.setattr("dialsum.memory.gpus.detect_gpu", lambda: h200)
+    monkeypatch.setattr("dialsum.speed.gpus.detect_gpu", lambda: h200)
     monkeypatch.setattr("dialsum.checks.probe.default_overheads", lambda: SimpleNamespace(
         cuda_context_bytes=768 * MIB))  # fmt: skip
     # (16 GiB - 768 MiB of CUDA context) / the H200's bytes = 16,374,562,816 / 150,109,945,856

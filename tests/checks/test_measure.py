@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dialsum.checks.measure import PhaseRecorder, measure_phase_peaks
-from dialsum.memory.live_cap import LiveBytesCap
+from dialsum.trace.live_cap import LiveBytesCap
 from helpers import micro_t5_and_batch
 
 MiB = 1 << 20

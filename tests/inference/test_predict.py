@@ -12,7 +12,8 @@ from dialsum.core.config_load import load_section
 from dialsum.data.dataset import read_dialogue_csv
 from dialsum.data.tokenize import tokenize_records
 from dialsum.inference.predict import GenerationStats, generate_summaries, write_submission
-from dialsum.training.run_setup import generation_kwargs, setup_model
+from dialsum.models.setup import setup_model
+from dialsum.training.run_data import generation_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from dialsum.cli.app import main
 from dialsum.core.config_load import load_section
 from dialsum.core.errors import UserError
 from dialsum.models.loading import save_pretrained
-from dialsum.training.run_setup import setup_model
+from dialsum.models.setup import setup_model
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_ROWS = "fname,dialogue\nt_0,#Person1#: 안녕하세요.\nt_1,#Person1#: 내일 봐요.\n"

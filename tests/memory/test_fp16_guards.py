@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from transformers import BartConfig
 
-from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_train
-from dialsum.memory.simulate_generate import simulate_generate
+from dialsum.trace.generation_trace import simulate_generate
+from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
+from dialsum.trace.step_trace import simulate_train
 
 BART = BartConfig(
     vocab_size=500, d_model=32, encoder_layers=1, decoder_layers=1, encoder_ffn_dim=64,

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from dialsum.core.errors import ConfigError
-from dialsum.memory.gpus import GPU, resolve_gpu
 from dialsum.memory.overheads import (
     ALLOCATOR_FRAGMENTATION,
     CALIBRATION_ENV,
@@ -21,6 +20,7 @@ from dialsum.memory.overheads import (
     required_bytes,
     usable_bytes,
 )
+from dialsum.speed.gpus import GPU, resolve_gpu
 
 MIB = 2**20
 

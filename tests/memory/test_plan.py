@@ -21,24 +21,24 @@ from pathlib import Path
 import pytest
 from transformers import T5Config
 
-import dialsum.training.step as step_mod
+import dialsum.step.train_step as step_mod
 from dialsum.core.errors import ConfigError
 from dialsum.memory.generation_batches import EVAL_BATCH_CAP, GENERATION_BATCH_CAP
-from dialsum.memory.gpus import GPU, catalog, resolve_gpu
 from dialsum.memory.ladder import ladder_steps
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
 from dialsum.memory.plan import Plan, bucket_table, make_plan
-from dialsum.memory.profile import (
+from dialsum.memory.request import PlanRequest, truncated_fraction
+from dialsum.memory.simulator import Simulator
+from dialsum.models.architectures import count_params, known_config, model_from_config
+from dialsum.speed.gpus import GPU, catalog, resolve_gpu
+from dialsum.step.geometry import divisors
+from dialsum.trace.profile import (
     GenerateOptions,
     GenerateShape,
     MemoryProfile,
     TrainOptions,
     TrainShape,
 )
-from dialsum.memory.request import PlanRequest, truncated_fraction
-from dialsum.memory.simulator import Simulator
-from dialsum.models.architectures import count_params, known_config, model_from_config
-from dialsum.training.geometry import divisors
 
 KIB = 2**10
 MIB = 2**20
@@ -583,8 +583,8 @@ def test_bucket_table_drops_lengths_past_positions_and_marks_misfits() -> None:
 
 
 def test_plan_with_real_simulator_smoke(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    pytest.importorskip("dialsum.memory.simulate")
-    from dialsum.memory.cache import CACHE_DIR_ENV
+    pytest.importorskip("dialsum.trace.step_trace")
+    from dialsum.trace.cache import CACHE_DIR_ENV
 
     monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path))  # keep traces out of the user's cache
     # A tiny T5 so that the dozen traces of a plan take seconds, not minutes.
@@ -599,7 +599,7 @@ def test_plan_with_real_simulator_smoke(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (8, 1)
     # All 8 rows in one micro-batch (no accumulation), bf16 AMP, fused AdamW, CUDA's
     # kernels: the plan's peak is that step's traced peak, asked of the simulator directly.
-    from dialsum.memory.simulate import simulate_train
+    from dialsum.trace.step_trace import simulate_train
 
     step = TrainOptions(precision="bf16", optimizer="adamw", micro_batches=1, device="cuda")
     assert plan.predicted_peak_bytes == simulate_train(tiny, TrainShape(8, 64, 16), step).peak_bytes

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_plan import FakeSimulator
 from transformers import BartConfig, T5Config
 
 from dialsum.core.errors import ConfigError
-from dialsum.memory.gpus import catalog, resolve_gpu
 from dialsum.memory.overheads import Overheads
 from dialsum.memory.plan import bucket_table, make_plan
 from dialsum.memory.request import PlanRequest
 from dialsum.models.architectures import known_config
-
-from test_plan import FakeSimulator
+from dialsum.speed.gpus import catalog, resolve_gpu
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "plan_outputs.json"
 
@@ -126,9 +125,10 @@ def _cases() -> Iterator[tuple[str, Callable[[], Any]]]:
             request = PlanRequest(
                 model_config=config, source_len=128, target_len=32, effective_batch_size=8
             )
+            gpu = resolve_gpu(slug)
             yield (
                 f"traced/{name}/{slug}",
-                lambda r=request, g=resolve_gpu(slug): make_plan(r, g, overheads),
+                lambda r=request, g=gpu: make_plan(r, g, overheads),
             )
 
 

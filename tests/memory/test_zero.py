@@ -11,10 +11,8 @@ import pytest
 from transformers import T5Config
 
 from dialsum.core.errors import ConfigError
-from dialsum.memory.gpus import GPU
 from dialsum.memory.overheads import Overheads
 from dialsum.memory.plan import make_plan
-from dialsum.memory.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
 from dialsum.memory.request import PlanRequest
 from dialsum.memory.simulator import Simulator
 from dialsum.memory.zero import (
@@ -31,6 +29,8 @@ from dialsum.memory.zero import (
     zero_state_bytes,
 )
 from dialsum.models.architectures import known_config, model_from_config
+from dialsum.speed.gpus import GPU
+from dialsum.trace.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
 
 GIB = 2**30
 P = 1_000_000_000  # divisible by every N below, so shards are exact

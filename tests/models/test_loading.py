@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from dialsum.core.errors import ConfigError
-from dialsum.data.tokens import SPECIAL_TOKENS
+from dialsum.core.tokens import SPECIAL_TOKENS
 from dialsum.models.loading import (
     load_model,
     load_tokenizer,
     resize_to_tokenizer,
-    resolve_model,
     save_pretrained,
     set_generation_ids,
 )
+from dialsum.models.setup import resolve_model
 
 
 @pytest.mark.parametrize("family", ["t5", "bart"])

@@ -10,9 +10,9 @@ import torch
 from transformers import AutoModelForSeq2SeqLM
 
 from dialsum.core.errors import ConfigError
-from dialsum.data.tokens import SPECIAL_TOKENS
+from dialsum.core.tokens import SPECIAL_TOKENS
 from dialsum.models.architectures import count_params
-from dialsum.models.loading import resolve_model
+from dialsum.models.setup import resolve_model
 from dialsum.models.tiny import build_tiny_model, tiny_cache_key, tiny_config, train_tiny_tokenizer
 
 

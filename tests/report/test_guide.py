@@ -21,15 +21,15 @@ from rich.console import Console
 
 from dialsum.cli.printers import breakdown_table, format_plan, plan_json
 from dialsum.core.config_load import load_section
-from dialsum.memory.gpus import resolve_gpu
 from dialsum.memory.plan import make_plan
-from dialsum.memory.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
 from dialsum.memory.request import PlanRequest
 from dialsum.memory.simulator import Simulator
 from dialsum.models.architectures import known_config
 from dialsum.report.guide import build_guide, curve_precisions, plot_micro_batches, real_sections
 from dialsum.report.plots import gpu_line_labels
 from dialsum.report.snippets import settings_snippet
+from dialsum.speed.gpus import resolve_gpu
+from dialsum.trace.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
 
 CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
 SECTIONS = ["eenzeenee", "xlsum_mt5", "kobart"]

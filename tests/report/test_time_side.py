@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from test_guide import CONFIG, PNG_MAGIC, FakeSimulator, fake_params, table_rows
 
-from dialsum.memory.gpus import resolve_gpu
-from dialsum.memory.profile import MemoryProfile, TrainOptions, TrainShape
 from dialsum.report.guide import build_guide
 from dialsum.report.plots import time_plot_path
 from dialsum.report.seed_guide import effective_batches_text, seed_settings
 from dialsum.report.time_side import GUIDE_EPOCH_DIALOGUES, plan_epoch
+from dialsum.speed.gpus import resolve_gpu
+from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
 
 GPUS = ["v100-16gb", "rtx3080-10gb", "a100-40gb"]
 KERNELS_PER_MICRO_BATCH = 1000

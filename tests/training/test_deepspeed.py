@@ -10,6 +10,7 @@ import torch
 
 from dialsum.core.config_load import load_section
 from dialsum.core.errors import UserError
+from dialsum.step.geometry import BatchGeometry
 from dialsum.training.deepspeed import (
     STEPS_PER_PRINT,
     build_deepspeed_config,
@@ -17,7 +18,6 @@ from dialsum.training.deepspeed import (
     deepspeed_available,
     require_deepspeed,
 )
-from dialsum.training.geometry import BatchGeometry
 from dialsum.training.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

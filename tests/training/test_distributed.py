@@ -106,7 +106,7 @@ def _params_with_grads(sizes: list[int]) -> list[torch.nn.Parameter]:
 def test_a_gradient_larger_than_a_bucket_is_reduced_in_place(world_of_one) -> None:
     # mT5's 250k x 768 embedding gradient (732 MiB) is one bucket of its own: a flat copy
     # of it would need that much again, right after the ranks agreed the step worked.
-    from dialsum.memory.live_cap import LiveBytesCap
+    from dialsum.trace.live_cap import LiveBytesCap
 
     params = _params_with_grads([1000, 5, 5])  # 4000-byte gradient, 100-byte buckets
     expected = [p.grad.clone() for p in params]
@@ -119,7 +119,7 @@ def test_a_gradient_larger_than_a_bucket_is_reduced_in_place(world_of_one) -> No
 
 
 def test_with_staging_the_reduce_allocates_nothing(world_of_one) -> None:
-    from dialsum.memory.live_cap import LiveBytesCap
+    from dialsum.trace.live_cap import LiveBytesCap
 
     params = _params_with_grads([1000, 5, 5, 7, 3])
     staging = distributed.reduce_staging(params, bucket_bytes=100)

@@ -9,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from dialsum.core.runs import latest_run
+from dialsum.step.train_step import slice_rows
 from dialsum.training.oom_guard import GuardState, OOMUnrecoverable
 from dialsum.training.recipe import run_training
-from dialsum.training.step import slice_rows
 from helpers import tiny_section
 
 ROOT = Path(__file__).resolve().parents[2]

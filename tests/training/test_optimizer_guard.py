@@ -11,10 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from dialsum.memory.live_cap import LiveBytesCap
+from dialsum.step.train_step import build_optimizer
+from dialsum.trace.live_cap import LiveBytesCap
 from dialsum.training.oom_guard import OOMUnrecoverable
 from dialsum.training.optimizer_guard import guard_optimizer_step
-from dialsum.training.step import build_optimizer
 
 HINT = "training.optimizer=adafactor (about 1/3 of AdamW's state)"
 

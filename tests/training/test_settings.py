@@ -7,14 +7,14 @@ from pathlib import Path
 import pytest
 
 import dialsum.memory.section as section_plan
+import dialsum.step.train_step as step_mod
 import dialsum.training.settings as settings_mod
-import dialsum.training.step as step_mod
 from dialsum.core.config_load import load_section
 from dialsum.core.errors import ConfigError, UserError
-from dialsum.memory.profile import MemoryProfile
 from dialsum.memory.simulator import Simulator
 from dialsum.models.architectures import known_config
-from dialsum.training.geometry import BatchGeometry
+from dialsum.step.geometry import BatchGeometry
+from dialsum.trace.profile import MemoryProfile
 from dialsum.training.oom_guard import GuardState
 from dialsum.training.settings import resolve_settings
 
@@ -135,8 +135,6 @@ def _source_dependent(config, shape, options) -> MemoryProfile:
 
 
 def test_the_planned_source_length_is_the_one_the_run_tokenizes_at(monkeypatch) -> None:
-    from dialsum.training.run_setup import apply_source_len
-
     simulator = Simulator(train=_source_dependent, generate=FAKE.generate)
     _use_fake_gpu(monkeypatch, simulator)
     cfg, model_config = _eenzeenee("hardware.gpu=v100-16gb")
@@ -150,14 +148,11 @@ def test_the_planned_source_length_is_the_one_the_run_tokenizes_at(monkeypatch) 
     assert s.source_len == 256
     assert (s.plan["source_len"], s.plan["requested_source_len"]) == (256, 512)
     assert any("tokenizer.max_source_length 512 -> 256" in r for r in s.reasons)
-    run_cfg = apply_source_len(cfg, s)
-    assert run_cfg.tokenizer.max_source_length == 256
-    assert cfg.tokenizer.max_source_length == 512  # the loaded section is left as it was
+    assert cfg.tokenizer.max_source_length == 512  # the loaded section is never rewritten
     # nothing cut: the section is used as it is
     roomy, _ = _eenzeenee("hardware.gpu=a100-80gb")
     s_roomy = resolve_settings(roomy, model_config, echo=quiet)
     assert s_roomy.source_len == 512
-    assert apply_source_len(roomy, s_roomy).tokenizer.max_source_length == 512
 
 
 def test_adamw8bit_without_bitsandbytes_is_refused(monkeypatch) -> None:

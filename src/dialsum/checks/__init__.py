@@ -1,1 +1,4 @@
-"""The plan against real runs: the CPU loop, GPU runs and emulations, the probe, calibration."""
+"""The plan against real runs: the CPU loop, GPU runs and emulations, the probe, calibration.
+
+May import: everything but ``report`` and ``cli``.
+"""

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
+from dialsum.step.train_step import build_optimizer, label_token_count, step_forward_backward
+from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
 from dialsum.training.oom_guard import is_oom
-from dialsum.training.step import build_optimizer, label_token_count, step_forward_backward
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

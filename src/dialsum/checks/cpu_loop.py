@@ -3,7 +3,7 @@
 With no GPU at hand, the planner is checked against what ``train`` and ``predict`` really
 execute, on the CPU with real tensors: the guarded trainer's optimizer steps (its
 micro-batches, token-sum loss and optimizer, built by
-``training.trainer_setup.training_arguments``), an evaluation pass (beam-search
+``training.trainer_args.training_arguments``), an evaluation pass (beam-search
 ``generate()`` and the eval-loss forward, next to the resident optimizer state) and a
 ``predict`` pass (``inference.predict.generate_summaries``). Each phase's peak live tensor
 bytes is measured with ``torch.profiler`` memory events (``checks.measure``: independent of
@@ -28,20 +28,20 @@ import torch
 from transformers import TrainerCallback
 
 from dialsum.checks.measure import PhaseRecorder
-from dialsum.core.config import SectionConfig
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.runs import new_run
 from dialsum.data.tokenize import make_collator
 from dialsum.inference.predict import generate_summaries
-from dialsum.memory.optimizers import state_tensors
-from dialsum.memory.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
-from dialsum.memory.simulate import simulate_train
-from dialsum.memory.simulate_generate import simulate_generate
-from dialsum.training.geometry import BatchGeometry
+from dialsum.step.geometry import BatchGeometry
+from dialsum.trace.generation_trace import simulate_generate
+from dialsum.trace.optimizers import state_tensors
+from dialsum.trace.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
+from dialsum.trace.step_trace import simulate_train
 from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.training.oom_guard import GuardState
-from dialsum.training.run_setup import ListDataset
+from dialsum.training.run_data import ListDataset
 from dialsum.training.settings import Settings
-from dialsum.training.trainer_setup import training_arguments
+from dialsum.training.trainer_args import training_arguments
 
 PHASES: tuple[str, ...] = ("train", "optimizer", "eval", "predict")
 TRAIN_TOLERANCE, GENERATION_TOLERANCE = 0.05, 0.10

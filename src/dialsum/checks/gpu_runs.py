@@ -32,12 +32,12 @@ from typing import Any
 import torch
 
 from dialsum.checks.cpu_loop import fixed_rows
-from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import load_section
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.csv_files import write_csv_atomic
 from dialsum.core.errors import first_line
 from dialsum.data.dataset import read_dialogue_csv
-from dialsum.training.geometry import BatchGeometry
+from dialsum.step.geometry import BatchGeometry
 from dialsum.training.oom_guard import GuardState, OOMUnrecoverable, is_oom
 
 GIB, MIB = 2**30, 2**20
@@ -169,13 +169,13 @@ class Emulation:
     def fraction(self) -> float:
         """Share of the real GPU the allocator may use: what the emulated card leaves."""
         from dialsum.checks.probe import emulate
-        from dialsum.memory.gpus import detect_gpu, resolve_gpu
+        from dialsum.speed.gpus import detect_gpu, resolve_gpu
 
         return emulate(resolve_gpu(f"{self.size_bytes / GIB:g}GB"), detect_gpu())
 
     @contextlib.contextmanager
     def limit(self, settings, model):
-        from dialsum.training.run_setup import memory_cap
+        from dialsum.training.run_data import memory_cap
 
         _free(self.cuda)
         if not self.cuda:
@@ -205,8 +205,8 @@ def trial_trainer(model, tokenizer, cfg: SectionConfig, settings, out: Path, *, 
     from dialsum.core.runs import new_run
     from dialsum.data.tokenize import make_collator
     from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
-    from dialsum.training.run_setup import ListDataset, generation_kwargs
-    from dialsum.training.trainer_setup import training_arguments
+    from dialsum.training.run_data import ListDataset, generation_kwargs
+    from dialsum.training.trainer_args import training_arguments
 
     t = replace(cfg.training, max_steps=steps, eval_strategy="no", save_strategy="no",
                 report_to=["none"], logging_steps=1000)  # fmt: skip
@@ -260,7 +260,7 @@ def trains_without_oom(model, tokenizer, cfg, settings, emulation, out, target_l
 def ooms_at_planned(model, tokenizer, cfg, settings, emulation, out, target_len) -> dict:
     """OOMs of two training steps, one evaluation and one generation pass at the plan."""
     from dialsum.inference.predict import GenerationStats, generate_summaries
-    from dialsum.training.run_setup import generation_kwargs
+    from dialsum.training.run_data import generation_kwargs
 
     trainer = trial_trainer(model, tokenizer, cfg, settings, out, steps=2,
                             target_len=target_len, stop_at_oom=False)  # fmt: skip
@@ -309,7 +309,7 @@ def emulated(
     ``search_factor`` x the planned one, at most 128), and OOMs at the planned settings, on
     the emulated device; ``cfg_for(overrides)`` gives the section."""
     from dialsum.core.errors import UserError
-    from dialsum.memory.planner import largest_fitting
+    from dialsum.memory.fit import largest_fitting
     from dialsum.memory.section import plan_for_section
     from dialsum.training.settings import resolve_settings, settings_from_plan
 

@@ -41,7 +41,7 @@ Limits:
 - Only allocations through c10's CPU allocator are seen (MKLDNN/IDEEP ones included, as
   torch's parser does). Memory from numpy (``torch.from_numpy``) or other native
   libraries is not. Kernel scratch buffers *are* seen, which a dispatch-level counter
-  such as ``dialsum.memory.live_cap.LiveBytesCap`` does not see.
+  such as ``dialsum.trace.live_cap.LiveBytesCap`` does not see.
 - Bytes are the requested sizes (``storage.nbytes()``), not the allocator's aligned block
   sizes; a CUDA caching allocator would round each to 512 bytes.
 - Phase windows are wall-clock intervals: an allocation on another thread during a

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dialsum.checks.gpu_runs import section
-from dialsum.memory.cache import fill_in_processes
+from dialsum.trace.cache import fill_in_processes
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,15 @@ class PlanTask:
     config: Path
     section: str
     overrides: tuple[str, ...]
-    gpu: Any = None  # a memory.gpus.GPU; None: the section's hardware.gpu / memory cap
+    gpu: Any = None  # a speed.gpus.GPU; None: the section's hardware.gpu / memory cap
 
 
 def plan_in_worker(task: PlanTask) -> str:
     """Make ``task``'s plan as the run will (same model config, same data lengths), so its
     traces land in the on-disk trace cache."""
     from dialsum.memory.section import plan_for_section
-    from dialsum.training.run_setup import length_report, read_tables, setup_model
+    from dialsum.models.setup import setup_model
+    from dialsum.training.run_data import length_report, read_tables
 
     cfg = section(task.config, task.section, list(task.overrides))
     model, tokenizer = setup_model(cfg)

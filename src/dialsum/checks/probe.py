@@ -29,15 +29,16 @@ from dialsum.checks.calibrate import (
     measure_train,
     write_calibration,
 )
-from dialsum.core.config import SectionConfig
+from dialsum.core.calibration_file import default_calibration_path
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import UserError
-from dialsum.core.gpu_support import prepare_cuda_run
-from dialsum.memory.gpus import GPU, detect_gpu, resolve_gpu
-from dialsum.memory.overheads import default_calibration_path, default_overheads
-from dialsum.memory.planner import largest_fitting
-from dialsum.memory.profile import GenerateShape, TrainOptions, TrainShape
+from dialsum.core.torch_build import prepare_cuda_run
+from dialsum.memory.fit import largest_fitting
+from dialsum.memory.overheads import default_overheads
 from dialsum.memory.section import plan_for_section
 from dialsum.models.architectures import load_config, model_from_config
+from dialsum.speed.gpus import GPU, detect_gpu, resolve_gpu
+from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
 
 GIB = 1024**3
 
@@ -205,9 +206,7 @@ def run_probe(
         },
     )
     echo(f"calibration written to {path}")
-    from dialsum.training.step_timer import (
-        probe_step_time,  # the time model's efficiency, same file
-    )
+    from dialsum.checks.step_probe import probe_step_time  # the time model's efficiency
 
     step_time = probe_step_time(cfg, model, real, path, echo=echo)
     return {

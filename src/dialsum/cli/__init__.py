@@ -1,1 +1,4 @@
-"""The command line: one function per verb, parsing and printing only (``cli.app``)."""
+"""The command line: one function per verb, parsing and printing only (``cli.app``).
+
+Top layer: may import everything.
+"""

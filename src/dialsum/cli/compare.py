@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from dialsum.cli.plan_time import (
+from dialsum.cli.epoch_estimate import (
     COMPARE_COLUMNS,
     CompareRow,
     EpochData,

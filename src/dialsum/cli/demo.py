@@ -10,12 +10,13 @@ import json
 import time
 from pathlib import Path
 
-from dialsum.core.config import SectionConfig
+from dialsum.core.config_schema import SectionConfig
 from dialsum.inference.predict import predict_table, write_submission
 from dialsum.metrics import format_scores, score_summaries
+from dialsum.models.setup import setup_model
 from dialsum.training.recipe import run_training
+from dialsum.training.run_data import read_tables
 from dialsum.training.run_memory import MemorySummary, PhasePeaks
-from dialsum.training.run_setup import read_tables, setup_model
 from dialsum.training.settings import resolve_settings
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from dialsum.core.config import SectionConfig
+    from dialsum.core.config_schema import SectionConfig
 
 
 def flag_overrides(

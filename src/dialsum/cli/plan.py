@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import load_section, section_from_dict
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import ConfigError
 
 
@@ -18,9 +18,9 @@ class PlanResult:
     json: dict[str, Any]
     buckets: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    speed: list[str] = field(default_factory=list)  # cli.plan_time.time_lines
-    epoch: Any = None  # memory.epoch_time.EpochTime of the data, when known
-    epoch_data: Any = None  # cli.plan_time.EpochData
+    speed: list[str] = field(default_factory=list)  # cli.epoch_estimate.time_lines
+    epoch: Any = None  # speed.epoch_time.EpochTime of the data, when known
+    epoch_data: Any = None  # cli.epoch_estimate.EpochData
 
     def print(self, console) -> None:
         from rich.table import Table
@@ -95,12 +95,15 @@ def _section_for_model(
 def _data_lengths(cfg: SectionConfig, data: Path):
     """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer."""
     from dialsum.data import dataset as data_mod
-    from dialsum.training.run_setup import length_report, setup_model, tokenize_table
+    from dialsum.models.setup import setup_model
+    from dialsum.training.run_data import length_report, tokenize_table
 
     table = data_mod.read_dialogue_csv(data, "train")
     _, tokenizer = setup_model(cfg)
     report = length_report(cfg, table, tokenizer)
-    rows = tokenize_table(cfg, table, tokenizer, with_labels=True).rows
+    rows = tokenize_table(
+        cfg, table, tokenizer, source_len=cfg.tokenizer.max_source_length, with_labels=True
+    ).rows
     return report, [(len(r["input_ids"]), len(r["labels"])) for r in rows]
 
 
@@ -140,7 +143,7 @@ def plan_command(
     out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
     out.json["per_rank"] = _per_rank_json(plan)
     out.notes = notes
-    from dialsum.cli.plan_time import epoch_json, plan_speed, time_lines
+    from dialsum.cli.epoch_estimate import epoch_json, plan_speed, time_lines
 
     out.epoch, out.epoch_data = plan_speed(plan, cfg, model_config, lengths, data)
     out.speed = time_lines(plan, out.epoch, out.epoch_data)

@@ -18,7 +18,7 @@ from dialsum.report.formats import PRECISION_LABELS, TRAIN_CATEGORIES, gib_text,
 
 if TYPE_CHECKING:
     from dialsum.memory.plan import Plan
-    from dialsum.memory.profile import MemoryProfile
+    from dialsum.trace.profile import MemoryProfile
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)

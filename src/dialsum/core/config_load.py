@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from dialsum.core.config import SectionConfig
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.config_validate import suggest, typed_section
 from dialsum.core.errors import ConfigError
 

@@ -14,7 +14,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from dialsum.core.config import SectionConfig, TrainingConfig
+from dialsum.core.config_schema import SectionConfig, TrainingConfig
 from dialsum.core.errors import ConfigError
 
 

@@ -1,1 +1,4 @@
-"""Competition CSVs in, cleaned records and tokenized rows out."""
+"""Competition CSVs in, cleaned records and tokenized rows out.
+
+May import: ``core``.
+"""

@@ -23,32 +23,31 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dialsum.core.config import SectionConfig
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.csv_files import write_csv_atomic
-from dialsum.core.gpu_support import prepare_cuda_run
 from dialsum.core.outputs import require_writable, write_or_rescue
 from dialsum.core.runs import RunDir, find_best_model
+from dialsum.core.torch_build import prepare_cuda_run
 from dialsum.data.dataset import DialogueTable, read_dialogue_csv
-from dialsum.inference.batching import (
+from dialsum.metrics import decode_keep_special
+from dialsum.models.setup import setup_model
+from dialsum.step.token_budget import (
     generation_cost,
     restore_order,
     split_batch,
     token_budget_batches,
 )
-from dialsum.metrics import decode_keep_special
 from dialsum.training.oom_guard import free_device_memory, is_oom
+from dialsum.training.run_data import (
+    generation_kwargs,
+    memory_cap,
+    tokenize_table,
+)
 from dialsum.training.run_memory import (
     MemorySummary,
     PhasePeaks,
     log_to_tensorboard,
     merge_into_metrics_file,
-)
-from dialsum.training.run_setup import (
-    apply_source_len,
-    generation_kwargs,
-    memory_cap,
-    setup_model,
-    tokenize_table,
 )
 from dialsum.training.settings import resolve_settings, use_cuda
 
@@ -138,7 +137,9 @@ def predict_table(
     cfg: SectionConfig, model, tokenizer, table: DialogueTable, settings, **kwargs
 ) -> list[str]:
     """Summaries of every record of ``table``, in order, at the run's ``settings``."""
-    rows = tokenize_table(cfg, table, tokenizer, with_labels=False).rows
+    rows = tokenize_table(
+        cfg, table, tokenizer, source_len=settings.source_len, with_labels=False
+    ).rows
     return generate_summaries(
         model,
         tokenizer,
@@ -189,7 +190,6 @@ def run_predict(
     require_writable(output)  # before minutes of loading and generating, not after
     model, tokenizer = setup_model(cfg, checkpoint=model_dir)
     settings = resolve_settings(cfg, model.config, echo=echo)
-    cfg = apply_source_len(cfg, settings)
     if use_cuda(cfg):
         # Generation in the dtype the plan simulated: bf16/fp16 where training used it
         # (half the weight and cache memory), fp32 otherwise.

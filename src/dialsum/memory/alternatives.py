@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dialsum.memory.gpus import catalog
+from dialsum.memory.fit import Planner, PlanState, largest_fitting
 from dialsum.memory.overheads import usable_bytes
-from dialsum.memory.planner import Planner, PlanState, largest_fitting
 from dialsum.memory.request import truncation_note
-from dialsum.training.geometry import divisors
+from dialsum.speed.gpus import catalog
+from dialsum.step.geometry import divisors
 
 
 def suggest_alternatives(planner: Planner, state: PlanState, fixed_micro: int | None) -> list[str]:

@@ -3,7 +3,7 @@
 Evaluation runs inside training: its generation (AMP as in training) and the eval-loss
 forward share the GPU with the resident optimizer state. Prediction runs after training
 with the weights cast to the training's low dtype; its batches are token-budgeted
-(``inference.batching``), so besides the batch at the longest source the plan checks a
+(``step.token_budget``), so besides the batch at the longest source the plan checks a
 row cap at the budget's worst point (many short rows).
 """
 
@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dialsum.inference.batching import generation_cost, generation_token_budget
-from dialsum.memory.planner import Need, Planner, PlanState, format_gib, largest_fitting
+from dialsum.memory.fit import Need, Planner, PlanState, format_gib, largest_fitting
 from dialsum.memory.precision import (
     PREDICT_PRECISION,
     eval_generate_options,
     predict_generate_options,
 )
+from dialsum.step.token_budget import generation_cost, generation_token_budget
 
 EVAL_BATCH_CAP = 64
 """Largest eval batch planned: past it generation gains little and padding waste grows."""

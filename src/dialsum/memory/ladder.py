@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dialsum.memory.gpus import GPU
-from dialsum.memory.profile import TrainOptions
 from dialsum.memory.request import PlanRequest, truncation_note
+from dialsum.speed.gpus import GPU
+from dialsum.trace.profile import TrainOptions
 
 SOURCE_LEN_FLOOR = 128
 """Shortest source length the ladder goes down to: a dialogue cut below this loses its gist."""
@@ -54,7 +54,7 @@ def _ladder_optimizers(request: PlanRequest, gpu: GPU | None) -> list[str]:
     if request.optimizer != "auto":
         return []
     found = [name for name in ("adafactor", "adamw8bit") if name in request.fallbacks]
-    from dialsum.training.step import optimizer_available  # late: imports torch
+    from dialsum.step.train_step import optimizer_available  # late: imports torch
 
     on_gpu = gpu is None or not gpu.is_cpu
     return [n for n in found if n != "adamw8bit" or (on_gpu and optimizer_available(n))]

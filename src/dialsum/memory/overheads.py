@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
+from dialsum.core.calibration_file import CALIBRATION_ENV, default_calibration_path
 from dialsum.core.errors import ConfigError
-from dialsum.memory.gpus import GPU
+from dialsum.speed.gpus import GPU
 
 _MIB = 2**20
 
-CALIBRATION_ENV = "DIALSUM_CALIBRATION"
 """Environment variable naming the calibration file (overrides the default location)."""
 
 
@@ -112,14 +112,6 @@ def required_bytes(peak_bytes: int, overheads: Overheads) -> int:
     return _ceil_times(peak_bytes, 1 + overheads.fragmentation_fraction) + (
         overheads.library_workspace_bytes
     )
-
-
-def default_calibration_path() -> Path:
-    """``$DIALSUM_CALIBRATION`` if set, else ``~/.cache/dialsum/calibration.json``."""
-    override = os.environ.get(CALIBRATION_ENV)
-    if override:
-        return Path(override).expanduser()
-    return Path.home() / ".cache" / "dialsum" / "calibration.json"
 
 
 _BYTE_KEYS = ("cuda_context_bytes", "library_workspace_bytes")

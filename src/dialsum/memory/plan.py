@@ -8,10 +8,10 @@ picks:
   overflow in fp16) and fp16 mixed precision for BART (``memory.precision``);
 - micro-batch: the largest *divisor* of the per-GPU batch that fits, so that
   ``micro x accumulation x world_size`` is exactly the effective batch asked for
-  (``memory.planner.choose_micro_batch``);
+  (``memory.fit.choose_micro_batch``);
 - when even micro-batch 1 does not fit, the fallback ladder: gradient checkpointing,
   Adafactor, 8-bit AdamW, then halving the source length (down to 128 tokens;
-  ``memory.ladder``, taken by ``memory.planner.climb_ladder``);
+  ``memory.ladder``, taken by ``memory.fit.climb_ladder``);
 - eval and generation batch sizes from simulated generation (``memory.generation_batches``);
 - when nothing fits, the alternatives that would (``memory.alternatives``).
 
@@ -29,13 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dialsum.memory.alternatives import suggest_alternatives
-from dialsum.memory.generation_batches import Generation, choose_eval_batch, choose_generation
-from dialsum.memory.gpu_specs import spec_for
-from dialsum.memory.gpus import GPU
-from dialsum.memory.ladder import ladder_steps
-from dialsum.memory.overheads import Overheads
-from dialsum.memory.plan_timing import PlanTiming, plan_timing
-from dialsum.memory.planner import (
+from dialsum.memory.fit import (
     Need,
     Planner,
     PlanSetup,
@@ -46,22 +40,28 @@ from dialsum.memory.planner import (
     largest_fitting,
     set_up_plan,
 )
+from dialsum.memory.generation_batches import Generation, choose_eval_batch, choose_generation
+from dialsum.memory.ladder import ladder_steps
+from dialsum.memory.overheads import Overheads
 from dialsum.memory.precision import PREDICT_PRECISION, eval_generate_options
-from dialsum.memory.profile import GenerateOptions, MemoryProfile
 from dialsum.memory.request import PlanRequest, max_source_positions, truncated_fraction
 from dialsum.memory.simulator import Simulator
-from dialsum.memory.timing import efficiency_for, matmul_precision
 from dialsum.memory.zero import ZeroStateBytes
 from dialsum.models.architectures import architecture_facts
-from dialsum.training.decisions import RunDecisions
-from dialsum.training.geometry import BatchGeometry, divisors
+from dialsum.speed.device_specs import spec_for
+from dialsum.speed.gpus import GPU
+from dialsum.speed.plan_cost import PlanTiming, plan_timing
+from dialsum.speed.step_time import efficiency_for, matmul_precision
+from dialsum.step.decisions import RunDecisions
+from dialsum.step.geometry import BatchGeometry, divisors
+from dialsum.trace.profile import GenerateOptions, MemoryProfile
 
 
 @dataclass
 class Plan(RunDecisions):
     """Batch settings for one GPU, with the numbers and the reasons behind them.
 
-    ``generation_token_budget`` counts ``inference.batching.generation_cost`` tokens
+    ``generation_token_budget`` counts ``step.token_budget.generation_cost`` tokens
     ((source + new) x beams per row) and ``generation_row_cap`` bounds the rows of a batch
     of short dialogues (their logits and beam bookkeeping do not shrink with the source).
     """
@@ -87,7 +87,7 @@ class Plan(RunDecisions):
     generate_required_bytes: int = 0
     alternatives: list[str] = field(default_factory=list)
     architecture: dict[str, Any] = field(default_factory=dict)
-    timing: PlanTiming | None = None  # FLOPs and predicted step time (``memory.timing``)
+    timing: PlanTiming | None = None  # FLOPs and predicted step time (``speed.step_time``)
 
     @property
     def source_len_cut(self) -> bool:
@@ -279,7 +279,7 @@ def _estimate_time(
     planner: Planner, state: PlanState, geometry: BatchGeometry, generation: Generation
 ) -> PlanTiming | None:
     """FLOPs of the planned step and generation (from their traces), and the step's
-    predicted time on this GPU (``memory.timing``)."""
+    predicted time on this GPU (``speed.step_time``)."""
     assert state.need is not None
     spec = spec_for(planner.gpu)
     efficiency, calibrated = (None, False)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from dialsum.core.errors import ConfigError
-from dialsum.memory.gpus import GPU
-from dialsum.memory.profile import GenerateOptions
 from dialsum.models.architectures import is_t5_like
+from dialsum.speed.gpus import GPU
+from dialsum.trace.profile import GenerateOptions
 
 if TYPE_CHECKING:
     from dialsum.memory.request import PlanRequest

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dialsum.core.errors import ConfigError
-from dialsum.memory.profile import OPTIMIZERS, PRECISIONS
 from dialsum.memory.zero import ZERO_STAGES
 from dialsum.models.architectures import is_t5_like, model_family
-from dialsum.training.geometry import BatchGeometry
+from dialsum.step.geometry import BatchGeometry
+from dialsum.trace.profile import OPTIMIZERS, PRECISIONS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig

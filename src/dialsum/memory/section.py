@@ -9,20 +9,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dialsum.core.config import SectionConfig
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import ConfigError, first_line
-from dialsum.memory.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
 from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, make_plan
 from dialsum.memory.request import PlanRequest
 from dialsum.models.architectures import load_config
+from dialsum.speed.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
 
 
 def section_model_config(cfg: SectionConfig):
     """The architecture config of the section's model, without loading weights: a built-in
     or local ``config.json``, a hub id (network), or the offline tiny model's config."""
     if cfg.model.name.startswith("tiny:"):
-        from dialsum.training.run_setup import setup_model
+        from dialsum.models.setup import setup_model
 
         return setup_model(cfg)[0].config
     try:
@@ -134,7 +134,7 @@ def plan_for_section(
     )
     device = gpu if isinstance(gpu, GPU) else device_for_section(cfg, gpu)
     plan = make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)
-    from dialsum.core.gpu_support import plan_warning
+    from dialsum.core.torch_build import plan_warning
 
     unsupported = plan_warning(device)  # the installed torch build lacks this GPU's kernels
     if unsupported:

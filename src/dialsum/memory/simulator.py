@@ -1,8 +1,8 @@
 """The simulator the planner asks, injectable, and one memo of its answers.
 
 ``Simulator`` holds the two simulations a plan needs (a training step, a generation
-step); the defaults trace the real model code (``memory.simulate``,
-``memory.simulate_generate``), tests inject exact analytic fakes. ``SimulationMemo``
+step); the defaults trace the real model code (``trace.step_trace``,
+``trace.generation_trace``), tests inject exact analytic fakes. ``SimulationMemo``
 remembers answers: bisection revisits shapes within one plan, and the guide plans ten GPUs
 (then plots) that revisit them again. A fake-tensor trace of T5-base takes seconds, a
 dictionary lookup nothing.
@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dialsum.memory.profile import (
+from dialsum.trace.profile import (
     GenerateOptions,
     GenerateShape,
     MemoryProfile,
@@ -30,7 +30,7 @@ def _real_train(
     config: PretrainedConfig, shape: TrainShape, options: TrainOptions
 ) -> MemoryProfile:
     # Imported late: the simulator traces real model code and pulls in torch/transformers.
-    from dialsum.memory.simulate import simulate_train
+    from dialsum.trace.step_trace import simulate_train
 
     return simulate_train(config, shape, options)
 
@@ -38,7 +38,7 @@ def _real_train(
 def _real_generate(
     config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions
 ) -> MemoryProfile:
-    from dialsum.memory.simulate_generate import simulate_generate
+    from dialsum.trace.generation_trace import simulate_generate
 
     return simulate_generate(config, shape, options)
 

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from dialsum.memory.profile import MemoryProfile
+from dialsum.trace.profile import MemoryProfile
 
 ZERO_STAGES: tuple[int, ...] = (0, 1, 2, 3)
 

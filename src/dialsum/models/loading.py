@@ -17,7 +17,7 @@ speaker/PII markers of the competition data must be single tokens the tokenizer 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from transformers import (
 )
 
 from dialsum.core.errors import ConfigError
-from dialsum.data.tokens import SPECIAL_TOKENS
+from dialsum.core.tokens import SPECIAL_TOKENS
 from dialsum.models.architectures import is_t5_like, model_family, untie_lm_head
 
 TINY_PREFIX = "tiny:"
@@ -249,26 +249,3 @@ def save_pretrained(
 
 
 # --------------------------------------------------------------------------- resolving
-
-
-def resolve_model(
-    spec: str,
-    *,
-    tiny_texts: Callable[[], Iterable[str]] | None = None,
-    cache_dir: Path | None = None,
-    trust_remote_code: bool = False,
-    vocab_size: int = 2000,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Model and tokenizer for a hub id, a local directory, or ``tiny:t5`` / ``tiny:bart``.
-
-    A tiny model is trained on ``tiny_texts()``; with ``cache_dir`` it is saved there under
-    a hash of texts, family and vocabulary size, and loaded from there next time.
-    """
-    if spec.startswith(TINY_PREFIX):
-        # Imported here: the tiny builder loads and saves through this module.
-        from dialsum.models.tiny import resolve_tiny
-
-        return resolve_tiny(spec, tiny_texts, cache_dir, vocab_size)
-    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
-    model = load_model(spec, tokenizer, trust_remote_code=trust_remote_code)
-    return model, tokenizer

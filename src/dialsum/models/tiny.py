@@ -41,7 +41,7 @@ from transformers import (
 )
 
 from dialsum.core.errors import ConfigError
-from dialsum.data.tokens import SPECIAL_TOKENS
+from dialsum.core.tokens import SPECIAL_TOKENS
 from dialsum.models.architectures import model_from_config
 from dialsum.models.loading import (
     TINY_PREFIX,

@@ -1,1 +1,4 @@
-"""The per-GPU guide, computed: Markdown, ready-to-paste YAML and plots per model section."""
+"""The per-GPU guide, computed: Markdown, ready-to-paste YAML and plots per model section.
+
+May import: everything but ``checks`` and ``cli``.
+"""

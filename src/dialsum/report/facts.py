@@ -40,7 +40,7 @@ def model_facts(model_id: str, model_config: PretrainedConfig) -> ModelFacts:
     Cached next to the traces: building the model imports its modeling code, which is most
     of a warm guide's time.
     """
-    from dialsum.memory import cache as trace_cache
+    from dialsum.trace import cache as trace_cache
 
     path = (
         trace_cache.default_cache_dir()

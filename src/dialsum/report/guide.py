@@ -22,22 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from dialsum.core.atomic import commit, staged_path
-from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import load_section, read_yaml
 from dialsum.core.errors import ConfigError
 from dialsum.core.runs import write_text_atomic
-from dialsum.memory.cache import fill_in_processes
-from dialsum.memory.gpus import GPU, catalog, resolve_gpu
-from dialsum.memory.overheads import Overheads, required_bytes
+from dialsum.memory.overheads import required_bytes
 from dialsum.memory.plan import Plan
-from dialsum.memory.profile import MemoryProfile, TrainShape
 from dialsum.memory.simulator import SimulationMemo, Simulator
-from dialsum.report.facts import ModelFacts, model_facts
+from dialsum.report.facts import model_facts
 from dialsum.report.markdown import REAL_SIMULATOR_LABEL, guide_markdown
 from dialsum.report.plots import plot_path, render_plot, render_time_plot, time_plot_path
+from dialsum.report.section_guide import SectionGuide
 from dialsum.report.snippets import guide_yaml, yaml_text
-from dialsum.report.time_side import SectionTimes, section_times
-from dialsum.training.geometry import divisors
+from dialsum.report.time_side import section_times
+from dialsum.speed.gpus import GPU, catalog, resolve_gpu
+from dialsum.step.geometry import divisors
+from dialsum.trace.cache import fill_in_processes
+from dialsum.trace.profile import MemoryProfile, TrainShape
 
 PLOT_MAX_MICRO_BATCH = 32
 """Largest micro-batch on the plots: past it no catalog GPU fits a base-size model."""
@@ -45,26 +45,6 @@ PLOT_MAX_MICRO_BATCH = 32
 
 # --------------------------------------------------------------------------------------
 # Computing one section
-
-
-@dataclass
-class SectionGuide:
-    """Everything the guide shows for one section (computed before anything is written)."""
-
-    name: str
-    cfg: SectionConfig
-    facts: ModelFacts
-    overheads: Overheads
-    plans: dict[str, Plan]
-    errors: dict[str, str]
-    """GPU slug -> why no plan exists (e.g. a precision the GPU lacks)."""
-    gpus: list[GPU]
-    curves: dict[str, list[tuple[int, int]]]
-    """Precision -> [(micro-batch, required bytes incl. overheads)] for the plot."""
-    breakdowns: dict[str, MemoryProfile]
-    """Precision -> training profile at micro-batch 1."""
-    times: SectionTimes | None = None
-    """Epoch time vs micro-batch per GPU, and the old guide's settings next to the plan's."""
 
 
 def real_sections(config_path: str | Path) -> list[str]:
@@ -96,7 +76,7 @@ def _compute_section(
     simulator: Simulator,
     advance: Callable[[], None],
 ) -> SectionGuide:
-    from dialsum.memory.planner import requested_options
+    from dialsum.memory.fit import requested_options
     from dialsum.memory.section import (
         gpu_overheads,
         plan_for_section,

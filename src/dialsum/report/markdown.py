@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING
 from dialsum.memory.overheads import Overheads, required_bytes
 from dialsum.memory.plan import Plan
 from dialsum.memory.request import resolve_optimizer
-from dialsum.memory.timing import format_duration
 from dialsum.report.facts import WEIGHT_DTYPE_BYTES, ModelFacts
 from dialsum.report.formats import PRECISION_LABELS, TRAIN_CATEGORIES, gib, gib_text, yes_no
 from dialsum.report.plots import time_plot_path
 from dialsum.report.seed_guide import effective_batches_text, param_claims
 from dialsum.report.snippets import settings_snippet, yaml_text
 from dialsum.report.time_side import GUIDE_EPOCH_DIALOGUES, SectionTimes, SeedRow, plan_epoch
+from dialsum.speed.step_time import format_duration
 
 if TYPE_CHECKING:
-    from dialsum.report.guide import SectionGuide
+    from dialsum.report.section_guide import SectionGuide
 
 _MIB = 2**20
 

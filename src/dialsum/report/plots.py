@@ -17,7 +17,7 @@ from dialsum.report.formats import PRECISION_LABELS, gib
 from dialsum.report.time_side import GUIDE_EPOCH_DIALOGUES, TimeCurve
 
 if TYPE_CHECKING:
-    from dialsum.report.guide import SectionGuide
+    from dialsum.report.section_guide import SectionGuide
 
 
 def plot_path(out: Path, section: str) -> Path:

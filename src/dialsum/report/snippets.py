@@ -16,8 +16,8 @@ from dialsum.memory.request import resolve_optimizer
 from dialsum.report.time_side import GUIDE_EPOCH_DIALOGUES, plan_epoch
 
 if TYPE_CHECKING:
-    from dialsum.core.config import SectionConfig
-    from dialsum.report.guide import SectionGuide
+    from dialsum.core.config_schema import SectionConfig
+    from dialsum.report.section_guide import SectionGuide
 
 
 def settings_snippet(plan: Plan, cfg: SectionConfig) -> dict[str, Any]:

@@ -4,8 +4,8 @@ plan's. The guide's Markdown and plots (``report.markdown``, ``report.plots``) s
 
 An epoch here is ``GUIDE_EPOCH_DIALOGUES`` rows (the competition's training set) at the
 section's config limits: the guide knows no data, so every row is padded to the longest
-(a worst case, said in the guide). Times come from ``memory.timing`` and
-``memory.epoch_time`` and are *estimated* (data-sheet peaks, default efficiency) unless
+(a worst case, said in the guide). Times come from ``speed.step_time`` and
+``speed.epoch_time`` and are *estimated* (data-sheet peaks, default efficiency) unless
 ``dialsum probe`` calibrated that GPU.
 """
 
@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from dialsum.memory.epoch_time import EpochTime, epoch_time, uniform_lengths
-from dialsum.memory.gpu_specs import spec_for
-from dialsum.memory.gpus import GPU
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
-from dialsum.memory.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.memory.timing import efficiency_for, has_costs, matmul_precision
 from dialsum.report.seed_guide import seed_settings
-from dialsum.training.geometry import divisors
+from dialsum.speed.device_specs import spec_for
+from dialsum.speed.epoch_time import EpochTime, epoch_time, uniform_lengths
+from dialsum.speed.gpus import GPU
+from dialsum.speed.step_time import efficiency_for, has_costs, matmul_precision
+from dialsum.step.geometry import divisors
+from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
 
 GUIDE_EPOCH_DIALOGUES = 12_457
 """Rows of the competition's training set: what "an epoch" means in the guide."""

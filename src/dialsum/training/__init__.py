@@ -1,1 +1,5 @@
-"""The training run: settings applied from the plan, the shared step, the OOM-guarded trainer."""
+"""The training run: settings applied from the plan, the OOM-guarded trainer, DDP and
+DeepSpeed, resume, monitoring.
+
+May import: ``memory`` (the planner) and everything below it.
+"""

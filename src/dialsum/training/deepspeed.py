@@ -22,7 +22,7 @@ from dialsum.core.errors import UserError
 from dialsum.memory.zero import ZERO12_BUCKET_ELEMENTS, stage3_bucket_elements
 
 if TYPE_CHECKING:
-    from dialsum.core.config import SectionConfig
+    from dialsum.core.config_schema import SectionConfig
     from dialsum.training.settings import Settings
 
 STEPS_PER_PRINT = 10**9  # DeepSpeed's own step log would duplicate the Trainer's

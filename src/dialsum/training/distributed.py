@@ -22,6 +22,7 @@ import torch
 from torch import distributed as dist
 
 from dialsum.core.errors import UserError, first_line
+from dialsum.core.launch import launched_world_size, local_rank  # noqa: F401 (re-exported)
 
 T = TypeVar("T")
 
@@ -34,11 +35,6 @@ BUCKET_BYTES = 25 * 2**20
 the extra memory is one bucket, not a second copy of every gradient."""
 
 
-def launched_world_size() -> int:
-    """Processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -47,10 +43,6 @@ def rank() -> int:
     if is_initialized():
         return int(dist.get_rank())
     return int(os.environ.get("RANK", "0"))
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:

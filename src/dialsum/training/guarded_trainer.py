@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dialsum.core.errors import first_line
+from dialsum.step.train_step import build_optimizer, label_token_count, step_forward_backward
 from dialsum.training.distributed import reduce_or_stop, reduce_staging
 from dialsum.training.oom_guard import (
     GuardState,
@@ -69,7 +70,6 @@ from dialsum.training.oom_guard import (
 )
 from dialsum.training.optimizer_guard import guard_optimizer_step
 from dialsum.training.resumable_trainer import ResumableSeq2SeqTrainer
-from dialsum.training.step import build_optimizer, label_token_count, step_forward_backward
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,8 @@ from typing import Any
 from transformers import set_seed
 
 from dialsum.core.allocator_env import AllocatorSetting
-from dialsum.core.config import SectionConfig, TrainingConfig
+from dialsum.core.config_schema import SectionConfig, TrainingConfig
 from dialsum.core.errors import UserError
-from dialsum.core.gpu_support import prepare_cuda_run
 from dialsum.core.run_lock import RunLock
 from dialsum.core.runs import (
     RunDir,
@@ -30,25 +29,25 @@ from dialsum.core.runs import (
     write_json_atomic,
     write_yaml_atomic,
 )
+from dialsum.core.torch_build import prepare_cuda_run
 from dialsum.data.dataset import DialogueTable
 from dialsum.models.lora import apply_lora
+from dialsum.models.setup import setup_model
 from dialsum.training import distributed
 from dialsum.training.deepspeed import config_for_run, require_deepspeed
 from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.training.oom_guard import GuardState
 from dialsum.training.resume import LATEST, find_resume_run, resumed_config
-from dialsum.training.run_memory import MemorySummary
-from dialsum.training.run_setup import (
-    apply_source_len,
+from dialsum.training.run_data import (
     generation_kwargs,
     length_report,
     memory_cap,
     read_tables,
-    setup_model,
 )
+from dialsum.training.run_memory import MemorySummary
 from dialsum.training.settings import Settings, resolve_settings, use_cuda
-from dialsum.training.step_timer import step_time_metrics
-from dialsum.training.trainer_setup import build_trainer
+from dialsum.training.step_clock import step_time_metrics
+from dialsum.training.trainer_args import build_trainer
 
 
 @dataclass
@@ -62,7 +61,7 @@ class TrainResult:
 class _Ready:
     """What a run has settled before its folder exists: data, model and plan."""
 
-    cfg: SectionConfig  # as the run tokenizes it (``apply_source_len``)
+    cfg: SectionConfig  # as loaded; the source length the run uses is ``settings.source_len``
     model: Any  # LoRA-wrapped once the run starts (``_start``)
     tokenizer: Any
     train_table: DialogueTable
@@ -187,7 +186,6 @@ def _prepare(cfg: SectionConfig, resumed, echo) -> _Ready:
     if resumed is not None and resumed[0].guard.is_file():
         guard = GuardState.load(resumed[0].guard)
     settings = resolve_settings(cfg, model.config, report=report, guard=guard, echo=echo)
-    cfg = apply_source_len(cfg, settings)
     return _Ready(cfg, model, tokenizer, train_table, dev_table, settings, guard, finished)
 
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from dialsum.core.config import SectionConfig
 from dialsum.core.config_load import apply_overrides, section_from_dict
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import UserError
 from dialsum.core.runs import RunDir, list_runs, write_yaml_atomic
 

@@ -16,12 +16,13 @@ from typing import Any
 
 import torch
 
-from dialsum.core.config import SectionConfig
+from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import ConfigError, UserError
-from dialsum.inference.batching import generation_token_budget
+from dialsum.core.launch import launched_world_size
 from dialsum.memory.request import resolve_optimizer
-from dialsum.training.decisions import RunDecisions
-from dialsum.training.geometry import BatchGeometry, per_rank_rows
+from dialsum.step.decisions import RunDecisions
+from dialsum.step.geometry import BatchGeometry, per_rank_rows
+from dialsum.step.token_budget import generation_token_budget
 
 _GIB = 2**30
 
@@ -54,17 +55,11 @@ class Settings(RunDecisions):
 
 
 def world_size() -> int:
-    return int(torch.distributed.get_world_size()) if _dist_ready() else _env_world_size()
+    return int(torch.distributed.get_world_size()) if _dist_ready() else launched_world_size()
 
 
 def _dist_ready() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _env_world_size() -> int:
-    import os
-
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def use_cuda(cfg: SectionConfig) -> bool:
@@ -138,7 +133,7 @@ def _keep_recovered_batches(settings: Settings, guard) -> bool:
 
 
 def _require_optimizer(settings: Settings) -> None:
-    from dialsum.training.step import optimizer_available
+    from dialsum.step.train_step import optimizer_available
 
     if settings.optimizer == "adamw8bit" and (
         settings.device != "cuda" or not optimizer_available("adamw8bit")
@@ -154,7 +149,9 @@ def _cpu_settings(cfg: SectionConfig, world: int) -> Settings:
     reasons = ["no CUDA device in use: memory planning skipped (CPU memory is the limit)"]
     rows = per_rank_rows(t.effective_batch_size, world)
     if t.micro_batch_size == "auto":
-        micro = max(d for d in range(1, min(rows, CPU_MICRO_BATCH_CAP) + 1) if rows % d == 0)
+        # The one refit rule (also used when a saved micro-batch no longer divides).
+        one = BatchGeometry(t.effective_batch_size, world, 1)
+        micro = one.largest_micro_batch_at_most(CPU_MICRO_BATCH_CAP)
         reasons.append(
             f"micro-batch {micro}: largest divisor of {rows} up to {CPU_MICRO_BATCH_CAP} on CPU"
         )
@@ -202,8 +199,8 @@ def not_fitting_message(plan, cfg: SectionConfig) -> str:
 
 
 def _planned_settings(cfg: SectionConfig, model_config, world: int, report) -> Settings:
-    from dialsum.memory.gpus import cpu_device
     from dialsum.memory.section import plan_for_section
+    from dialsum.speed.gpus import cpu_device
 
     cap = memory_cap_bytes(cfg)
     gpu = cpu_device(cap) if cap is not None else None

@@ -1,0 +1,98 @@
+"""The model and tokenizer a section names: a checkpoint, a hub id or local folder, or a
+tiny model built offline from the section's training CSV.
+
+Every verb that loads a model (``train``, ``predict``, ``plan``, the checks) goes through
+``setup_model``, so all of them read the same model; ``resolve_model`` is the dispatch
+between ``models.loading`` and ``models.tiny`` (the tiny builder loads and saves through
+``loading``, so the dispatch lives above both).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from dialsum.core.config_schema import SectionConfig
+from dialsum.core.errors import UserError, first_line
+from dialsum.data import dataset as data_mod
+from dialsum.models.architectures import set_dropout
+from dialsum.models.loading import TINY_PREFIX, load_model, load_tokenizer
+from dialsum.models.tiny import resolve_tiny
+
+
+def resolve_model(
+    spec: str,
+    *,
+    tiny_texts: Callable[[], Iterable[str]] | None = None,
+    cache_dir: Path | None = None,
+    trust_remote_code: bool = False,
+    vocab_size: int = 2000,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Model and tokenizer for a hub id, a local directory, or ``tiny:t5`` / ``tiny:bart``.
+
+    A tiny model is trained on ``tiny_texts()``; with ``cache_dir`` it is saved there under
+    a hash of texts, family and vocabulary size, and loaded from there next time.
+    """
+    if spec.startswith(TINY_PREFIX):
+        return resolve_tiny(spec, tiny_texts, cache_dir, vocab_size)
+    tokenizer = load_tokenizer(spec, trust_remote_code=trust_remote_code)
+    model = load_model(spec, tokenizer, trust_remote_code=trust_remote_code)
+    return model, tokenizer
+
+
+def tiny_texts_from(cfg: SectionConfig):
+    """Texts a tiny tokenizer is trained on: the training dialogues and summaries."""
+
+    def texts() -> list[str]:
+        table = data_mod.read_dialogue_csv(Path(cfg.data.train), "train")
+        out: list[str] = []
+        for rec in table.records:
+            out.append(cfg.tokenizer.prefix + rec.dialogue)
+            out.extend(rec.references)
+        return out
+
+    return texts
+
+
+def tiny_cache_dir() -> Path:
+    root = os.environ.get("DIALSUM_CACHE_DIR")
+    return Path(root) / "tiny" if root else Path.home() / ".cache" / "dialsum" / "tiny"
+
+
+def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
+    """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model."""
+    try:
+        return _setup_model(cfg, checkpoint)
+    except OSError as exc:
+        # transformers raises OSError for unreachable hubs, unknown repos and missing files.
+        name = checkpoint or cfg.model.name
+        first = first_line(exc)
+        raise UserError(
+            f"could not load model '{name}' (model.name): {first} "
+            "Without network access, download it where there is network (e.g. "
+            f"`hf download {name} --local-dir DIR`), copy DIR here and set model.name to DIR; "
+            "or use tiny:t5 to try the pipeline."
+        ) from None
+
+
+def _setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
+    remote = cfg.model.trust_remote_code
+    if checkpoint is not None:
+        tokenizer = load_tokenizer(str(checkpoint), trust_remote_code=remote)
+        model = load_model(str(checkpoint), tokenizer, trust_remote_code=remote)
+    elif cfg.tokenizer.name and not cfg.model.name.startswith("tiny:"):
+        tokenizer = load_tokenizer(cfg.tokenizer.name, trust_remote_code=remote)
+        model = load_model(cfg.model.name, tokenizer, trust_remote_code=remote)
+    else:
+        model, tokenizer = resolve_model(
+            cfg.model.name,
+            tiny_texts=tiny_texts_from(cfg),
+            cache_dir=tiny_cache_dir(),
+            trust_remote_code=remote,
+        )
+    if cfg.model.dropout is not None:
+        set_dropout(model, cfg.model.dropout)
+    return model, tokenizer

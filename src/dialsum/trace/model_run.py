@@ -1,0 +1,115 @@
+"""Running the real model code inside a trace: what a training and a generation trace share.
+
+The dtypes a precision stores tensors in, the model as accelerate prepares it for AMP
+(``prepared_model``), CUDA's kernel choices switched on for a ``cuda`` trace
+(``emulation_on``), the weights counted as ``weights``, fake token ids and labelled
+batches as the tokenizer and collator give them, and the breakdown of a peak by category.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from dialsum.trace.cuda_emulation import CudaEmulationMode
+from dialsum.trace.fake_model import unique_params
+from dialsum.trace.tracer import LiveStorageTracker, PeakRecord
+
+_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+    "pure_bf16": torch.bfloat16,
+}
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    """Storage dtype of low-precision tensors for ``precision`` (fp32 for ``fp32``)."""
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {sorted(_DTYPES)}")
+    return _DTYPES[precision]
+
+
+def amp_dtype(precision: str) -> torch.dtype | None:
+    # bf16/fp16 are AMP (fp32 master weights + autocast); pure_bf16 casts the model instead.
+    return _DTYPES[precision] if precision in ("bf16", "fp16") else None
+
+
+def weights_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "pure_bf16" else None
+
+
+def full_breakdown(record: PeakRecord, categories: tuple[str, ...]) -> dict[str, int]:
+    breakdown = {name: record.by_category.get(name, 0) for name in categories}
+    for name, nbytes in record.by_category.items():
+        if name not in breakdown:
+            breakdown[name] = nbytes
+    return breakdown
+
+
+def random_ids(batch: int, length: int, vocab_size: int) -> torch.Tensor:
+    # Values never matter on fake tensors; dtype/shape do (int64 like a tokenizer's output).
+    return torch.randint(0, vocab_size, (batch, length), dtype=torch.long)
+
+
+def labelled_batch(
+    config: PretrainedConfig, rows: int, source_len: int, target_len: int
+) -> dict[str, torch.Tensor]:
+    # What the collator hands the trainer: source ids/mask [rows, source_len], labels and
+    # the shifted ``decoder_input_ids`` [rows, target_len] (int64, like a tokenizer's).
+    return {
+        "input_ids": random_ids(rows, source_len, config.vocab_size),
+        "attention_mask": torch.ones(rows, source_len, dtype=torch.long),
+        "labels": random_ids(rows, target_len, config.vocab_size),
+        "decoder_input_ids": random_ids(rows, target_len, config.vocab_size),
+    }
+
+
+class _AmpForward:
+    """The model as accelerate prepares it for AMP: ``forward`` under autocast, then the
+    outputs converted to fp32 (``convert_outputs_to_fp32``: a fp32 copy of the logits).
+
+    On ``cuda`` the emulation applies CUDA's autocast lists and drops its weight cast cache
+    when the region exits; on ``cpu`` the real CPU autocast runs.
+    """
+
+    def __init__(
+        self, model: nn.Module, emulation: CudaEmulationMode, amp: torch.dtype, device: str
+    ) -> None:
+        self.model, self.emulation, self.amp, self.device = model, emulation, amp, device
+
+    def __call__(self, **inputs):
+        if self.device == "cpu":
+            with torch.autocast("cpu", dtype=self.amp):
+                outputs = self.model(**inputs)
+        else:
+            self.emulation.autocast_dtype = self.amp
+            try:
+                outputs = self.model(**inputs)
+            finally:
+                self.emulation.clear_cache()  # autocast exit
+                self.emulation.autocast_dtype = None
+        if outputs.logits.dtype != torch.float32:
+            outputs.logits = outputs.logits.float()
+        return outputs
+
+
+def prepared_model(
+    model: nn.Module, emulation: CudaEmulationMode, precision: str, device: str
+) -> Callable:
+    amp = amp_dtype(precision)
+    return model if amp is None else _AmpForward(model, emulation, amp, device)
+
+
+def emulation_on(emulation: CudaEmulationMode, device: str) -> contextlib.AbstractContextManager:
+    """CUDA's kernel choices for a ``cuda`` trace; nothing for ``cpu`` (real CPU kernels)."""
+    return emulation if device == "cuda" else contextlib.nullcontext()
+
+
+def track_model(tracker: LiveStorageTracker, model: nn.Module) -> None:
+    tracker.track_all(unique_params(model), "weights")
+    tracker.track_all(model.buffers(), "weights")

@@ -1,0 +1,140 @@
+"""Count live tensor storage while real model code runs on fake tensors.
+
+``LiveStorageTracker`` is a ``TorchDispatchMode``: every aten op that reaches it is run,
+and each output whose storage it has not seen yet is counted as an allocation of
+``round_fn(storage.nbytes())`` bytes. A weak reference with a callback on the storage
+observes its free: PyTorch keeps one Python object per storage alive for as long as the
+C++ storage lives (autograd's saved tensors included), so the callback fires exactly when
+the last view, saved tensor or ``.grad`` holding it goes away. Views and in-place ops
+share the storage and are not counted twice.
+
+Every storage carries a category; the tracker keeps the running total per category so the
+breakdown at a peak is a cheap copy of a small dict, not a walk over live storages.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from dialsum.trace.allocator import round_allocation_bytes
+
+RoundFn = Callable[[int], int]
+
+
+@dataclass
+class PeakRecord:
+    """The largest live total seen, the phase it happened in and its split by category."""
+
+    total_bytes: int = 0
+    phase: str = ""
+    by_category: dict[str, int] = field(default_factory=dict)
+
+
+class LiveStorageTracker(TorchDispatchMode):
+    """Running sum of live storage bytes, by category, with per-phase and overall peaks.
+
+    ``default_category`` decides the category of a new op output; the driver changes it
+    with the phase (e.g. ``activations`` in forward, ``temporaries`` elsewhere) and retags
+    storages whose role it learns later (``.grad`` tensors, optimizer state).
+    """
+
+    def __init__(self, round_fn: RoundFn = round_allocation_bytes, record: bool = False) -> None:
+        super().__init__()
+        self._round_fn = round_fn
+        # id(storage) -> [rounded bytes, category, weakref keeping the free callback alive, slot]
+        self._live: dict[int, list] = {}
+        # With ``record``: the timeline, replayable at other batch sizes (see ``timeline``).
+        self.events: list[tuple] | None = [] if record else None
+        self._next_slot = 0
+        self._by_category: dict[str, int] = {}
+        self.current_bytes = 0
+        self.phase = "setup"
+        self.default_category = "temporaries"
+        self.phase_peaks: dict[str, int] = {}
+        # Each phase's own peak with its split by category (depth extrapolation needs it).
+        self.phase_records: dict[str, PeakRecord] = {}
+        self.peak = PeakRecord()
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _add(self, category: str, nbytes: int) -> None:
+        self._by_category[category] = self._by_category.get(category, 0) + nbytes
+        self.current_bytes += nbytes
+        if nbytes > 0:
+            self._update_peaks()
+
+    def _update_peaks(self) -> None:
+        if self.current_bytes > self.phase_peaks.get(self.phase, 0):
+            self.phase_peaks[self.phase] = self.current_bytes
+            self.phase_records[self.phase] = PeakRecord(
+                self.current_bytes, self.phase, dict(self._by_category)
+            )
+        if self.current_bytes > self.peak.total_bytes:
+            self.peak = PeakRecord(self.current_bytes, self.phase, dict(self._by_category))
+
+    def _on_free(self, key: int) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self._by_category[entry[1]] -= entry[0]
+            self.current_bytes -= entry[0]
+            if self.events is not None:
+                self.events.append(("f", entry[3]))
+
+    def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
+        """Count ``tensor``'s storage if new; retag it when ``category`` is given."""
+        storage = tensor.untyped_storage()
+        key = id(storage)
+        entry = self._live.get(key)
+        if entry is None:
+            raw = storage.nbytes()
+            nbytes = self._round_fn(raw)
+            ref = weakref.ref(storage, lambda _ref, key=key: self._on_free(key))
+            category = category or self.default_category
+            slot = self._next_slot
+            self._next_slot += 1
+            self._live[key] = [nbytes, category, ref, slot]
+            if self.events is not None:
+                self.events.append(("a", slot, raw, category))
+            self._add(category, nbytes)
+        elif category is not None and entry[1] != category:
+            self._by_category[entry[1]] -= entry[0]
+            self._by_category[category] = self._by_category.get(category, 0) + entry[0]
+            entry[1] = category
+            if self.events is not None:
+                self.events.append(("r", entry[3], category))
+
+    def track_all(self, tensors: Iterable[torch.Tensor], category: str | None = None) -> None:
+        for tensor in tensors:
+            self.track(tensor, category)
+
+    def bytes_of(self, category: str) -> int:
+        return self._by_category.get(category, 0)
+
+    def set_phase(self, phase: str, default_category: str = "temporaries") -> None:
+        self.phase = phase
+        self.default_category = default_category
+        if self.events is not None:
+            self.events.append(("p", phase))
+
+    def reset_peaks(self) -> None:
+        """Forget peaks so far (e.g. after a warm-up step); live storages stay counted."""
+        if self.events is not None:
+            self.events.append(("reset",))
+        self.phase_peaks = {}
+        self.phase_records = {}
+        self.peak = PeakRecord()
+
+    # -- dispatch ----------------------------------------------------------------------
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self.track(leaf)
+        return out
