@@ -152,3 +152,13 @@ def test_read_predictions_duplicates_and_columns(tmp_path: Path) -> None:
     wrong = write(tmp_path, "wrong.csv", "fname,prediction\nt_0,a\n")
     with pytest.raises(DataError, match="missing required column.*summary.*found columns"):
         read_predictions_csv(wrong)
+
+
+def test_a_200000_character_dialogue_is_read_not_reported_as_a_quoting_error(
+    tmp_path: Path,
+) -> None:
+    """Python's csv module caps a field at 131,072 characters by default (issue 18, 11)."""
+    dialogue = "#Person1#: " + "가" * 200_000
+    path = write(tmp_path, "long.csv", f'fname,dialogue,summary\nt_0,"{dialogue}",요약\n')
+    table = read_dialogue_csv(path, "train")
+    assert table.records[0].dialogue == dialogue

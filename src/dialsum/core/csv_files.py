@@ -130,6 +130,9 @@ def _parse_csv(path: Path, text: str) -> tuple[list[str], list[Row]]:
     """Split into a normalised header and (spreadsheet line, fields) data rows."""
     # strict=True makes an unterminated quote an error instead of silently swallowing the
     # rest of the file into one field.
+    # No field is longer than the whole text: lift the module's 131,072-character field
+    # limit to that, so a long (valid) dialogue is not reported as a quoting error.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows: list[Row] = []
     record_start = 1  # text line of the record being read
