@@ -9,9 +9,12 @@ from dialsum.models.architectures import (
     KNOWN_PARAM_COUNTS,
     architecture_facts,
     count_params,
+    is_causal,
     known_config,
     load_config,
+    model_family,
     model_from_config,
+    model_kind,
     set_dropout,
     wants_untied_head,
 )
@@ -93,9 +96,49 @@ EXPECTED_FACTS = {
 }
 
 
+SOLAR_ID = "upstage/SOLAR-10.7B-Instruct-v1.0"
+QWEN_ID = "Qwen/Qwen2.5-3B-Instruct"
+LLAMA_ID = "meta-llama/Llama-3.2-3B-Instruct"
+GEMMA_ID = "google/gemma-2-2b-it"
+
+
+def _causal(model_type, act, d, ff, vocab, layers, heads, kv, head_dim, tied):  # noqa: PLR0913
+    return {
+        "model_type": model_type,
+        "ffn": "gated-" + ("gelu" if act.startswith("gelu") else act),
+        "activation": act,
+        "d_model": d,
+        "d_ff": ff,
+        "vocab_size": vocab,
+        "encoder_layers": 0,
+        "decoder_layers": layers,
+        "attention_heads": heads,
+        "kv_heads": kv,
+        "head_dim": head_dim,
+        "tied_lm_head": tied,
+    }
+
+
+# The published config.json fields of the four decoder-only LLMs (literal numbers).
+EXPECTED_FACTS |= {
+    SOLAR_ID: _causal("llama", "silu", 4096, 14_336, 32_000, 48, 32, 8, 128, False),
+    QWEN_ID: _causal("qwen2", "silu", 2048, 11_008, 151_936, 36, 16, 2, 128, True),
+    LLAMA_ID: _causal("llama", "silu", 3072, 8192, 128_256, 28, 24, 8, 128, True),
+    GEMMA_ID: _causal("gemma2", "gelu_pytorch_tanh", 2304, 9216, 256_000, 26, 8, 4, 256, True),
+}
+
+
 def test_every_known_model_has_facts_and_a_count() -> None:
     assert set(EXPECTED_FACTS) == set(KNOWN_PARAM_COUNTS)
-    assert KNOWN_PARAM_COUNTS == {T5_ID: 275_579_136, MT5_ID: 582_401_280, BART_ID: 123_859_968}
+    assert KNOWN_PARAM_COUNTS == {
+        T5_ID: 275_579_136,
+        MT5_ID: 582_401_280,
+        BART_ID: 123_859_968,
+        SOLAR_ID: 10_731_524_096,
+        QWEN_ID: 3_085_938_688,
+        LLAMA_ID: 3_212_749_824,
+        GEMMA_ID: 2_614_341_888,
+    }
     assert known_config("someone/unknown-model") is None
 
 
@@ -227,3 +270,50 @@ def test_model_family_of_configs_and_models() -> None:
     assert model_family(model_from_config(bart, device="meta")) == "bart"  # a model: its config
     assert model_family(SimpleNamespace(model_type="gpt2")) == "other"
     assert [is_t5_like(f) for f in ("t5", "mt5", "bart", "other")] == [True, True, False, False]
+
+
+def test_model_kind_and_family() -> None:
+    kinds = {mid: (model_kind(known_config(mid)), model_family(known_config(mid))) for mid in
+             KNOWN_PARAM_COUNTS}  # fmt: skip
+    assert kinds == {
+        T5_ID: ("seq2seq", "t5"),
+        MT5_ID: ("seq2seq", "mt5"),
+        BART_ID: ("seq2seq", "bart"),
+        SOLAR_ID: ("causal", "llama"),
+        QWEN_ID: ("causal", "llama"),
+        LLAMA_ID: ("causal", "llama"),
+        GEMMA_ID: ("causal", "gemma"),
+    }
+    # Unknown model types: what the config says of itself decides, else nothing.
+    from transformers import PretrainedConfig
+
+    odd = PretrainedConfig(architectures=["FooForCausalLM"])
+    assert model_kind(odd) == "causal" and is_causal(odd)
+    assert model_kind(PretrainedConfig(is_encoder_decoder=True)) == "seq2seq"
+    assert model_kind(PretrainedConfig()) is None
+
+
+def test_local_llama_style_configs_count_exactly(tmp_path) -> None:
+    # A Mistral-style and a Qwen3-style config folder, built as from_pretrained would.
+    from transformers import MistralConfig, Qwen3Config
+
+    for config in (
+        # 2 layers x (4 attn: 64x64 q/o + 2x 64x32 k/v; 3 MLP 64x128) + norms + embed/head
+        (MistralConfig(vocab_size=100, hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       tie_word_embeddings=False)),
+        (Qwen3Config(vocab_size=100, hidden_size=64, intermediate_size=128,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     head_dim=16, tie_word_embeddings=True)),
+    ):  # fmt: skip
+        folder = tmp_path / config.model_type
+        config.save_pretrained(folder)
+        loaded = load_config(str(folder))
+        assert model_kind(loaded) == "causal"
+        model = model_from_config(loaded, device="meta")
+        d, ff, vocab, kv = 64, 128, 100, 2 * 16
+        attention = 2 * d * d + 2 * d * kv
+        mlp = 3 * d * ff
+        norms = 2 * d + (2 * 16 if config.model_type == "qwen3" else 0)  # qwen3: q/k norms
+        head = 0 if config.tie_word_embeddings else vocab * d
+        assert count_params(model) == 2 * (attention + mlp + norms) + d + vocab * d + head

@@ -1,6 +1,10 @@
 """Architectures we know by heart, and building a model from a config alone.
 
-The planner must work offline, so the ``config.json`` of each of the three models our
+Two kinds of model: seq2seq (T5, mT5, BART: an encoder reads the dialogue, a decoder
+writes the summary) and causal, decoder-only LLMs (Llama, Mistral, Qwen2/3, Gemma/Gemma-2,
+EXAONE: one stack reads prompt + summary; ``model_kind``).
+
+The planner must work offline, so the ``config.json`` of each of the models our
 users run ships with the package (``dialsum/models/configs/<owner>--<name>.json``, copied
 verbatim from the checkpoints) and is loaded through transformers' own config classes.
 Nothing is typed in by hand: a hand-typed T5 config once had a ReLU FFN with d_ff 3072
@@ -29,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
 # Exact parameter counts of the real checkpoints (tests assert them). The keys are also
 # the model ids whose config.json ships in ``dialsum/models/configs``.
@@ -37,15 +41,59 @@ KNOWN_PARAM_COUNTS: dict[str, int] = {
     "eenzeenee/t5-base-korean-summarization": 275_579_136,
     "csebuetnlp/mT5_multilingual_XLSum": 582_401_280,
     "digit82/kobart-summarization": 123_859_968,
+    # Decoder-only LLMs teams fine-tune with LoRA/QLoRA on this task (counts built with
+    # AutoModelForCausalLM.from_config on meta; a tied head is counted once).
+    "upstage/SOLAR-10.7B-Instruct-v1.0": 10_731_524_096,
+    "Qwen/Qwen2.5-3B-Instruct": 3_085_938_688,
+    "meta-llama/Llama-3.2-3B-Instruct": 3_212_749_824,
+    "google/gemma-2-2b-it": 2_614_341_888,
 }
+
+SEQ2SEQ_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "bart", "mbart"})
+"""Encoder-decoder model types the planner and trainer support."""
+
+CAUSAL_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "exaone", "phi3"}
+)
+"""Decoder-only model types with the Llama layout (RMSNorm, rotary positions, gated MLP
+``gate_proj``/``up_proj``/``down_proj``, attention ``q/k/v/o_proj``) that transformers
+builds natively (no remote code)."""
+
+Kind = Literal["seq2seq", "causal"]
 
 _CONFIG_PACKAGE_DIR = "configs"
 
-Family = Literal["t5", "mt5", "bart", "other"]
+Family = Literal["t5", "mt5", "bart", "llama", "gemma", "other"]
+
+
+def model_kind(model_or_config: nn.Module | PretrainedConfig) -> Kind | None:
+    """``seq2seq``, ``causal``, or None when the config is neither kind we support.
+
+    Read from ``model_type`` first, then from what the config says of itself
+    (``is_encoder_decoder``, an ``architectures`` entry ending in ``ForCausalLM``).
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", "")
+    if model_type in SEQ2SEQ_MODEL_TYPES:
+        return "seq2seq"
+    if model_type in CAUSAL_MODEL_TYPES:
+        return "causal"
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    architectures = getattr(config, "architectures", None) or []
+    if any(str(name).endswith("ForCausalLM") for name in architectures):
+        return "causal"
+    return None
+
+
+def is_causal(model_or_config: nn.Module | PretrainedConfig) -> bool:
+    return model_kind(model_or_config) == "causal"
 
 
 def model_family(model_or_config: nn.Module | PretrainedConfig) -> Family:
-    """``t5`` (T5, LongT5), ``mt5`` (mT5, umT5), ``bart`` (BART, mBART) or ``other``.
+    """``t5`` (T5, LongT5), ``mt5`` (mT5, umT5), ``bart`` (BART, mBART), ``llama`` (the
+    Llama-layout LLMs: Llama, Mistral, Qwen2/3, EXAONE, Phi-3), ``gemma`` (Gemma, Gemma-2:
+    trained in bf16, their activations overflow fp16) or ``other``.
 
     The one family test of the package. mT5 is its own family for the planner (fp16 rules
     and labels differ from T5) but behaves as T5 where only the architecture matters
@@ -59,6 +107,10 @@ def model_family(model_or_config: nn.Module | PretrainedConfig) -> Family:
         return "mt5"
     if model_type in ("bart", "mbart"):
         return "bart"
+    if model_type in ("gemma", "gemma2"):
+        return "gemma"
+    if model_type in CAUSAL_MODEL_TYPES:
+        return "llama"
     return "other"
 
 
@@ -148,6 +200,8 @@ def architecture_facts(config: PretrainedConfig | Mapping[str, Any]) -> dict[str
     """
     if isinstance(config, Mapping):
         config = SimpleNamespace(**config)
+    if model_kind(config) == "causal":
+        return _causal_facts(config)
     t5_like = (
         getattr(config, "model_type", None) in ("t5", "mt5", "umt5", "longt5")
         or _first(config, "feed_forward_proj", "d_ff", "num_heads") is not None
@@ -187,6 +241,32 @@ def architecture_facts(config: PretrainedConfig | Mapping[str, Any]) -> dict[str
     }
 
 
+def _causal_facts(config: Any) -> dict[str, Any]:
+    """``architecture_facts`` of a decoder-only LLM: every one we support has a gated MLP
+    (``act(gate_proj(x)) * up_proj(x)``), so the FFN is ``gated-<activation>``."""
+    activation = _first(config, "hidden_activation", "hidden_act")
+    family = _act_family(activation if isinstance(activation, str) else None)
+    heads = _int_or_none(getattr(config, "num_attention_heads", None))
+    hidden = _int_or_none(getattr(config, "hidden_size", None))
+    head_dim = _int_or_none(getattr(config, "head_dim", None))
+    if head_dim is None and heads and hidden:
+        head_dim = hidden // heads
+    return {
+        "model_type": getattr(config, "model_type", None) or None,
+        "ffn": None if family is None else "gated-" + family,
+        "activation": activation if isinstance(activation, str) else None,
+        "d_model": hidden,
+        "d_ff": _int_or_none(getattr(config, "intermediate_size", None)),
+        "vocab_size": _int_or_none(getattr(config, "vocab_size", None)),
+        "encoder_layers": 0,
+        "decoder_layers": _int_or_none(getattr(config, "num_hidden_layers", None)),
+        "attention_heads": heads,
+        "kv_heads": _int_or_none(_first(config, "num_key_value_heads", "num_attention_heads")),
+        "head_dim": head_dim,
+        "tied_lm_head": bool(getattr(config, "tie_word_embeddings", False)),
+    }
+
+
 def untie_lm_head(model: nn.Module) -> bool:
     """Give ``model.lm_head`` its own weight when the config asks for an untied head.
 
@@ -207,8 +287,12 @@ def untie_lm_head(model: nn.Module) -> bool:
     return True
 
 
-def model_from_config(config: PretrainedConfig, device: str | torch.device = "cpu") -> nn.Module:
-    """Build a seq2seq LM from a config (random weights; ``device="meta"`` for no memory).
+def model_from_config(
+    config: PretrainedConfig, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> nn.Module:
+    """Build the LM of a config, seq2seq or causal (random weights; ``device="meta"`` for no
+    memory; ``dtype`` builds floating weights in that dtype, as ``from_pretrained`` loads
+    them).
 
     The config is copied: untying writes ``tie_word_embeddings=False`` into the model's
     config, and building again from such a config would also untie T5's encoder/decoder
@@ -219,8 +303,13 @@ def model_from_config(config: PretrainedConfig, device: str | torch.device = "cp
         # T5 ties encoder/decoder input embeddings to `shared` only while this flag is set;
         # the head's own intent is read from `wants_untied_head` and applied below.
         config.tie_word_embeddings = True
+    kwargs = {} if dtype is None else {"dtype": dtype}
+    if model_kind(config) == "causal":
+        # A causal LM's head follows ``tie_word_embeddings`` as published (no T5 quirk).
+        with torch.device(device):
+            return AutoModelForCausalLM.from_config(config, **kwargs)
     with torch.device(device):
-        model = AutoModelForSeq2SeqLM.from_config(config)
+        model = AutoModelForSeq2SeqLM.from_config(config, **kwargs)
     untie_lm_head(model)
     return model
 
