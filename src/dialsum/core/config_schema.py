@@ -26,20 +26,72 @@ def _f(default: Any, help: str, **kwargs: Any) -> Any:
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+ModelKind = Literal["seq2seq", "causal"]
+Method = Literal["full", "lora", "qlora"]
+
+ALL_LINEAR = "all-linear"
+"""peft's name for "every linear layer but the output head" (the causal LoRA default)."""
+
+DEFAULT_PROMPT_TEMPLATE = "다음 대화를 읽고 핵심 내용을 한국어로 요약하세요.\n\n{dialogue}\n\n요약:"
+"""The built-in Korean instruction for causal LMs (the user turn under a chat template)."""
+
+
 @dataclass
 class LoraConfig:
-    enabled: bool = _f(False, "Train LoRA adapters on attention q,k,v,o instead of all weights.")
+    enabled: bool = _f(
+        False, "Train LoRA adapters instead of all weights (the same as model.method: lora)."
+    )
     rank: int = _f(8, "LoRA rank r.")
     alpha: int = _f(16, "LoRA scaling alpha.")
     dropout: float = _f(0.05, "Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] | None = _f(
+        None,
+        "Module names that get adapters; null = the attention q,k,v,o projections for "
+        "seq2seq models, 'all-linear' (peft: every linear layer but the head) for causal LMs.",
+    )
+
+
+@dataclass
+class QuantizationConfig:
+    quant_type: Literal["nf4", "fp4"] = _f("nf4", "4-bit data type of the frozen weights (qlora).")
+    double_quant: bool = _f(True, "Quantize the 4-bit scales again (about 0.4 bit/param less).")
+    compute_dtype: Literal["auto", "bf16", "fp16", "fp32"] = _f(
+        "auto",
+        "dtype the 4-bit weights are dequantized to for each matmul; auto = bf16 where the "
+        "GPU has it, fp16 on older GPUs, fp32 on CPU.",
+    )
 
 
 @dataclass
 class ModelConfig:
-    name: str = _f("", "Hub id, local directory, or tiny:t5 / tiny:bart (built offline).")
+    name: str = _f(
+        "", "Hub id, local directory, or tiny:t5 / tiny:bart / tiny:llama (built offline)."
+    )
+    kind: Literal["auto", "seq2seq", "causal"] = _f(
+        "auto",
+        "seq2seq (T5, mT5, BART) or causal (decoder-only: Llama, Qwen2, Gemma2, Mistral); "
+        "auto = from the model's config (is_encoder_decoder / architectures).",
+    )
+    method: Method | None = _f(
+        None,
+        "full (every weight trains), lora (adapters, base frozen) or qlora (adapters on a "
+        "4-bit base; causal LMs, needs `uv sync --extra bnb`); null = lora when "
+        "model.lora.enabled, else full.",
+    )
     trust_remote_code: bool = _f(False, "Run model code from the hub repository (off: safer).")
     dropout: float | None = _f(None, "Override every dropout probability of the model.")
     lora: LoraConfig = field(default_factory=LoraConfig)
+    quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
+
+    @property
+    def training_method(self) -> Method:
+        """The method a run uses (validation resolves ``method`` from ``lora.enabled``)."""
+        return self.method or ("lora" if self.lora.enabled else "full")
+
+    @property
+    def adapters(self) -> bool:
+        """Whether the run trains LoRA adapters (lora or qlora)."""
+        return self.training_method != "full"
 
 
 @dataclass
@@ -49,6 +101,19 @@ class TokenizerConfig:
     max_source_length: int = _f(512, "Encoder tokens kept per dialogue (longer is truncated).")
     max_target_length: int = _f(64, "Decoder tokens kept per summary (longer is truncated).")
     special_tokens: list[str] = _f(list(SPECIAL_TOKENS), "Tokens never split (speakers, PII).")
+    prompt_template: str = _f(
+        DEFAULT_PROMPT_TEMPLATE,
+        "Causal LMs: the instruction around each dialogue; {dialogue} marks where it goes "
+        "(the user turn when a chat template is used). Seq2seq models use prefix instead.",
+    )
+    system_prompt: str | None = _f(
+        None, "Causal LMs with a chat template: a system turn before the instruction."
+    )
+    chat_template: bool | Auto = _f(
+        "auto",
+        "Causal LMs: wrap the instruction in the tokenizer's chat template; auto = when the "
+        "tokenizer has one (instruct models), else the plain template.",
+    )
 
 
 @dataclass
@@ -89,10 +154,13 @@ class TrainingConfig:
     lr_scheduler_type: Literal[
         "linear", "cosine", "constant", "constant_with_warmup", "polynomial"
     ] = _f("linear", "Learning-rate schedule.")
-    optimizer: Literal["auto", "adamw", "adamw_foreach", "adafactor", "adamw8bit", "sgd"] = _f(
+    optimizer: Literal[
+        "auto", "adamw", "adamw_foreach", "adafactor", "adamw8bit", "paged_adamw8bit", "sgd"
+    ] = _f(
         "auto",
         "auto = fused AdamW, which the planner may replace by Adafactor when memory is short; "
-        "a named optimizer is kept (adamw8bit needs `uv sync --extra bnb`).",
+        "a named optimizer is kept (adamw8bit and paged_adamw8bit - states pageable to CPU "
+        "memory - need a CUDA GPU and `uv sync --extra bnb`).",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _f(
         "auto", "auto = bf16 where the GPU has it, else fp32 (T5) / fp16 (BART)."

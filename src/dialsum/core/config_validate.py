@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import types
 import typing
 from typing import Any, Literal, Union
@@ -147,6 +148,7 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
     if t.eval_strategy == "steps" and not t.eval_steps:
         errors.append("training.eval_steps: required when training.eval_strategy is 'steps'")
     _check_batch_split(t, errors)
+    check_model_method(cfg, errors)
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "none"):
             hint = suggest(name, ["tensorboard", "wandb", "none"])
@@ -178,6 +180,61 @@ def _check_batch_split(t: TrainingConfig, errors: list[str]) -> None:
                 f"{t.effective_batch_size} for any number of GPUs; remove "
                 "gradient_accumulation_steps (it is derived)"
             )
+
+
+SUPPORTED_METHODS = (
+    "seq2seq models (T5, mT5, BART) train with model.method full or lora; causal LMs "
+    "(model.kind: causal - Llama, Qwen2, Gemma2, Mistral style) with full, lora or qlora"
+)
+
+
+def check_model_method(cfg: SectionConfig, errors: list[str]) -> None:
+    """Model kind, training method, LoRA targets, quantization and prompt: the rules the
+    config alone can decide (the kind ``auto`` resolves to is checked when the model's
+    config is read, ``models.causal.resolve_kind``). On success ``model.method`` is
+    resolved (``lora.enabled`` -> lora) and ``lora.enabled`` agrees with it, so every reader
+    sees one answer."""
+    m, tok = cfg.model, cfg.tokenizer
+    if m.method == "full" and m.lora.enabled:
+        errors.append(
+            "model.method: full disagrees with model.lora.enabled: true; remove one of them "
+            "(model.method: lora trains adapters, model.method: full trains every weight)"
+        )
+    method = m.training_method
+    tiny_family = m.name[len("tiny:") :] if m.name.startswith("tiny:") else None
+    kind = m.kind
+    if kind == "auto" and tiny_family is not None:
+        kind = "causal" if tiny_family == "llama" else "seq2seq"
+    if tiny_family in ("t5", "bart") and m.kind == "causal":
+        errors.append(f"model.kind: causal, but {m.name} is a seq2seq model; use tiny:llama")
+    if tiny_family == "llama" and m.kind == "seq2seq":
+        errors.append("model.kind: seq2seq, but tiny:llama is a causal LM; use tiny:t5")
+    if method == "qlora":
+        if kind == "seq2seq":
+            errors.append(f"model.method: qlora is not supported for {m.name}: {SUPPORTED_METHODS}")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            errors.append(
+                "model.method: qlora needs the bitsandbytes package: run "
+                "`uv sync --extra bnb` (or train with model.method: lora)"
+            )
+        if cfg.hardware.zero_stage:
+            errors.append(
+                "model.method: qlora with hardware.zero_stage > 0 is not supported; set "
+                "hardware.zero_stage: 0 (a 4-bit base with adapters rarely needs DeepSpeed)"
+            )
+    if m.lora.target_modules is not None and not m.lora.target_modules:
+        errors.append(
+            "model.lora.target_modules: empty; name the modules to adapt (e.g. [q_proj, "
+            "v_proj]), write all-linear, or remove the key for the default"
+        )
+    if tok.prompt_template.count("{dialogue}") != 1:
+        errors.append(
+            "tokenizer.prompt_template: must contain {dialogue} exactly once (where the "
+            f"dialogue goes), got {tok.prompt_template!r}"
+        )
+    if not errors:
+        m.method = method
+        m.lora.enabled = method != "full"
 
 
 def typed_section(

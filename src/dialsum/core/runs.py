@@ -142,7 +142,8 @@ def latest_run(output_dir: str | Path, section: str) -> RunDir | None:
 def find_best_model(output_dir: str | Path, section: str) -> Path:
     """The best model of the latest run that has one; a clear error when none exists."""
     for run in reversed(list_runs(output_dir, section)):
-        if (run.best / "config.json").is_file():
+        # A whole model (config.json), or a causal LoRA/QLoRA run's adapters.
+        if any((run.best / name).is_file() for name in ("config.json", "adapter_config.json")):
             return run.best
         last = run.last_checkpoint()
         if last is not None:

@@ -147,6 +147,15 @@ def length_report(
     sources = _untruncated_lengths(tokenizer, _sources(records, prefix), target=False)
     with_summary = [record for record in records if record.summary is not None]
     targets = _untruncated_lengths(tokenizer, _targets(with_summary), target=True)
+    return report_from_lengths(sources, targets, max_source_len, max_target_len)
+
+
+def report_from_lengths(
+    sources: Sequence[int], targets: Sequence[int], max_source_len: int, max_target_len: int
+) -> LengthReport:
+    """The report of untruncated ``sources`` / ``targets`` lengths (any order) at these
+    limits; causal LMs measure prompt and summary + EOS lengths (``data.prompt``)."""
+    sources, targets = sorted(sources), sorted(targets)
     source_over = sum(n > max_source_len for n in sources)
     target_over = sum(n > max_target_len for n in targets)
     source_max = sources[-1] if sources else 0

@@ -10,6 +10,12 @@ stays within the planner's token budget, and no batch exceeds the planner's row 
 per-row logits and beam bookkeeping do not shrink with the source): short dialogues travel
 in big batches, long ones in small batches, and little compute is spent on padding. A batch
 that still OOMs is split in halves. Outputs are put back in input order.
+
+Causal LMs generate from the prompt (``data.prompt``) padded on the left, with the KV
+cache; the source of the cost formula is the prompt, and the output is cut after the
+prompt's columns, so only the new tokens are decoded and cleaned. A LoRA/QLoRA run's
+``best/`` holds adapters: ``setup_model`` loads the section's base (4-bit for QLoRA) with
+them on it.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from dialsum.training.oom_guard import free_device_memory, is_oom
 from dialsum.training.run_data import (
     generation_kwargs,
     memory_cap,
+    prompt_format,
     tokenize_table,
 )
 from dialsum.training.run_memory import (
@@ -68,9 +75,16 @@ def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _generate_rows(model, tokenizer, rows: list[dict[str, list[int]]], gen: dict[str, Any]):
+def _generate_rows(
+    model,
+    tokenizer,
+    rows: list[dict[str, list[int]]],
+    gen: dict[str, Any],
+    causal: bool = False,
+):
     features = [{"input_ids": r["input_ids"], "attention_mask": r["attention_mask"]} for r in rows]
-    batch = tokenizer.pad(features, return_tensors="pt")
+    # A causal LM continues each row after its last token: pad on the left (data.prompt).
+    batch = tokenizer.pad(features, return_tensors="pt", padding_side="left" if causal else "right")
     device = _device_of(model)
     with torch.inference_mode():
         out = model.generate(
@@ -78,6 +92,8 @@ def _generate_rows(model, tokenizer, rows: list[dict[str, list[int]]], gen: dict
             attention_mask=batch["attention_mask"].to(device),
             **gen,
         )
+    if causal:
+        out = out[:, batch["input_ids"].shape[1] :]  # [rows, new]: the prompt is not output
     return decode_keep_special(tokenizer, out.cpu().tolist())
 
 
@@ -92,13 +108,15 @@ def generate_summaries(
     progress: bool = True,
     fault_injector=None,
     stats: GenerationStats | None = None,
+    causal: bool = False,
 ) -> list[str]:
     """Summaries for tokenized ``rows`` in input order.
 
     ``token_budget`` counts ``batching.generation_cost`` tokens (the ``num_beams`` and
     ``max_new_tokens`` of ``gen``); ``max_batch_size`` caps the rows of a batch.
     On an OOM the failing batch is split in halves and retried; a single row that still
-    does not fit raises (nothing smaller is possible).
+    does not fit raises (nothing smaller is possible). ``causal``: rows are prompts of a
+    decoder-only LM (module docstring).
     """
     stats = stats if stats is not None else GenerationStats()
     model.eval()
@@ -115,7 +133,7 @@ def generate_summaries(
         try:
             if fault_injector is not None:
                 fault_injector("predict", len(indices))
-            texts = _generate_rows(model, tokenizer, [rows[i] for i in indices], gen)
+            texts = _generate_rows(model, tokenizer, [rows[i] for i in indices], gen, causal)
         except Exception as exc:  # noqa: BLE001 - only OOMs are handled
             if not is_oom(exc) or len(indices) == 1:
                 raise
@@ -137,8 +155,9 @@ def predict_table(
     cfg: SectionConfig, model, tokenizer, table: DialogueTable, settings, **kwargs
 ) -> list[str]:
     """Summaries of every record of ``table``, in order, at the run's ``settings``."""
+    prompt = prompt_format(cfg, model, tokenizer)  # None: a seq2seq model
     rows = tokenize_table(
-        cfg, table, tokenizer, source_len=settings.source_len, with_labels=False
+        cfg, table, tokenizer, source_len=settings.source_len, with_labels=False, prompt=prompt
     ).rows
     return generate_summaries(
         model,
@@ -147,6 +166,7 @@ def predict_table(
         generation_kwargs(cfg),
         token_budget=settings.generation_token_budget,
         max_batch_size=settings.generation_row_cap,
+        causal=prompt is not None,
         **kwargs,
     )
 
@@ -188,9 +208,11 @@ def run_predict(
     if output is None:
         output = Path(cfg.inference.output) if cfg.inference.output else _default_output(model_dir)
     require_writable(output)  # before minutes of loading and generating, not after
-    model, tokenizer = setup_model(cfg, checkpoint=model_dir)
+    model, tokenizer = setup_model(
+        cfg, checkpoint=model_dir, device="cuda" if use_cuda(cfg) else "cpu"
+    )
     settings = resolve_settings(cfg, model.config, echo=echo)
-    if use_cuda(cfg):
+    if use_cuda(cfg) and not getattr(model, "is_loaded_in_4bit", False):
         # Generation in the dtype the plan simulated: bf16/fp16 where training used it
         # (half the weight and cache memory), fp32 otherwise.
         model.to("cuda", dtype=_DTYPES[settings.predict_precision])

@@ -141,6 +141,7 @@ def _check_local_dir(name_or_path: str, what: str) -> None:
                 "weights only. Use the run's best/ folder or another complete checkpoint, or "
                 "copy the tokenizer files of the model it was trained from into it."
             )
+        return  # tokenizer files need no config.json (a causal run's adapters folder)
     if not path.is_dir():
         raise ConfigError(
             f"{what} directory {str(path)!r} does not exist. Give a hub id "

@@ -5,6 +5,10 @@ Every verb that loads a model (``train``, ``predict``, ``plan``, the checks) goe
 ``setup_model``, so all of them read the same model; ``resolve_model`` is the dispatch
 between ``models.loading`` and ``models.tiny`` (the tiny builder loads and saves through
 ``loading``, so the dispatch lives above both).
+
+Causal LMs (``models.causal``) load through ``AutoModelForCausalLM``, in 4-bit for
+``model.method: qlora``; a checkpoint folder that holds adapters (a LoRA/QLoRA causal run)
+is loaded as the section's base model with those adapters on it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,18 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from dialsum.core.config_schema import SectionConfig
-from dialsum.core.errors import UserError, first_line
+from dialsum.core.errors import ConfigError, UserError, first_line
 from dialsum.data import dataset as data_mod
-from dialsum.models.architectures import set_dropout
+from dialsum.models.architectures import load_config, set_dropout
+from dialsum.models.causal import (
+    is_adapter_folder,
+    load_adapters,
+    load_causal_model,
+    prepare_causal_tokenizer,
+    resolve_kind,
+)
 from dialsum.models.loading import TINY_PREFIX, load_model, load_tokenizer
-from dialsum.models.tiny import resolve_tiny
+from dialsum.models.tiny import resolve_tiny, tiny_family, tiny_folder
 
 
 def resolve_model(
@@ -49,6 +60,9 @@ def tiny_texts_from(cfg: SectionConfig):
     def texts() -> list[str]:
         table = data_mod.read_dialogue_csv(Path(cfg.data.train), "train")
         out: list[str] = []
+        if cfg.model.name == "tiny:llama":
+            # The instruction around every dialogue: its words get pieces of their own.
+            out.append(cfg.tokenizer.prompt_template.replace("{dialogue}", ""))
         for rec in table.records:
             out.append(cfg.tokenizer.prefix + rec.dialogue)
             out.extend(rec.references)
@@ -62,10 +76,20 @@ def tiny_cache_dir() -> Path:
     return Path(root) / "tiny" if root else Path.home() / ".cache" / "dialsum" / "tiny"
 
 
-def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
-    """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model."""
+def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None, *, device: str = "cpu"):
+    """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model.
+
+    ``device`` matters for QLoRA only: 4-bit weights are quantized while loading, on the
+    device they will run on ("cuda": GPU 0).
+    """
     try:
-        return _setup_model(cfg, checkpoint)
+        if _causal(cfg, checkpoint):
+            model, tokenizer = _setup_causal(cfg, checkpoint, device)
+        else:
+            model, tokenizer = _setup_model(cfg, checkpoint)
+        if cfg.model.dropout is not None:
+            set_dropout(model, cfg.model.dropout)
+        return model, tokenizer
     except OSError as exc:
         # transformers raises OSError for unreachable hubs, unknown repos and missing files.
         name = checkpoint or cfg.model.name
@@ -93,6 +117,45 @@ def _setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
             cache_dir=tiny_cache_dir(),
             trust_remote_code=remote,
         )
-    if cfg.model.dropout is not None:
-        set_dropout(model, cfg.model.dropout)
+    return model, tokenizer
+
+
+def _causal(cfg: SectionConfig, checkpoint: str | Path | None) -> bool:
+    """Whether the section's model is a causal LM (its config read; ``model.kind``
+    checked against it, and the method against the kind)."""
+    name = cfg.model.name
+    if name.startswith(TINY_PREFIX):
+        causal = tiny_family(name) == "llama"
+        if not causal and cfg.model.training_method == "qlora":
+            raise ConfigError(f"model.method: qlora is not supported for {name}")
+        return causal
+    if checkpoint is not None and not is_adapter_folder(checkpoint):
+        name = str(checkpoint)
+    return resolve_kind(cfg.model, load_config(name)) == "causal"
+
+
+def _setup_causal(cfg: SectionConfig, checkpoint: str | Path | None, device: str):
+    """A causal LM: the base the section names (4-bit for qlora) with a checkpoint's
+    adapters on it, or a whole checkpoint (full fine-tuning)."""
+    remote = cfg.model.trust_remote_code
+    quantization = cfg.model.quantization if cfg.model.training_method == "qlora" else None
+    if checkpoint is not None and not is_adapter_folder(checkpoint):
+        tokenizer = prepare_causal_tokenizer(
+            load_tokenizer(str(checkpoint), trust_remote_code=remote)
+        )
+        model = load_causal_model(str(checkpoint), tokenizer, trust_remote_code=remote)
+        return model, tokenizer
+    base = cfg.model.name
+    if base.startswith(TINY_PREFIX):
+        base = str(tiny_folder(base, tiny_texts_from(cfg), tiny_cache_dir(), 2000))
+    tokenizer_source = str(checkpoint) if checkpoint is not None else cfg.tokenizer.name or base
+    tokenizer = load_tokenizer(
+        tokenizer_source, trust_remote_code=remote, special_tokens=cfg.tokenizer.special_tokens
+    )
+    tokenizer = prepare_causal_tokenizer(tokenizer)
+    model = load_causal_model(
+        base, tokenizer, quantization=quantization, device=device, trust_remote_code=remote
+    )
+    if checkpoint is not None:
+        model = load_adapters(model, checkpoint)
     return model, tokenizer

@@ -1,9 +1,11 @@
 """Tiny models built offline: a tokenizer trained on the caller's texts and a
-few-hundred-thousand-parameter T5 or BART, deterministic for the same texts and seed.
+few-hundred-thousand-parameter T5, BART or Llama-style causal LM, deterministic for the
+same texts and seed.
 
 The demo and the tests run the whole pipeline (train, evaluate, predict) on these without
-downloads; ``resolve_model("tiny:t5" | "tiny:bart")`` builds one, or loads it from the cache
-folder where an earlier run saved it (keyed by a hash of texts, family and vocabulary size).
+downloads; ``resolve_model("tiny:t5" | "tiny:bart" | "tiny:llama")`` builds one, or loads it
+from the cache folder where an earlier run saved it (keyed by a hash of texts, family and
+vocabulary size); ``tiny_folder`` gives that folder (a 4-bit QLoRA load reads it).
 The tokenizers keep the speaker/PII markers as single tokens, like the real ones.
 """
 
@@ -33,6 +35,7 @@ from tokenizers import (
 from torch import nn
 from transformers import (
     BartConfig,
+    LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -52,7 +55,7 @@ from dialsum.models.loading import (
     set_generation_ids,
 )
 
-TinyFamily = Literal["t5", "bart"]
+TinyFamily = Literal["t5", "bart", "llama"]
 
 # Bump when the tiny tokenizer/model recipe changes, so stale caches are not reused.
 _TINY_RECIPE_VERSION = "2"
@@ -61,6 +64,7 @@ _TINY_RECIPE_VERSION = "2"
 _FAMILY_SPECIALS: dict[str, tuple[str, ...]] = {
     "t5": ("<pad>", "</s>", "<unk>"),
     "bart": ("<s>", "<pad>", "</s>", "<unk>"),
+    "llama": ("<s>", "<pad>", "</s>", "<unk>"),
 }
 
 
@@ -78,9 +82,11 @@ def train_tiny_tokenizer(
 
     t5: Unigram (sentencepiece style), ids ``<pad>``=0, ``</s>``=1, ``<unk>``=2, ``</s>``
     appended. bart: BPE, ids ``<s>``=0, ``<pad>``=1, ``</s>``=2, ``<unk>``=3, input wrapped
-    in ``<s> … </s>``. Both split words on spaces with the ``▁`` marker (Metaspace) so decoding
-    gives back Korean text with its spaces. ``vocab_size`` is an upper bound: a small corpus
-    yields fewer pieces. Characters unseen in ``texts`` become ``<unk>``.
+    in ``<s> … </s>``. llama: bart's BPE and ids, ``<s>`` prepended only (a causal LM reads
+    on past the prompt, so no ``</s>`` after it). All split words on spaces with the ``▁``
+    marker (Metaspace) so decoding gives back Korean text with its spaces. ``vocab_size``
+    is an upper bound: a small corpus yields fewer pieces. Characters unseen in ``texts``
+    become ``<unk>``.
     """
     _check_family(family)
     corpus = list(texts)
@@ -181,6 +187,10 @@ def _post_processor(family: str, tokenizer: Tokenizer) -> processors.PostProcess
             single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos]
         )
     bos = ("<s>", tokenizer.token_to_id("<s>"))
+    if family == "llama":
+        return processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[bos]
+        )
     return processors.TemplateProcessing(
         single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[bos, eos]
     )
@@ -190,13 +200,15 @@ def _wrap(
     tokenizer: Tokenizer, family: str, special_tokens: Sequence[str]
 ) -> PreTrainedTokenizerFast:
     named: dict[str, str] = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-    if family == "bart":
+    if family != "t5":
         named["bos_token"] = "<s>"
+    # tiny BART has 256 learned positions; T5's relative positions have no hard limit;
+    # tiny Llama's rotary positions are set to 1,024 (prompt + summary).
+    max_length = {"bart": 256, "t5": 512, "llama": 1024}[family]
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         extra_special_tokens=list(special_tokens),
-        # tiny BART has 256 learned positions; T5's relative positions have no hard limit.
-        model_max_length=256 if family == "bart" else 512,
+        model_max_length=max_length,
         **named,
     )
 
@@ -205,8 +217,23 @@ def _wrap(
 
 
 def tiny_config(family: TinyFamily, vocab_size: int) -> PretrainedConfig:
-    """A tiny T5 (v1.1 style, untied head) or BART config with the tiny tokenizer's ids."""
+    """A tiny T5 (v1.1 style, untied head), BART or Llama (grouped-query attention, gated
+    SiLU MLP, untied head) config with the tiny tokenizer's ids."""
     _check_family(family)
+    if family == "llama":
+        return LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+            bos_token_id=0,
+            pad_token_id=1,
+            eos_token_id=2,
+            tie_word_embeddings=False,
+        )
     if family == "t5":
         return T5Config(
             vocab_size=vocab_size,
@@ -256,7 +283,12 @@ def build_tiny_model(
     model = model_from_config(config)
     if head_is_untied(model):
         _init_untied_head(model)
-    set_generation_ids(model, tokenizer)
+    if family == "llama":
+        from dialsum.models.causal import set_causal_generation_ids
+
+        set_causal_generation_ids(model, tokenizer)
+    else:
+        set_generation_ids(model, tokenizer)
     return model, tokenizer
 
 
@@ -281,22 +313,50 @@ def resolve_tiny(
     vocab_size: int,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """``resolve_model`` for ``tiny:<family>``: built on ``tiny_texts()``, cached by their hash."""
+    family = tiny_family(spec)
+    if cache_dir is None:
+        texts = _texts(spec, tiny_texts)
+        return build_tiny_model(texts, family=family, vocab_size=vocab_size)
+    target = tiny_folder(spec, tiny_texts, cache_dir, vocab_size)
+    tokenizer = load_tokenizer(str(target))
+    if family == "llama":
+        from dialsum.models.causal import load_causal_model, prepare_causal_tokenizer
+
+        tokenizer = prepare_causal_tokenizer(tokenizer)
+        return load_causal_model(str(target), tokenizer), tokenizer
+    return load_model(str(target), tokenizer), tokenizer
+
+
+def tiny_family(spec: str) -> TinyFamily:
+    """``tiny:llama`` -> ``llama`` (a ``ConfigError`` for an unknown family)."""
     family = spec[len(TINY_PREFIX) :]
     _check_family(family)
+    return family  # type: ignore[return-value]  # checked above
+
+
+def _texts(spec: str, tiny_texts: Callable[[], Iterable[str]] | None) -> list[str]:
     if tiny_texts is None:
         raise ConfigError(
             f"model {spec!r} is trained on the run's texts, but none were given; "
             "pass tiny_texts (e.g. the training dialogues) or use a hub id / model directory"
         )
-    texts = list(tiny_texts())
-    if cache_dir is None:
-        return build_tiny_model(texts, family=family, vocab_size=vocab_size)
+    return list(tiny_texts())
+
+
+def tiny_folder(
+    spec: str,
+    tiny_texts: Callable[[], Iterable[str]] | None,
+    cache_dir: Path,
+    vocab_size: int,
+) -> Path:
+    """The cache folder of ``spec`` built on ``tiny_texts()`` (built and saved when missing)."""
+    family = tiny_family(spec)
+    texts = _texts(spec, tiny_texts)
     target = Path(cache_dir) / f"tiny-{family}-{tiny_cache_key(texts, family, vocab_size)}"
     if not (target / "config.json").is_file():
         model, tokenizer = build_tiny_model(texts, family=family, vocab_size=vocab_size)
         _save_atomically(model, tokenizer, target)
-    tokenizer = load_tokenizer(str(target))
-    return load_model(str(target), tokenizer), tokenizer
+    return target
 
 
 def tiny_cache_key(texts: Sequence[str], family: str, vocab_size: int) -> str:

@@ -29,6 +29,11 @@ once after an OOM that updated nothing: ``optimizer_guard``).
 Evaluation batches are cut into chunks of ``guard.eval_batch_size`` rows in
 ``prediction_step``, halved after an OOM (no accumulation: no divisor rule).
 
+Causal LMs (``causal=True``) run the same step with shifted labels (``step.train_step``);
+their evaluation scores the token-sum loss on prompt + summary, then generates from the
+prompts alone (left-padded, cut from each row where its labels start) and scores the new
+tokens only.
+
 Several ranks (DDP): every micro-batch runs under ``no_sync`` and gradients are averaged
 over ranks only after all ranks agreed that the step succeeded (``agree_on_batch``). DDP
 would start its all-reduce inside the last backward, where a rank that hit an OOM never
@@ -55,7 +60,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from dialsum.core.errors import first_line
-from dialsum.step.train_step import build_optimizer, label_token_count, step_forward_backward
+from dialsum.data.prompt import left_pad, prompts_and_targets
+from dialsum.step.train_step import (
+    build_optimizer,
+    label_token_count,
+    shift_causal_labels,
+    step_forward_backward,
+    token_sum_loss,
+)
 from dialsum.training.distributed import reduce_or_stop, reduce_staging
 from dialsum.training.oom_guard import (
     GuardState,
@@ -88,9 +100,14 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
         fault_injector: Callable[[str, int], None] | None = None,
         optimizer_name: str = "adamw",
         memory_phases=None,
+        causal: bool = False,
+        generation: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.causal = causal
+        # Causal evaluation calls generate() itself, with the section's inference options.
+        self.generation = dict(generation or {})
         self.optimizer_name = optimizer_name
         # run_memory.PhasePeaks shared with the monitor callback: evaluate() is its eval phase.
         self.memory_phases = memory_phases
@@ -180,6 +197,7 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
             backward=self.accelerator.backward,
             context=context,
             before_micro_batch=before,
+            causal=self.causal,
         )
 
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -246,7 +264,7 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
     def _token_normalizer(self, labels: torch.Tensor) -> float:
         """Label tokens of the whole step over all ranks, divided by the world size (DDP then
         averages gradients over ranks, so the result is the global per-token mean)."""
-        tokens = label_token_count(labels)
+        tokens = label_token_count(labels, causal=self.causal)
         world = self.accelerator.num_processes
         if world > 1:
             tokens = self.accelerator.reduce(tokens, reduction="sum")
@@ -303,6 +321,9 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
                 }
                 if self.fault_injector is not None:
                     self.fault_injector("eval", min(size, rows - start))
+                if self.causal:
+                    parts.append(self._causal_prediction_step(model, chunk, prediction_loss_only))
+                    continue
                 parts.append(
                     super(GuardedSeq2SeqTrainer, self).prediction_step(
                         model, chunk, prediction_loss_only, ignore_keys, **gen_kwargs
@@ -322,6 +343,28 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
             hint="lower inference.num_beams or tokenizer.max_source_length",
         )
         return result
+
+    def _causal_prediction_step(
+        self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(mean token loss, new tokens, summary labels) of a causal batch: prompt + summary
+        rows scored with the training loss, then the prompts alone generated from."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]  # [rows, seq], -100 on prompt and padding
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            loss = token_sum_loss(logits.logits, shift_causal_labels(labels), 0.0)
+            del logits
+        loss = loss / label_token_count(labels, causal=True).clamp(min=1)
+        if prediction_loss_only or self.args.prediction_loss_only:
+            return loss.detach(), None, None
+        prompts, targets = prompts_and_targets(inputs["input_ids"], labels)
+        ids, mask = left_pad(prompts, self._pad_id(), device=labels.device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, **self.generation)
+        new_tokens = out[:, ids.shape[1] :]  # [rows, new]: the prompt is not the summary
+        summary_labels, _ = left_pad(targets, -100, device=labels.device, side="right")
+        return loss.detach(), new_tokens, summary_labels
 
     def _pad_id(self) -> int:
         tok = self.processing_class

@@ -31,6 +31,8 @@ from dialsum.core.runs import (
 )
 from dialsum.core.torch_build import prepare_cuda_run
 from dialsum.data.dataset import DialogueTable
+from dialsum.models.architectures import is_causal
+from dialsum.models.causal import prepare_for_kbit
 from dialsum.models.lora import apply_lora
 from dialsum.models.setup import setup_model
 from dialsum.training import distributed
@@ -42,6 +44,7 @@ from dialsum.training.run_data import (
     generation_kwargs,
     length_report,
     memory_cap,
+    prompt_format,
     read_tables,
 )
 from dialsum.training.run_memory import MemorySummary
@@ -178,9 +181,11 @@ def _prepare(cfg: SectionConfig, resumed, echo) -> _Ready:
     )
     with distributed.main_process_first():  # rank 0 fills the download / tiny-model cache
         model, tokenizer = setup_model(
-            cfg, checkpoint=final_model(resumed[1]) if finished else None
+            cfg,
+            checkpoint=final_model(resumed[1]) if finished else None,
+            device="cuda" if use_cuda(cfg) else "cpu",
         )
-    report = length_report(cfg, train_table, tokenizer)
+    report = length_report(cfg, train_table, tokenizer, prompt_format(cfg, model, tokenizer))
     echo(report.format())
     guard = None
     if resumed is not None and resumed[0].guard.is_file():
@@ -196,11 +201,8 @@ def _start(ready: _Ready, run: RunDir, hooks: dict[str, Any]) -> GuardedSeq2SeqT
         guard = GuardState(
             micro_batch_size=settings.micro_batch_size, eval_batch_size=settings.eval_batch_size
         )
-    if cfg.model.lora.enabled:
-        lora = cfg.model.lora
-        ready.model = apply_lora(
-            ready.model, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout
-        )
+    if cfg.model.adapters:
+        ready.model = _with_adapters(ready.model, ready.tokenizer, cfg, settings)
     if distributed.is_main_process():
         write_json_atomic(run.plan, settings.to_json())
         guard.save(run.guard)
@@ -210,6 +212,28 @@ def _start(ready: _Ready, run: RunDir, hooks: dict[str, Any]) -> GuardedSeq2SeqT
         cfg, settings, run, ready.model, ready.tokenizer, ready.train_table, ready.dev_table,
         generation_kwargs(cfg), guard, deepspeed_config=deepspeed_config, **hooks,
     )  # fmt: skip
+
+
+def _with_adapters(model, tokenizer, cfg: SectionConfig, settings: Settings):
+    """LoRA adapters on the model (the base frozen); QLoRA first prepares the 4-bit base
+    (``models.causal.prepare_for_kbit``: fp32 non-4-bit parameters, non-reentrant
+    checkpointing when the run checkpoints)."""
+    lora = cfg.model.lora
+    causal = is_causal(model)
+    if cfg.model.training_method == "qlora":
+        model = prepare_for_kbit(model, settings.gradient_checkpointing)
+    # A causal run saves its adapters alone: the speaker/PII marker rows of the embedding
+    # train with them and are saved with them (a reloaded base would hold other values).
+    markers = [tokenizer.convert_tokens_to_ids(t) for t in cfg.tokenizer.special_tokens]
+    return apply_lora(
+        model,
+        rank=lora.rank,
+        alpha=lora.alpha,
+        dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        causal=causal,
+        trainable_token_indices=sorted(set(markers)) if causal else (),
+    )
 
 
 def _fit(trainer, ready: _Ready, run: RunDir, checkpoint: Path | None, echo) -> dict[str, float]:
@@ -285,9 +309,10 @@ def _new_run(cfg: SectionConfig, locks: list[RunLock], echo) -> RunDir:
 
 
 def save_best(trainer, cfg: SectionConfig, run: RunDir, tokenizer) -> None:
-    """Save the (best) model as a full model: LoRA adapters are merged first, so `predict`
-    loads it like any other checkpoint."""
-    if not cfg.model.lora.enabled:
+    """Save the (best) model: a whole model (seq2seq LoRA adapters merged first), or for a
+    causal LoRA/QLoRA run its adapters and the tokenizer, which `predict` puts back on the
+    section's base model (a 4-bit base cannot be merged into and saved exactly)."""
+    if not cfg.model.lora.enabled or is_causal(trainer.model):
         trainer.save_model(str(run.best))
         return
     if trainer.is_world_process_zero():

@@ -17,7 +17,9 @@ from torch.utils.data import Dataset
 
 from dialsum.core.config_schema import SectionConfig
 from dialsum.data import dataset as data_mod
+from dialsum.data import prompt as data_prompt
 from dialsum.data import tokenize as data_tok
+from dialsum.models.architectures import is_causal
 from dialsum.training.settings import Settings
 
 
@@ -49,12 +51,38 @@ def read_tables(cfg: SectionConfig, *, train: bool = True, dev: bool = True, ech
     return out.get("train"), out.get("dev")
 
 
+def prompt_format(cfg: SectionConfig, model, tokenizer) -> data_prompt.PromptFormat | None:
+    """The prompt of a causal LM (``data.prompt``); ``None`` for a seq2seq model."""
+    if not is_causal(model):
+        return None
+    return data_prompt.PromptFormat.build(tokenizer, cfg.tokenizer)
+
+
 def tokenize_table(
-    cfg: SectionConfig, table, tokenizer, *, source_len: int, with_labels: bool = True
+    cfg: SectionConfig,
+    table,
+    tokenizer,
+    *,
+    source_len: int,
+    with_labels: bool = True,
+    prompt: data_prompt.PromptFormat | None = None,
 ):
     """``table``'s records tokenized with the section's prefix and target limit, sources cut
     at ``source_len``: the run's ``Settings.source_len`` (the planner's, when it shortened
-    the source), so train, eval and predict tokenize at the length the plan simulated."""
+    the source), so train, eval and predict tokenize at the length the plan simulated.
+    With ``prompt`` (a causal LM) a source is the whole prompt, and a row with labels is
+    prompt + summary + EOS (``data.prompt.tokenize_causal``)."""
+    if prompt is not None:
+        return ListDataset(
+            data_prompt.tokenize_causal(
+                table.records,
+                tokenizer,
+                prompt,
+                source_len=source_len,
+                max_target_len=cfg.tokenizer.max_target_length,
+                with_labels=with_labels,
+            )
+        )
     return ListDataset(
         data_tok.tokenize_records(
             table.records,
@@ -67,7 +95,19 @@ def tokenize_table(
     )
 
 
-def length_report(cfg: SectionConfig, table, tokenizer) -> data_tok.LengthReport:
+def length_report(
+    cfg: SectionConfig, table, tokenizer, prompt: data_prompt.PromptFormat | None = None
+) -> data_tok.LengthReport:
+    """Source and target lengths of ``table``; for a causal LM (``prompt``) the prompt and
+    the summary + EOS."""
+    tok = cfg.tokenizer
+    if prompt is not None:
+        return data_tok.report_from_lengths(
+            data_prompt.prompt_lengths(table.records, tokenizer, prompt),
+            data_prompt.target_lengths(table.records, tokenizer),
+            tok.max_source_length,
+            tok.max_target_length,
+        )
     return data_tok.length_report(
         table.records,
         tokenizer,

@@ -16,11 +16,12 @@ from transformers import EarlyStoppingCallback, GenerationConfig, Seq2SeqTrainin
 from dialsum.core.config_schema import SectionConfig, TrainingConfig
 from dialsum.core.runs import RunDir
 from dialsum.data import tokenize as data_tok
+from dialsum.data.prompt import CausalCollator
 from dialsum.metrics import make_compute_metrics
 from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.training.monitor import MemoryMonitorCallback
 from dialsum.training.oom_guard import GuardState
-from dialsum.training.run_data import tokenize_table
+from dialsum.training.run_data import prompt_format, tokenize_table
 from dialsum.training.run_memory import PhasePeaks
 from dialsum.training.settings import Settings
 from dialsum.training.step_clock import StepTimer
@@ -32,6 +33,7 @@ _TRAINER_OPTIM = {
     "adamw_foreach": "adamw_torch",
     "adafactor": "adafactor",
     "adamw8bit": "adamw_bnb_8bit",
+    "paged_adamw8bit": "paged_adamw_8bit",
     "sgd": "sgd",
 }
 
@@ -96,6 +98,8 @@ def training_arguments(
         greater_is_better=t.metric_for_best_model != "loss" if load_best else None,
         logging_strategy="steps",
         logging_steps=t.logging_steps,
+        # A NaN loss must stay NaN: the guarded trainer stops on it (``finite_guard``).
+        logging_nan_inf_filter=False,
         report_to=report_to,
         seed=t.seed,
         predict_with_generate=True,
@@ -138,11 +142,17 @@ def build_trainer(
     generation_config.update(**gen)
     args = training_arguments(cfg.training, settings, run, generation_config, deepspeed_config)
     source_len = settings.source_len
-    train_ds = tokenize_table(cfg, train_table, tokenizer, source_len=source_len)
+    prompt = prompt_format(cfg, model, tokenizer)  # None: a seq2seq model
+    train_ds = tokenize_table(cfg, train_table, tokenizer, source_len=source_len, prompt=prompt)
     eval_ds = (
-        tokenize_table(cfg, dev_table, tokenizer, source_len=source_len)
+        tokenize_table(cfg, dev_table, tokenizer, source_len=source_len, prompt=prompt)
         if dev_table is not None
         else None
+    )
+    collator = (
+        data_tok.make_collator(tokenizer, model)
+        if prompt is None
+        else CausalCollator(tokenizer.pad_token_id)
     )
     refs = [r.references for r in dev_table.records] if dev_table is not None else None
     t = cfg.training
@@ -163,7 +173,7 @@ def build_trainer(
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds if t.eval_strategy != "no" else None,
-        data_collator=data_tok.make_collator(tokenizer, model),
+        data_collator=collator,
         processing_class=tokenizer,
         compute_metrics=make_compute_metrics(tokenizer, refs),
         callbacks=cbs,
@@ -174,4 +184,6 @@ def build_trainer(
         fault_injector=fault_injector,
         optimizer_name=settings.optimizer,
         memory_phases=monitor.phases,
+        causal=prompt is not None,
+        generation=gen,
     )
