@@ -130,3 +130,64 @@ def test_resuming_a_finished_run_trains_nothing_more(tmp_path: Path) -> None:
     after = load_file(str(again.run.best / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not (again.run.checkpoints / "checkpoint-4").exists()
+
+
+def _copy_of_train_csv(tmp_path: Path, rows: int, reverse: bool = False) -> Path:
+    """The first ``rows`` data rows of the bundled training CSV (in reverse order: the same
+    rows, so the tiny model's vocabulary stays), as its own file."""
+    import csv
+
+    from helpers import ROOT
+
+    with open(ROOT / "data/sample/train.csv", encoding="utf-8-sig", newline="") as handle:
+        records = list(csv.reader(handle))
+    path = tmp_path / "train.csv"
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        body = records[1 : rows + 1]
+        csv.writer(handle).writerows([records[0], *(body[::-1] if reverse else body)])
+    return path
+
+
+def test_resume_after_the_training_data_changed_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    """Issue 18, point 6: the resumed run would continue on other rows."""
+    data = _copy_of_train_csv(tmp_path, 16)
+    first = run_training(
+        tiny_section(tmp_path, *SAVING, "training.max_steps=2", f"data.train={data}"), echo=quiet
+    )
+    before = {p: p.read_bytes() for p in first.run.path.glob("*.*") if p.is_file()}
+    _copy_of_train_csv(tmp_path, 16, reverse=True)  # the same path, rows in another order
+    cfg = tiny_section(tmp_path, *SAVING)
+    with pytest.raises(UserError, match=r"data.train .*changed since the run started"):
+        run_training(cfg, resume=True, echo=quiet)
+    after = {p: p.read_bytes() for p in first.run.path.glob("*.*") if p.is_file()}
+    assert after == before  # no resume_overrides.yaml, config.yaml as it was, no lock
+    # Asked for on purpose, it continues on the new data and records that.
+    result = run_training(
+        cfg, resume=True, resume_overrides=["training.max_steps=4"], override_on_resume=True,
+        echo=quiet,
+    )  # fmt: skip
+    history = yaml.safe_load((result.run.path / "resume_overrides.yaml").read_text())
+    assert "data files" in history[0]["changes"]
+
+
+def test_resume_with_a_changed_flag_that_fails_writes_nothing(tmp_path: Path) -> None:
+    first = run_training(tiny_section(tmp_path, *SAVING, "training.max_steps=2"), echo=quiet)
+    before = sorted(p.name for p in first.run.path.iterdir())
+    with pytest.raises(UserError):
+        run_training(
+            tiny_section(tmp_path, *SAVING), resume=True, override_on_resume=True, echo=quiet,
+            resume_overrides=["data.train=/nonexistent/train.csv", "training.max_steps=4"],
+        )  # fmt: skip
+    assert sorted(p.name for p in first.run.path.iterdir()) == before
+
+
+def test_resuming_a_run_folder_of_another_section_is_refused(tmp_path: Path) -> None:
+    first = run_training(tiny_section(tmp_path, *SAVING, "training.max_steps=2"), echo=quiet)
+    cfg = tiny_section(tmp_path)
+    with pytest.raises(UserError, match="started with section 'tiny', not 'kobart'"):
+        run_training(cfg, resume=str(first.run.path), section="kobart", echo=quiet)
+    # Without -s, or with the run's own section, the folder's saved config is used.
+    again = run_training(cfg, resume=str(first.run.path), section="tiny", echo=quiet)
+    assert again.run.path == first.run.path

@@ -20,7 +20,7 @@ import typer
 from dialsum.cli.overrides import flag_overrides, load_with_overrides
 from dialsum.cli.printers import console, echo, err_console, print_json, print_metrics
 from dialsum.cli.usage import USAGE_ERRORS, bare_resume, show_usage_error
-from dialsum.core.errors import UserError
+from dialsum.core.errors import RunStopped, UserError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -34,18 +34,33 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+DEFAULT_SECTION = "eenzeenee"
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SectionOpt = Annotated[str, typer.Option("--section", "-s", help="Section of the config file.")]
+OptionalSectionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--section",
+        "-s",
+        help=f"Section of the config file (default: {DEFAULT_SECTION}; with --checkpoint or "
+        "--resume RUN: the run's own section).",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key relative to the section: training.seed=1."),
 ]
 
 
+def _home(path: Path | None) -> Path | None:
+    """``~`` expanded: the shell leaves ``--output=~/x`` (after ``=``) as it is."""
+    return None if path is None else path.expanduser()
+
+
 @app.command()
 def train(
     config: ConfigOpt = Path("config.yaml"),
-    section: SectionOpt = "eenzeenee",
+    section: OptionalSectionOpt = None,
     set_: SetOpt = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after N optimizer steps.")] = None,
     save_steps: Annotated[int | None, typer.Option(help="Checkpoint every N steps.")] = None,
@@ -84,15 +99,18 @@ def train(
         output_dir=output_dir,
     )
     # The config is checked before torch/transformers are imported (seconds).
-    cfg = load_with_overrides(config, section, overrides)
+    cfg = load_with_overrides(_home(config), section or DEFAULT_SECTION, overrides)
     from dialsum.training.distributed import is_main_process
     from dialsum.training.recipe import run_training
 
+    if resume not in (None, "latest"):
+        resume = os.path.expanduser(resume)
     result = run_training(
         cfg,
         resume=resume,
         resume_overrides=overrides,
         override_on_resume=override_on_resume,
+        section=section,
         echo=echo,
     )
     if not is_main_process():
@@ -105,7 +123,7 @@ def train(
 @app.command()
 def predict(
     config: ConfigOpt = Path("config.yaml"),
-    section: SectionOpt = "eenzeenee",
+    section: OptionalSectionOpt = None,
     set_: SetOpt = None,
     checkpoint: Annotated[
         Path | None, typer.Option(help="Model folder; default: best model of the latest run.")
@@ -123,7 +141,13 @@ def predict(
     if int(os.environ.get("RANK", "0")) != 0:
         # Prediction is not sharded: under a launcher rank 0 writes the one submission.
         return
-    cfg = load_with_overrides(config, section, flag_overrides(set_, test_data=test_data))
+    checkpoint, output = _home(checkpoint), _home(output)
+    overrides = flag_overrides(set_, test_data=test_data)
+    from dialsum.inference.safety import checkpoint_config
+
+    cfg = checkpoint_config(checkpoint, section, overrides, echo=echo) if checkpoint else None
+    if cfg is None:
+        cfg = load_with_overrides(_home(config), section or DEFAULT_SECTION, overrides)
     from dialsum.inference.predict import run_predict
 
     path, n = run_predict(cfg, checkpoint=checkpoint, output=output, echo=echo)
@@ -273,6 +297,10 @@ def guide(
       dialsum guide -c config.yaml
       dialsum guide -c config.yaml --gpus v100-16gb,a100-40gb,h100-80gb --out docs/guide.md
     """
+    from dialsum.core.outputs import require_writable
+
+    out = out.expanduser()
+    require_writable(out, "--out")  # before minutes of planning, not after
     from dialsum.report.guide import build_guide
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
@@ -358,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         code = app(args=args, standalone_mode=False)
     except UserError as exc:
         err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+        return exc.exit_code
+    except RunStopped as exc:
+        err_console.print(str(exc), markup=False, soft_wrap=True)
         return exc.exit_code
     except typer.Exit as exc:
         code = exc.exit_code

@@ -8,13 +8,17 @@ and merges the section; duplicate keys and unknown sections are reported there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
+import math
+import os
 import types
 import typing
 from typing import Any, Literal, Union
 
+from dialsum.core.config_rules import PATH_FIELDS, check_blocks
 from dialsum.core.config_schema import SectionConfig, TrainingConfig
 from dialsum.core.errors import ConfigError
 
@@ -78,13 +82,17 @@ def _coerce(value: Any, tp: Any, path: str, errors: list[str]) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "3e-5" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "3e-5" as a string
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None and math.isfinite(number):
+            return number
+        if number is not None:  # .nan / .inf reach torch as a silent NaN run
+            errors.append(f"{path}: expected a finite number, got {value!r}")
+            return None
     elif tp is str and isinstance(value, str):
         return value
     errors.append(f"{path}: expected {_type_name(tp)}, got {value!r}")
@@ -104,6 +112,8 @@ def _build(cls: type, raw: Any, path: str, errors: list[str]) -> Any:
             errors.append(f"{key_path}: unknown key{suggest(str(key), list(fields))}")
             continue
         kwargs[key] = _coerce(value, hints[key], key_path, errors)
+        if key in PATH_FIELDS.get(path, ()) and isinstance(kwargs[key], str):
+            kwargs[key] = os.path.expanduser(kwargs[key])  # the shell leaves ``=~/x`` alone
     return cls(**{k: v for k, v in kwargs.items() if v is not None or _allows_none(hints[k])})
 
 
@@ -148,6 +158,7 @@ def _check_semantics(cfg: SectionConfig, errors: list[str]) -> None:
     if t.eval_strategy == "steps" and not t.eval_steps:
         errors.append("training.eval_steps: required when training.eval_strategy is 'steps'")
     _check_batch_split(t, errors)
+    check_blocks(cfg, errors)
     check_model_method(cfg, errors)
     for name in t.report_to:
         if name not in ("tensorboard", "wandb", "none"):

@@ -25,6 +25,13 @@ class OutputError(UserError):
     """An output file cannot be written (a folder in the way, no permission, disk full)."""
 
 
+class RunStopped(Exception):
+    """A run stopped on request (SIGTERM) after saving; the message is the one line the
+    CLI prints, and the exit code is the signal's (128 + 15)."""
+
+    exit_code = 143
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or its type name when it has none.
 

@@ -10,13 +10,14 @@ with a message that says where it went.
 
 from __future__ import annotations
 
+import errno
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dialsum.core.atomic import write_problem
-from dialsum.core.errors import OutputError
+from dialsum.core.errors import OutputError, first_line
 
 
 def require_writable(path: Path, option: str = "--output") -> None:
@@ -70,3 +71,31 @@ def _rescue_paths(path: Path, rescue_folders: Sequence[Path]):
             n += 1
             name = f"{path.stem}.rescued-{stamp}-{n}"
         yield folder / f"{name}{path.suffix or '.csv'}"
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+# safetensors (Rust) reports a full disk in its own exception type, by its io error kind.
+_STORAGE_WORDS = ("No space left", "StorageFull", "Disk quota", "QuotaExceeded", "ReadOnly")
+
+
+def storage_failure(exc: BaseException) -> str | None:
+    """Why a write failed when the storage refused it (disk full, quota, read-only,
+    permission), else ``None``: an error the user fixes outside the program."""
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    text = str(exc)
+    if any(word in text for word in _STORAGE_WORDS):
+        return first_line(exc)
+    return None
+
+
+def require_folder_writable(folder: Path, option: str) -> None:
+    """``OutputError`` when files cannot be created in (or under) ``folder``: a file in the
+    way, no permission, a read-only mount."""
+    problem = write_problem(Path(folder) / ".dialsum-write-check")
+    if problem is not None:
+        raise OutputError(
+            f"cannot write in {option} {folder}: {problem}. Choose a folder you can write to "
+            "(e.g. --output-dir runs); nothing was written"
+        )

@@ -35,6 +35,11 @@ from dialsum.core.outputs import require_writable, write_or_rescue
 from dialsum.core.runs import RunDir, find_best_model
 from dialsum.core.torch_build import prepare_cuda_run
 from dialsum.data.dataset import DialogueTable, read_dialogue_csv
+from dialsum.inference.safety import (
+    require_finite_model,
+    require_output_not_an_input,
+    require_summaries,
+)
 from dialsum.metrics import decode_keep_special
 from dialsum.models.setup import setup_model
 from dialsum.step.token_budget import (
@@ -208,9 +213,11 @@ def run_predict(
     if output is None:
         output = Path(cfg.inference.output) if cfg.inference.output else _default_output(model_dir)
     require_writable(output)  # before minutes of loading and generating, not after
+    require_output_not_an_input(output, _inputs(cfg))
     model, tokenizer = setup_model(
         cfg, checkpoint=model_dir, device="cuda" if use_cuda(cfg) else "cpu"
     )
+    require_finite_model(model.named_parameters(), model_dir)
     settings = resolve_settings(cfg, model.config, echo=echo)
     if use_cuda(cfg) and not getattr(model, "is_loaded_in_4bit", False):
         # Generation in the dtype the plan simulated: bf16/fp16 where training used it
@@ -219,6 +226,7 @@ def run_predict(
     phases = PhasePeaks.for_device(settings.device)
     with memory_cap(settings, model), phases.phase("predict"):
         summaries = predict_table(cfg, model, tokenizer, table, settings, **kwargs)
+    require_summaries(summaries, model_dir, echo)
     run = _run_of(model_dir)
     # The summaries first: nothing that runs after generation may lose them.
     rescue_folders = [run.path] if run is not None else []
@@ -232,6 +240,16 @@ def run_predict(
         merge_into_metrics_file(run.metrics, memory)
         log_to_tensorboard(run.logs, phases.logs("predict"))
     return output, len(summaries)
+
+
+def _inputs(cfg: SectionConfig) -> dict[str, str]:
+    """The user's files a submission must never replace."""
+    return {
+        "test CSV (data.test)": cfg.data.test,
+        "training CSV (data.train)": cfg.data.train,
+        "validation CSV (data.dev)": cfg.data.dev,
+        "config file": cfg.source,
+    }
 
 
 def _run_of(model_dir: Path) -> RunDir | None:

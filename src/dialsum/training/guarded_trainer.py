@@ -60,6 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dialsum.core.errors import first_line
+from dialsum.core.runs import RunDir
 from dialsum.data.prompt import left_pad, prompts_and_targets
 from dialsum.step.train_step import (
     build_optimizer,
@@ -69,6 +70,12 @@ from dialsum.step.train_step import (
     token_sum_loss,
 )
 from dialsum.training.distributed import reduce_or_stop, reduce_staging
+from dialsum.training.finite_guard import (
+    NonFiniteTraining,
+    non_finite_problem,
+    non_finite_tensors,
+    stop_message,
+)
 from dialsum.training.oom_guard import (
     GuardState,
     OOMUnrecoverable,
@@ -260,6 +267,39 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
             f"DeepSpeed owns gradient accumulation, so the step cannot be redone in place: "
             f"{advice}, then run again."
         )
+
+    # ------------------------------------------------------------------ non-finite stop
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm=None):
+        """The Trainer's gradient norm, taken after backward and before the optimizer step:
+        the place to stop a step whose loss or gradients are not finite (``finite_guard``)."""
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        # The loss since the last log (the Trainer's NaN filter is off: a NaN stays NaN).
+        loss = self._tr_loss.detach()
+        if self.accelerator.num_processes > 1:
+            loss = self.accelerator.reduce(loss.clone(), reduction="mean")
+        norm = float(grad_norm) if grad_norm is not None else None
+        problem = non_finite_problem(float(loss), norm, check_grad=not self.args.fp16)
+        if problem:
+            self._stop_non_finite(problem, self.state.global_step + 1)
+        return grad_norm
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        self.require_finite_weights("before saving checkpoint")
+        super()._save_checkpoint(model, trial)
+
+    def require_finite_weights(self, when: str) -> None:
+        """Stop (``NonFiniteTraining``) when a weight holds a NaN or inf: an update from
+        finite gradients can still overflow, and such weights must never be saved."""
+        bad = non_finite_tensors(self.model.named_parameters())
+        if bad:
+            problem = f"weights became non-finite ({', '.join(bad)}; {when})"
+            self._stop_non_finite(problem, self.state.global_step)
+
+    def _stop_non_finite(self, problem: str, step: int) -> None:
+        last = RunDir(Path(self.args.output_dir).parent).last_checkpoint()
+        precision = "fp16" if self.args.fp16 else "bf16" if self.args.bf16 else "fp32"
+        raise NonFiniteTraining(stop_message(problem, step, last, precision))
 
     def _token_normalizer(self, labels: torch.Tensor) -> float:
         """Label tokens of the whole step over all ranks, divided by the world size (DDP then

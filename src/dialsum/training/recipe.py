@@ -20,7 +20,9 @@ from transformers import set_seed
 
 from dialsum.core.allocator_env import AllocatorSetting
 from dialsum.core.config_schema import SectionConfig, TrainingConfig
-from dialsum.core.errors import UserError
+from dialsum.core.errors import OutputError, UserError
+from dialsum.core.outputs import require_folder_writable, storage_failure
+from dialsum.core.run_inputs import INPUTS_FILE, training_inputs
 from dialsum.core.run_lock import RunLock
 from dialsum.core.runs import (
     RunDir,
@@ -39,7 +41,13 @@ from dialsum.training import distributed
 from dialsum.training.deepspeed import config_for_run, require_deepspeed
 from dialsum.training.guarded_trainer import GuardedSeq2SeqTrainer
 from dialsum.training.oom_guard import GuardState
-from dialsum.training.resume import LATEST, find_resume_run, resumed_config
+from dialsum.training.resume import (
+    LATEST,
+    check_resumable,
+    find_resume_run,
+    record_changes,
+    resumed_config,
+)
 from dialsum.training.run_data import (
     generation_kwargs,
     length_report,
@@ -50,6 +58,7 @@ from dialsum.training.run_data import (
 from dialsum.training.run_memory import MemorySummary
 from dialsum.training.settings import Settings, resolve_settings, use_cuda
 from dialsum.training.step_clock import step_time_metrics
+from dialsum.training.stop_signal import StopOnSignal
 from dialsum.training.trainer_args import build_trainer
 
 
@@ -117,40 +126,59 @@ def run_training(
     resume: str | bool | None = None,
     resume_overrides: list[str] | tuple[str, ...] = (),
     override_on_resume: bool = False,
+    section: str | None = None,
     echo=print,
     **hooks,
 ) -> TrainResult:
     """Train ``cfg``: a new run, or ``resume`` (``"latest"``/``True`` or a run folder)
-    continued exactly as saved (see ``resume.py``)."""
+    continued exactly as saved (see ``resume.py``); ``section`` is the ``-s`` the user
+    gave, if any (a run folder of another section is refused). A SIGTERM saves a
+    checkpoint at the next step boundary and raises ``RunStopped`` (``stop_signal``)."""
     main = int(os.environ.get("RANK", "0")) == 0
     echo = echo if main else _silent
     locks: list[RunLock] = []  # one process per run folder, for the whole run
+    stop = StopOnSignal()
     try:
-        resumed = None
-        if resume:
-            resumed = find_resume_run(cfg, LATEST if resume is True else str(resume))
-            if main:
-                locks.append(RunLock(resumed[0].path, echo=echo))
-                locks[-1].acquire()
-                remove_unfinished_files(resumed[0], echo=echo)
-            cfg = resumed_config(
-                resumed[0], list(resume_overrides), allow_changes=override_on_resume, echo=echo
-            )
-        return _train(cfg, resumed, locks, echo, **hooks)
+        with stop.installed():
+            resumed, changes = None, {}
+            if resume:
+                spec = LATEST if resume is True else str(resume)
+                resumed = find_resume_run(cfg, spec)
+                cfg, changes = resumed_config(
+                    resumed[0], list(resume_overrides), allow_changes=override_on_resume, echo=echo
+                )
+                changes |= check_resumable(
+                    resumed[0],
+                    cfg,
+                    section=section if spec != LATEST else None,
+                    allow_changes=override_on_resume,
+                    echo=echo,
+                )
+                if main:
+                    locks.append(RunLock(resumed[0].path, echo=echo))
+                    locks[-1].acquire()
+                    remove_unfinished_files(resumed[0], echo=echo)
+            return _train(cfg, resumed, locks, echo, stop=stop, changes=changes, **hooks)
     finally:
         for lock in locks:
             lock.release()
 
 
-def _train(cfg: SectionConfig, resumed, locks: list[RunLock], echo, **hooks) -> TrainResult:
+def _train(
+    cfg: SectionConfig, resumed, locks: list[RunLock], echo, *, stop, changes, **hooks
+) -> TrainResult:
+    if resumed is None and distributed.is_main_process():
+        require_folder_writable(Path(cfg.training.output_dir), "training.output_dir")
     allocator = _check_before_loading(cfg, echo)
     set_seed(cfg.training.seed)
     ready = _prepare(cfg, resumed, echo)
+    if resumed is not None and distributed.is_main_process():
+        record_changes(resumed[0], ready.cfg, changes, echo=echo)  # data, model, plan settled
     run, checkpoint = resumed if resumed is not None else (_new_run(ready.cfg, locks, echo), None)
     echo(f"run folder: {run.path}")
-    trainer = _start(ready, run, hooks)
+    trainer = _start(ready, run, hooks | {"callbacks": [*hooks.get("callbacks", ()), stop]})
     with memory_cap(ready.settings, ready.model):
-        metrics = _fit(trainer, ready, run, checkpoint, echo)
+        metrics = _fit(trainer, ready, run, checkpoint, echo, stop)
     save_best(trainer, ready.cfg, run, ready.tokenizer)
     _report(trainer, ready.settings, allocator, metrics, run, echo)
     return TrainResult(run=run, metrics=metrics, settings=ready.settings)
@@ -236,18 +264,42 @@ def _with_adapters(model, tokenizer, cfg: SectionConfig, settings: Settings):
     )
 
 
-def _fit(trainer, ready: _Ready, run: RunDir, checkpoint: Path | None, echo) -> dict[str, float]:
+def _fit(
+    trainer, ready: _Ready, run: RunDir, checkpoint: Path | None, echo, stop: StopOnSignal
+) -> dict[str, float]:
     """Train (a finished run: its recorded loss only), then the final evaluation."""
     if ready.finished:
         echo(f"{run.path}: training already finished at {checkpoint.name}; nothing to train")
         metrics: dict[str, float] = trainer.finished_run_metrics(checkpoint)
     else:
+        stop.raise_if_requested(run.path, ready.cfg.name, None)  # a SIGTERM while loading
         resume_from = str(checkpoint) if checkpoint else None
-        metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
+        try:
+            metrics = dict(trainer.train(resume_from_checkpoint=resume_from).metrics)
+        except Exception as exc:
+            _raise_if_storage_failed(exc, trainer, run, ready.cfg.name)
+            raise
+        stop.raise_if_requested(run.path, ready.cfg.name, run.last_checkpoint())
         metrics |= trainer.run_loss_metrics()
     if ready.dev_table is not None and ready.cfg.training.eval_strategy != "no":
         metrics.update(trainer.evaluate())
     return metrics
+
+
+def _raise_if_storage_failed(exc: Exception, trainer, run: RunDir, section: str) -> None:
+    """A checkpoint (or log) write the storage refused - disk full, quota, read-only - is
+    the user's to fix: one message, not a traceback. The unfinished checkpoint folder is
+    dropped by the next ``--resume`` (``remove_unfinished_files``)."""
+    problem = storage_failure(exc)
+    if problem is None:
+        return
+    last = run.last_checkpoint()
+    kept = f"the last complete checkpoint is {last}" if last else "no checkpoint is complete"
+    raise OutputError(
+        f"training stopped at step {trainer.state.global_step}: could not write to "
+        f"{run.path} ({problem}); {kept}. Free space (or fix the folder), then continue with "
+        f"`dialsum train -s {section} --resume {run.path}`"
+    ) from None
 
 
 def _report(trainer, settings: Settings, allocator, metrics: dict, run: RunDir, echo) -> None:
@@ -303,6 +355,7 @@ def _new_run(cfg: SectionConfig, locks: list[RunLock], echo) -> RunDir:
         locks.append(RunLock(run.path, echo=echo))
         locks[-1].acquire()
         write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
+        write_json_atomic(run.path / INPUTS_FILE, training_inputs(cfg))  # --resume checks it
         return run
 
     return distributed.on_main_then_share(create)
@@ -312,6 +365,7 @@ def save_best(trainer, cfg: SectionConfig, run: RunDir, tokenizer) -> None:
     """Save the (best) model: a whole model (seq2seq LoRA adapters merged first), or for a
     causal LoRA/QLoRA run its adapters and the tokenizer, which `predict` puts back on the
     section's base model (a 4-bit base cannot be merged into and saved exactly)."""
+    trainer.require_finite_weights("before saving best/")
     if not cfg.model.lora.enabled or is_causal(trainer.model):
         trainer.save_model(str(run.best))
         return

@@ -18,7 +18,8 @@ import yaml
 from dialsum.core.config_load import apply_overrides, section_from_dict
 from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import UserError
-from dialsum.core.runs import RunDir, list_runs, write_yaml_atomic
+from dialsum.core.run_inputs import INPUTS_FILE, changed_inputs, read_inputs, training_inputs
+from dialsum.core.runs import RunDir, list_runs, write_json_atomic, write_yaml_atomic
 
 LATEST = "latest"
 
@@ -86,27 +87,77 @@ def config_changes(before: SectionConfig, after: SectionConfig) -> dict[str, tup
 
 def resumed_config(
     run: RunDir, overrides: list[str], *, allow_changes: bool, echo=print
-) -> SectionConfig:
-    """The config a resumed run continues with (see module docstring)."""
+) -> tuple[SectionConfig, dict[str, tuple[Any, Any]]]:
+    """The config a resumed run continues with (see module docstring), and the changes the
+    command line makes to the saved one. Nothing is written here: ``record_changes`` does
+    it once the run has settled data, model and plan (a resume that fails before that
+    leaves the run folder as it was)."""
     saved, raw = saved_config(run)
     if not overrides:
         echo(f"resuming {run.path} with its saved config")
-        return saved
+        return saved, {}
     given = section_from_dict(apply_overrides(raw, overrides), saved.name)
     changes = config_changes(saved, given)
     if not changes:
-        return saved
-    listing = "\n".join(f"  - {k}: {old!r} (saved) -> {new!r}" for k, (old, new) in changes.items())
+        return saved, {}
     if not allow_changes:
         raise UserError(
-            f"--resume {run.path}: the command line changes the saved config:\n{listing}\n"
-            "A resumed run continues as saved: drop these flags, or add --override-on-resume "
-            "to apply them (the change is recorded in the run folder)."
+            f"--resume {run.path}: the command line changes the saved config:\n"
+            f"{_listing(changes)}\nA resumed run continues as saved: drop these flags, or add "
+            "--override-on-resume to apply them (the change is recorded in the run folder)."
         )
+    return given, changes
+
+
+def _listing(changes: dict[str, tuple[Any, Any]]) -> str:
+    return "\n".join(f"  - {k}: {old!r} (saved) -> {new!r}" for k, (old, new) in changes.items())
+
+
+def check_resumable(
+    run: RunDir, cfg: SectionConfig, *, section: str | None, allow_changes: bool, echo=print
+) -> dict[str, tuple[Any, Any]]:
+    """Refuse a resume that cannot continue the saved run, before anything is written: a
+    section (``-s``) other than the run's, or training data that changed since the run
+    started (``core.run_inputs``; accepted with ``--override-on-resume``, and recorded).
+    Returns the data changes to record."""
+    if section is not None and section != cfg.name:
+        raise UserError(
+            f"--resume {run.path}: the run was started with section '{cfg.name}', not "
+            f"'{section}'. Drop -s (a resumed run continues with its saved config) or pass "
+            f"-s {cfg.name}"
+        )
+    saved = read_inputs(run.path)
+    if saved is None:
+        return {}
+    changed = changed_inputs(saved, training_inputs(cfg))
+    if not changed:
+        return {}
+    listing = "\n".join(f"  - {line}" for line in changed)
+    if not allow_changes:
+        raise UserError(
+            f"--resume {run.path}: the training data changed since the run started:\n"
+            f"{listing}\nThe resumed run would continue on other rows than the ones it skipped "
+            "as trained. Restore the files, start a new run, or add --override-on-resume to "
+            "continue on the new data anyway (recorded in the run folder)."
+        )
+    echo(f"warning: continuing on changed training data:\n{listing}")
+    return {"data files": ("as at the start", "; ".join(changed))}
+
+
+def record_changes(
+    run: RunDir, cfg: SectionConfig, changes: dict[str, tuple[Any, Any]], echo=print
+) -> None:
+    """Write what ``--override-on-resume`` changed: ``resume_overrides.yaml``, the new
+    ``config.yaml`` and fingerprints of the data the run now continues on."""
+    if not changes:
+        return
     _record_changes(run, changes)
-    write_yaml_atomic(run.config, given.to_dict() | {"section": given.name})
-    echo(f"resuming {run.path} with changed settings (see resume_overrides.yaml):\n{listing}")
-    return given
+    write_yaml_atomic(run.config, cfg.to_dict() | {"section": cfg.name})
+    write_json_atomic(run.path / INPUTS_FILE, training_inputs(cfg))
+    echo(
+        f"resuming {run.path} with changed settings (see resume_overrides.yaml):\n"
+        f"{_listing(changes)}"
+    )
 
 
 def _record_changes(run: RunDir, changes: dict[str, tuple[Any, Any]]) -> None:
