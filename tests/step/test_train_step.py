@@ -311,3 +311,73 @@ def test_optimizer_step_updates_only_decayed_weights_without_gradient() -> None:
     build_optimizer(model, "adamw", lr=0.1, weight_decay=0.5).step()
     torch.testing.assert_close(norm.detach(), norm_before)
     torch.testing.assert_close(q.detach(), q_before * (1 - 0.1 * 0.5))
+
+
+# -- causal LMs ---------------------------------------------------------------------------
+
+
+def micro_llama() -> transformers.LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        pad_token_id=0,
+    )
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def causal_batch() -> dict[str, torch.Tensor]:
+    """4 right-padded rows of prompt + target, labels -100 on prompt and padding."""
+    gen = torch.Generator().manual_seed(2)
+    prompt_lens, target_lens = [5, 3, 7, 2], [3, 4, 1, 2]
+    width = max(p + t for p, t in zip(prompt_lens, target_lens, strict=True))
+    input_ids = torch.zeros(4, width, dtype=torch.long)
+    attention_mask = torch.zeros(4, width, dtype=torch.long)
+    labels = torch.full((4, width), -100, dtype=torch.long)
+    for row, (p, t) in enumerate(zip(prompt_lens, target_lens, strict=True)):
+        ids = torch.randint(2, VOCAB, (p + t,), generator=gen)
+        input_ids[row, : p + t] = ids
+        attention_mask[row, : p + t] = 1
+        labels[row, p : p + t] = ids[p:]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def test_causal_loss_is_the_models_own_shifted_loss() -> None:
+    """Token-sum of the shifted labels / token count = transformers' causal LM mean loss."""
+    model, batch = micro_llama(), causal_batch()
+    tokens = label_token_count(batch["labels"], causal=True)
+    assert tokens == 10  # every target token is scored; position 0 predicts nothing
+    ours = micro_batch_forward_backward(model, batch, float(tokens), causal=True)
+    with torch.no_grad():
+        reference = model(**batch).loss  # shifts internally, mean over label tokens
+    torch.testing.assert_close(ours, reference)
+
+
+def test_causal_slice_rows_cuts_every_sequence_tensor_at_the_longest_row() -> None:
+    batch = causal_batch()  # row lengths 8, 7, 8, 4
+    chunk = slice_rows(batch, 3, 4, causal=True)
+    assert {k: tuple(v.shape) for k, v in chunk.items()} == {
+        "input_ids": (1, 4),
+        "attention_mask": (1, 4),
+        "labels": (1, 4),
+    }
+    assert chunk["labels"].tolist() == [[-100, -100] + batch["input_ids"][3, 2:4].tolist()]
+
+
+def test_causal_micro_batches_give_the_same_gradients_as_the_whole_batch() -> None:
+    batch = causal_batch()
+    normalizer = float(label_token_count(batch["labels"], causal=True))
+    grads = []
+    for micro in (4, 1):
+        model = micro_llama()
+        loss = step_forward_backward(model, batch, micro, normalizer, causal=True)
+        grads.append((loss, [p.grad.clone() for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = grads
+    torch.testing.assert_close(loss_a, loss_b)
+    for a, b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
