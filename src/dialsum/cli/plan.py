@@ -85,9 +85,9 @@ def _section_for_model(
     from dialsum.core.config_load import apply_overrides
 
     raw: dict[str, Any] = {"model": {"name": model}, "tokenizer": {}}
-    if source_len:
+    if source_len is not None:  # 0 is refused by validation, not replaced by the default
         raw["tokenizer"]["max_source_length"] = source_len
-    if target_len:
+    if target_len is not None:
         raw["tokenizer"]["max_target_length"] = target_len
     return section_from_dict(apply_overrides(raw, overrides), name=model)
 
@@ -188,9 +188,9 @@ def _section_to_plan(
         return _section_for_model(model, source_len, target_len, overrides)
     if not section:
         raise ConfigError("plan: pass -c CONFIG -s SECTION, or --model HUB_ID_OR_DIR")
-    if source_len:
+    if source_len is not None:
         overrides.append(f"tokenizer.max_source_length={source_len}")
-    if target_len:
+    if target_len is not None:
         overrides.append(f"tokenizer.max_target_length={target_len}")
     return load_section(config or Path("config.yaml"), section, overrides)
 

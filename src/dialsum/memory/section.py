@@ -7,14 +7,17 @@ device otherwise.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
+from dialsum.core.config_rules import model_limit_problems
 from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import ConfigError, first_line
 from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, make_plan
 from dialsum.memory.request import PlanRequest
-from dialsum.models.architectures import load_config
+from dialsum.models.architectures import architecture_problems, load_config
 from dialsum.speed.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
 
 
@@ -26,13 +29,44 @@ def section_model_config(cfg: SectionConfig):
 
         return setup_model(cfg)[0].config
     try:
-        return load_config(cfg.model.name)
+        config = load_config(cfg.model.name)
     except OSError as exc:
         first = first_line(exc)
         raise ConfigError(
             f"could not read the architecture of '{cfg.model.name}' (model.name): {first} "
             "Without network access, point model.name to a folder holding its config.json."
         ) from None
+    except ValueError as exc:  # no config.json, not a JSON object, no or unknown model_type
+        raise ConfigError(_unreadable_config(cfg.model.name, exc)) from None
+    problems = architecture_problems(config) + model_limit_problems(cfg, config)
+    if problems:
+        listing = "\n  - ".join(problems)
+        raise ConfigError(f"model '{cfg.model.name}' (model.name):\n  - {listing}")
+    return config
+
+
+def _unreadable_config(name: str, exc: ValueError) -> str:
+    folder = Path(name)
+    config_json = folder / "config.json"
+    if folder.is_dir() and not config_json.is_file():
+        why = f"the folder {folder} has no config.json"
+    elif config_json.is_file():
+        try:
+            data = json.loads(config_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as read_error:
+            data, why = None, f"{config_json} is not valid JSON ({first_line(read_error)})"
+        else:
+            why = (
+                f"{config_json} is not a JSON object"
+                if not isinstance(data, dict)
+                else f"{config_json} has no known model_type ({first_line(exc)})"
+            )
+    else:
+        why = first_line(exc)
+    return (
+        f"could not read the architecture of '{name}' (model.name): {why}. Point model.name "
+        "(or --model) to a folder whose config.json is the model's own."
+    )
 
 
 def device_for_section(cfg: SectionConfig, spec: str | None = None) -> GPU:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Mapping
 from functools import cache
 from importlib.resources import files
@@ -351,3 +352,27 @@ def set_dropout(model: nn.Module, p: float) -> int:
         if config is not None and isinstance(getattr(config, key, None), float):
             setattr(config, key, p)
     return changed
+
+
+# Size fields of a config (d_model, num_heads, max_position_embeddings, ...): a negative
+# one fails deep in torch ("negative dimension") after minutes of planning.
+_SIZE_KEY = re.compile(r"(size|dim|d_model|d_ff|d_kv|layers|heads|positions|embeddings)$")
+_NONZERO = ("d_model", "hidden_size", "vocab_size", "num_heads", "num_attention_heads", "d_kv")
+
+
+def architecture_problems(config: PretrainedConfig) -> list[str]:
+    """What makes ``config`` unusable here: a model type that is neither a seq2seq nor a
+    causal LM we build, or a size that is negative (or zero where nothing can be built)."""
+    problems = []
+    if model_kind(config) is None:
+        problems.append(
+            f"model_type {getattr(config, 'model_type', None)!r} is not supported: dialsum "
+            f"trains seq2seq models ({', '.join(sorted(SEQ2SEQ_MODEL_TYPES))}) and causal LMs "
+            f"({', '.join(sorted(CAUSAL_MODEL_TYPES))})"
+        )
+    for key, value in sorted(config.to_dict().items()):
+        if not isinstance(value, int) or isinstance(value, bool) or not _SIZE_KEY.search(key):
+            continue
+        if value < 0 or (value == 0 and key in _NONZERO):
+            problems.append(f"{key}: {value} is not a size (must be > 0)")
+    return problems

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from dialsum.core.config_rules import model_limit_problems
 from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import ConfigError, UserError
 from dialsum.core.launch import launched_world_size
@@ -77,6 +78,9 @@ def resolve_settings(
     cfg: SectionConfig, model_config, *, report=None, guard=None, echo=print
 ) -> Settings:
     """Settings for ``cfg`` on this machine; ``UserError`` when the plan does not fit."""
+    problems = model_limit_problems(cfg, model_config)
+    if problems:  # an IndexError in the first step (CPU) or a device assert (GPU) otherwise
+        raise ConfigError(f"section '{cfg.name}':\n  - " + "\n  - ".join(problems))
     world = world_size()
     per_rank_rows(cfg.training.effective_batch_size, world)  # exact split, or a clear error
     if use_cuda(cfg) or memory_cap_bytes(cfg) is not None:
