@@ -239,9 +239,18 @@ class PlanState:
     rejected: set[str] = field(default_factory=set)
 
 
-def climb_ladder(planner: Planner, state: PlanState, smallest: int) -> None:
-    """Take fallback steps while the smallest allowed micro-batch does not fit."""
-    need = planner.train_need(smallest, state.options, state.source_len)
+def climb_ladder(planner: Planner, state: PlanState, smallest: int, search: bool = False) -> None:
+    """Take fallback steps while the smallest allowed micro-batch does not fit.
+
+    ``search``: the micro-batch is free (``choose_micro_batch`` searches it next). The
+    search is run here first: when any divisor fits, micro-batch 1 does too (memory is
+    monotone in the micro-batch, as the bisection already assumes) and no step is needed;
+    its probes are replayed from recorded timelines and remembered, while micro-batch 1
+    itself would be a direct trace (batch 1 is never replayed).
+    """
+    need = _starting_need(planner, state, smallest) if search else None
+    if need is None:
+        need = planner.train_need(smallest, state.options, state.source_len)
     tried: set[str] = set()
     while not need.fits:
         open_steps = [
@@ -272,6 +281,17 @@ def climb_ladder(planner: Planner, state: PlanState, smallest: int) -> None:
                 f"({format_gib(trial.required_bytes)} vs {format_gib(need.required_bytes)})"
             )
     state.need = need
+
+
+def _starting_need(planner: Planner, state: PlanState, smallest: int) -> Need | None:
+    """The need at the largest fitting divisor of the per-GPU batch (None if none fits)."""
+    candidates = [m for m in divisors(planner.request.per_rank_batch) if m >= smallest]
+
+    def fits(m: int) -> bool:
+        return planner.train_need(m, state.options, state.source_len).fits
+
+    best = largest_fitting(candidates, fits)
+    return None if best is None else planner.train_need(best, state.options, state.source_len)
 
 
 def choose_micro_batch(planner: Planner, state: PlanState, fixed_micro: int | None) -> None:

@@ -208,7 +208,7 @@ def make_plan(
     state = PlanState(setup.options, request.source_len, setup.reasons, setup.warnings)
     fixed_micro = request.micro_batch_size if request.micro_batch_size != "auto" else None
 
-    climb_ladder(planner, state, smallest=fixed_micro or 1)
+    climb_ladder(planner, state, smallest=fixed_micro or 1, search=fixed_micro is None)
     fits = state.need is not None and state.need.fits
     choose_micro_batch(planner, state, fixed_micro)
     geometry = request.geometry(state.micro)
