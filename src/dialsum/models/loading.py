@@ -29,7 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from dialsum.core.errors import ConfigError
+from dialsum.core.errors import ConfigError, first_line
 from dialsum.core.tokens import SPECIAL_TOKENS
 from dialsum.models.architectures import is_t5_like, model_family, untie_lm_head
 
@@ -250,3 +250,23 @@ def save_pretrained(
 
 
 # --------------------------------------------------------------------------- resolving
+
+
+def damaged_weight_files(folder: str | Path) -> list[str]:
+    """``"file: reason"`` for each ``*.safetensors`` in a local ``folder`` whose header does
+    not parse or whose data the file does not fully hold (truncated by a full disk or an
+    interrupted copy). safetensors checks both when a file is opened; the tensors are not
+    read (a flipped bit inside the data cannot be seen without a checksum)."""
+    from safetensors import safe_open
+
+    problems = []
+    path = Path(folder)
+    if not path.is_dir():
+        return problems
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # noqa: BLE001 - safetensors' own error type, any reason
+            problems.append(f"{file.name}: {first_line(exc)}")
+    return problems

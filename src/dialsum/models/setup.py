@@ -30,7 +30,7 @@ from dialsum.models.causal import (
     prepare_causal_tokenizer,
     resolve_kind,
 )
-from dialsum.models.loading import TINY_PREFIX, load_model, load_tokenizer
+from dialsum.models.loading import TINY_PREFIX, damaged_weight_files, load_model, load_tokenizer
 from dialsum.models.tiny import resolve_tiny, tiny_family, tiny_folder
 
 
@@ -82,6 +82,7 @@ def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None, *, dev
     ``device`` matters for QLoRA only: 4-bit weights are quantized while loading, on the
     device they will run on ("cuda": GPU 0).
     """
+    _require_whole_weights(checkpoint if checkpoint is not None else cfg.model.name)
     try:
         if _causal(cfg, checkpoint):
             model, tokenizer = _setup_causal(cfg, checkpoint, device)
@@ -100,6 +101,19 @@ def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None, *, dev
             f"`hf download {name} --local-dir DIR`), copy DIR here and set model.name to DIR; "
             "or use tiny:t5 to try the pipeline."
         ) from None
+
+
+def _require_whole_weights(folder: str | Path) -> None:
+    """A local model folder whose safetensors file is cut short or not safetensors at all
+    is named before transformers fails inside its loader with a traceback."""
+    damaged = damaged_weight_files(folder)
+    if damaged:
+        listing = "; ".join(damaged)
+        raise UserError(
+            f"{folder}: damaged weights ({listing}). The file is incomplete or not a "
+            "safetensors file (a full disk or an interrupted copy): use another checkpoint "
+            "(<run>/checkpoints/checkpoint-N) or copy the model again"
+        )
 
 
 def _setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None):
