@@ -125,3 +125,30 @@ def test_a_config_error_does_not_wait_for_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False", "False"]
+
+
+def test_guide_out_under_a_file_is_refused_before_any_planning(tmp_path, monkeypatch, capsys):
+    """Issue 18, point 8: the guide used to fail after all its computation."""
+    import dialsum.report.guide as guide_mod
+
+    monkeypatch.setattr(guide_mod, "build_guide", lambda *a, **k: pytest.fail("planned"))
+    blocker = tmp_path / "docs"
+    blocker.write_text("a file", encoding="utf-8")
+    assert main(["guide", "--out", str(blocker / "guide.md")]) == 2
+    assert f"{blocker} is a file" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_tilde_after_an_equals_sign_is_the_home_folder(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 18, point 4: the shell expands ``~`` only at the start of a word."""
+    import dialsum.training.recipe as train_mod
+
+    seen = {}
+
+    def record(cfg, **kwargs):
+        seen["output_dir"], seen["resume"] = cfg.training.output_dir, kwargs["resume"]
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(train_mod, "run_training", record)
+    assert main(["train", "-s", "tiny", "--output-dir=~/runs", "--resume=~/runs/tiny/x"]) == 130
+    assert seen == {"output_dir": f"{tmp_path}/runs", "resume": f"{tmp_path}/runs/tiny/x"}

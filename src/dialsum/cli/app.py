@@ -171,7 +171,7 @@ def evaluate(
 
     from dialsum.metrics import evaluate_files, format_scores
 
-    scores = evaluate_files(pred, ref)
+    scores = evaluate_files(_home(pred), _home(ref))
     if json_out:
         print_json(scores)
     else:
@@ -195,7 +195,7 @@ def demo(
     from dialsum.cli.demo import run_demo
 
     cfg = load_with_overrides(
-        config, section, flag_overrides(None, max_steps=max_steps, output_dir=output_dir)
+        _home(config), section, flag_overrides(None, max_steps=max_steps, output_dir=output_dir)
     )
     run_demo(cfg, echo=echo)
 
@@ -259,7 +259,7 @@ def plan(
     elif gpus:
         command = lambda **kw: plan_command(gpu=gpus[0], **kw)  # noqa: E731
     result = command(
-        config=config,
+        config=_home(config),
         section=section,
         model=model,
         source_len=source_len,
@@ -269,7 +269,7 @@ def plan(
         num_gpus=num_gpus,
         zero_stage=zero_stage,
         offload=offload,
-        data=data,
+        data=_home(data),
         overrides=list(set_ or []),
         buckets=buckets,
     )
@@ -304,7 +304,7 @@ def guide(
     from dialsum.report.guide import build_guide
 
     split = lambda text: [x.strip() for x in text.split(",") if x.strip()] if text else None  # noqa: E731
-    result = build_guide(config, sections=split(sections), gpus=split(gpus), out=out)
+    result = build_guide(_home(config), sections=split(sections), gpus=split(gpus), out=out)
     for path in result.paths:
         echo(f"wrote {path}")
     echo(f"took {result.seconds:.1f}s")
@@ -333,8 +333,10 @@ def probe(
     """
     from dialsum.checks.probe import run_probe
 
-    cfg = load_with_overrides(config, section, list(set_ or []))
-    run_probe(cfg, emulate_gpus=emulate_gpu, search=search, calibration=calibration, echo=echo)
+    cfg = load_with_overrides(_home(config), section, list(set_ or []))
+    run_probe(
+        cfg, emulate_gpus=emulate_gpu, search=search, calibration=_home(calibration), echo=echo
+    )
 
 
 @app.command()
