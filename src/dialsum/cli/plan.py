@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,27 +14,48 @@ from dialsum.core.errors import ConfigError
 
 @dataclass
 class PlanResult:
-    plan: Any
+    """What ``dialsum plan`` prints (text or JSON), kept whole by ``cli.plan_cache``.
+
+    Printing needs no ``Plan`` (its text is kept), so a cached result prints without
+    torch; ``plan`` is planned again, from the trace cache, only when asked for.
+    """
+
     cfg: SectionConfig
     json: dict[str, Any]
+    plan_text: str  # cli.printers.format_plan
+    train_profile: Any  # trace.profile.MemoryProfile: the breakdown table
+    per_rank: list[str] = field(default_factory=list)  # per_rank_lines
     buckets: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     speed: list[str] = field(default_factory=list)  # cli.epoch_estimate.time_lines
     epoch: Any = None  # speed.epoch_time.EpochTime of the data, when known
     epoch_data: Any = None  # cli.epoch_estimate.EpochData
+    _plan: Any = field(default=None, repr=False)
+    _replan: Callable[[], PlanResult] | None = field(default=None, repr=False)
+
+    @property
+    def plan(self):
+        """The ``memory.plan.Plan`` (planned again when this result came from the cache)."""
+        if self._plan is None and self._replan is not None:
+            self._plan = self._replan().plan
+        return self._plan
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Cached without the Plan (unpickling it would import torch) and the closure.
+        return {**self.__dict__, "_plan": None, "_replan": None}
 
     def print(self, console) -> None:
         from rich.table import Table
 
-        from dialsum.cli.printers import breakdown_table, format_plan
+        from dialsum.cli.printers import breakdown_table
 
         for note in self.notes:
             console.print(note, markup=False)
-        console.print(format_plan(self.plan), markup=False)
-        console.print(breakdown_table(self.plan.train_profile))
+        console.print(self.plan_text, markup=False)
+        console.print(breakdown_table(self.train_profile))
         for line in self.speed:
             console.print(line, markup=False)
-        for line in per_rank_lines(self.plan):
+        for line in self.per_rank:
             console.print(line, markup=False)
         if self.buckets:
             table = Table(title="largest micro-batch per length bucket")
@@ -93,7 +115,20 @@ def _section_for_model(
 
 
 def _data_lengths(cfg: SectionConfig, data: Path):
-    """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer."""
+    """(report, [(source_len, target_len)]) of the CSV with the section's tokenizer; kept
+    by the file's content (``cli.plan_cache.lengths_key``): tokenizing takes seconds."""
+    from dialsum.cli import plan_cache
+
+    key = plan_cache.lengths_key(cfg, data)
+    cached = plan_cache.load("lengths", key)
+    if cached is not None:
+        return cached
+    found = _tokenized_lengths(cfg, data)
+    plan_cache.store("lengths", key, found)
+    return found
+
+
+def _tokenized_lengths(cfg: SectionConfig, data: Path):
     from dialsum.data import dataset as data_mod
     from dialsum.models.setup import setup_model
     from dialsum.training.run_data import length_report, tokenize_table
@@ -124,13 +159,33 @@ def plan_command(
     zero_stage: int | None = None,
     offload: bool | None = None,
 ) -> PlanResult:
-    from dialsum.cli.printers import plan_json
-    from dialsum.memory.section import device_for_section, plan_for_section, section_model_config
+    from dialsum.cli import plan_cache
 
     overrides = _option_overrides(overrides, effective_batch, num_beams, zero_stage, offload)
     cfg = _section_to_plan(config, section, model, source_len, target_len, overrides)
     if num_gpus < 1:
         raise ConfigError("--num-gpus must be >= 1")
+
+    def replan() -> PlanResult:
+        return _plan_result(cfg, gpu, num_gpus, data, buckets)
+
+    key = plan_cache.plan_key(cfg, gpu=gpu, num_gpus=num_gpus, data=data, buckets=buckets)
+    cached = plan_cache.load("plans", key)
+    if isinstance(cached, PlanResult):
+        cached.cfg, cached._replan = cfg, replan
+        return cached
+    out = replan()
+    plan_cache.store("plans", key, out)
+    return out
+
+
+def _plan_result(
+    cfg: SectionConfig, gpu: str | None, num_gpus: int, data: Path | None, buckets: bool
+) -> PlanResult:
+    """Plan ``cfg`` (traces from the trace cache when there) and everything printed."""
+    from dialsum.cli.printers import format_plan, plan_json
+    from dialsum.memory.section import device_for_section, plan_for_section, section_model_config
+
     model_config = section_model_config(cfg)
     report, lengths, notes = None, None, []
     if data is not None:
@@ -140,7 +195,14 @@ def plan_command(
     plan = plan_for_section(
         cfg, model_config, report=report, world=num_gpus, gpu=device, data_lengths=lengths
     )
-    out = PlanResult(plan=plan, cfg=cfg, json=plan_json(plan, plan.train_profile.params))
+    out = PlanResult(
+        cfg=cfg,
+        json=plan_json(plan, plan.train_profile.params),
+        plan_text=format_plan(plan),
+        train_profile=plan.train_profile,
+        per_rank=per_rank_lines(plan),
+        _plan=plan,
+    )
     out.json["per_rank"] = _per_rank_json(plan)
     out.notes = notes
     from dialsum.cli.epoch_estimate import epoch_json, plan_speed, time_lines

@@ -18,7 +18,7 @@ from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, make_plan
 from dialsum.memory.request import PlanRequest
 from dialsum.models.architectures import architecture_problems, load_config
-from dialsum.speed.gpus import GPU, cpu_device, detect_gpu, resolve_gpu
+from dialsum.speed.gpus import GPU, detect_gpu, named_device, resolve_gpu
 
 
 def section_model_config(cfg: SectionConfig):
@@ -72,11 +72,8 @@ def _unreadable_config(name: str, exc: ValueError) -> str:
 def device_for_section(cfg: SectionConfig, spec: str | None = None) -> GPU:
     """The device to plan for: ``spec`` (``--gpu``) or ``hardware.gpu``; ``cpu`` (or no GPU
     named while ``hardware.memory_cap_gib`` is set) is this CPU, capped when a cap is set."""
-    spec = spec or cfg.hardware.gpu
-    cap = cfg.hardware.memory_cap_gib
-    if cap is not None and spec in ("auto", "cpu"):
-        return cpu_device(int(cap * 2**30))
-    return pick_gpu(spec)
+    device = named_device(spec or cfg.hardware.gpu, cfg.hardware.memory_cap_gib)
+    return device if device is not None else pick_gpu(None)
 
 
 def pick_gpu(spec: str | None) -> GPU:

@@ -238,6 +238,18 @@ def gpu_from_properties(name: str, total_bytes: int, compute_capability: tuple[i
     )
 
 
+def named_device(spec: str | None, memory_cap_gib: float | None = None) -> GPU | None:
+    """The device ``spec`` (``--gpu`` or ``hardware.gpu``) names, or None when it names
+    none (``auto``, empty) and the detected GPU is meant. ``cpu``, or ``auto`` with a
+    live-bytes cap (``hardware.memory_cap_gib``), is this CPU, capped when a cap is set.
+    Needs no torch: a cached plan is found by it (``cli.plan_cache``)."""
+    if memory_cap_gib is not None and spec in ("auto", "cpu"):
+        return cpu_device(int(memory_cap_gib * 2**30))
+    if spec and spec != "auto":
+        return resolve_gpu(spec)
+    return None
+
+
 def detect_gpu(device_index: int = 0) -> GPU | None:
     """The CUDA device this process sees, or None without one (CPU-only machines)."""
     import torch  # late: importing torch costs seconds and is not needed for the catalog

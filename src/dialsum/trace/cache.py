@@ -16,12 +16,12 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
-
-import torch
-import transformers
-from transformers import PretrainedConfig
+from typing import TYPE_CHECKING
 
 from dialsum.trace.profile import MemoryProfile
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 SIMULATOR_VERSION = "5"
 CACHE_DIR_ENV = "DIALSUM_CACHE_DIR"
@@ -36,6 +36,10 @@ def default_cache_dir() -> Path:
 
 def cache_key(kind: str, config: PretrainedConfig, *parts: object) -> str:
     """sha256 over the config, the dataclasses/values in ``parts`` and the versions."""
+    # Imported here: finding the cache folder (a warm ``dialsum plan``) needs neither.
+    import torch
+    import transformers
+
     payload = {
         "kind": kind,
         "config": json.loads(config.to_json_string(use_diff=False)),
