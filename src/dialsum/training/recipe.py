@@ -250,6 +250,9 @@ def _with_adapters(model, tokenizer, cfg: SectionConfig, settings: Settings):
     causal = is_causal(model)
     if cfg.model.training_method == "qlora":
         model = prepare_for_kbit(model, settings.gradient_checkpointing)
+    # Adapter weights start from the run's seed alone: loading the model may or may not
+    # have drawn random numbers (a tiny model built on a cold cache does, a cached one not).
+    set_seed(cfg.training.seed)
     # A causal run saves its adapters alone: the speaker/PII marker rows of the embedding
     # train with them and are saved with them (a reloaded base would hold other values).
     markers = [tokenizer.convert_tokens_to_ids(t) for t in cfg.tokenizer.special_tokens]
