@@ -209,3 +209,17 @@ def test_asserted_accumulation_is_checked_for_the_process_count(monkeypatch) -> 
     )
     s = resolve_settings(right, None, echo=quiet)
     assert (s.world_size, s.micro_batch_size, s.gradient_accumulation_steps) == (2, 4, 2)
+
+
+def test_an_unknown_hardware_gpu_is_refused_on_cpu_too() -> None:
+    """Issue 18, point 7: a CPU run used to ignore ``hardware.gpu: foo`` silently."""
+    cfg = load_section(ROOT / "config.yaml", "tiny", ["hardware.gpu=foo"])
+    with pytest.raises(ConfigError, match="hardware.gpu: unknown GPU 'foo'"):
+        resolve_settings(cfg, known_config("eenzeenee/t5-base-korean-summarization"), echo=quiet)
+
+
+def test_positions_beyond_bart_s_table_are_refused_by_the_run() -> None:
+    cfg = load_section(ROOT / "config.yaml", "tiny", ["inference.max_new_tokens=2000"])
+    kobart = known_config("digit82/kobart-summarization")
+    with pytest.raises(ConfigError, match="inference.max_new_tokens: 2000 is above the 1026"):
+        resolve_settings(cfg, kobart, echo=quiet)

@@ -81,6 +81,8 @@ def resolve_settings(
     problems = model_limit_problems(cfg, model_config)
     if problems:  # an IndexError in the first step (CPU) or a device assert (GPU) otherwise
         raise ConfigError(f"section '{cfg.name}':\n  - " + "\n  - ".join(problems))
+    if cfg.hardware.gpu != "auto":
+        _require_known_gpu(cfg.hardware.gpu)  # a typo is ignored on CPU otherwise
     world = world_size()
     per_rank_rows(cfg.training.effective_batch_size, world)  # exact split, or a clear error
     if use_cuda(cfg) or memory_cap_bytes(cfg) is not None:
@@ -116,6 +118,15 @@ def resolve_settings(
     _require_optimizer(settings)
     echo(describe(settings))
     return settings
+
+
+def _require_known_gpu(spec: str) -> None:
+    from dialsum.speed.gpus import resolve_gpu
+
+    try:
+        resolve_gpu(spec)
+    except ConfigError as exc:
+        raise ConfigError(f"hardware.gpu: {exc}") from None
 
 
 def _keep_recovered_batches(settings: Settings, guard) -> bool:
