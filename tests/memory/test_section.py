@@ -61,3 +61,26 @@ def test_plan_model_with_a_zero_or_negative_length_is_refused(lengths) -> None:
             source_len=source_len, target_len=target_len, effective_batch=None, num_beams=None,
             num_gpus=1, data=None, overrides=[], buckets=False,
         )  # fmt: skip
+
+
+def test_plan_honours_model_dropout_as_train_applies_it(tmp_path: Path) -> None:
+    """Issue 18, point 16: dropout keeps a mask per activation for backward."""
+    from dialsum.memory.section import plan_for_section
+
+    bart = {"model_type": "bart", "d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+            "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
+            "decoder_ffn_dim": 128, "vocab_size": 512, "max_position_embeddings": 256,
+            "dropout": 0.1, "attention_dropout": 0.1, "activation_dropout": 0.1}  # fmt: skip
+    name = _folder(tmp_path, bart)
+
+    def peak(dropout: float | None) -> int:
+        raw = {"model": {"name": name, "dropout": dropout},
+               "tokenizer": {"max_source_length": 128, "max_target_length": 32},
+               "training": {"effective_batch_size": 4, "micro_batch_size": 4}}  # fmt: skip
+        cfg = section_from_dict(raw)
+        config = section_model_config(cfg)
+        if dropout is not None:
+            assert (config.dropout, config.attention_dropout) == (dropout, dropout)
+        return plan_for_section(cfg, config, gpu="cpu").predicted_peak_bytes
+
+    assert peak(0.0) < peak(None) == peak(0.1)

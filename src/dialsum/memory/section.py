@@ -17,7 +17,11 @@ from dialsum.core.errors import ConfigError, first_line
 from dialsum.memory.overheads import Overheads, default_overheads
 from dialsum.memory.plan import Plan, make_plan
 from dialsum.memory.request import PlanRequest
-from dialsum.models.architectures import architecture_problems, load_config
+from dialsum.models.architectures import (
+    architecture_problems,
+    config_with_dropout,
+    load_config,
+)
 from dialsum.speed.gpus import GPU, detect_gpu, named_device, resolve_gpu
 
 
@@ -42,6 +46,9 @@ def section_model_config(cfg: SectionConfig):
     if problems:
         listing = "\n  - ".join(problems)
         raise ConfigError(f"model '{cfg.model.name}' (model.name):\n  - {listing}")
+    if cfg.model.dropout is not None:
+        # What ``train`` runs: setup_model applies model.dropout to the built model.
+        config = config_with_dropout(config, cfg.model.dropout)
     return config
 
 

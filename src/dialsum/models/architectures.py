@@ -376,3 +376,14 @@ def architecture_problems(config: PretrainedConfig) -> list[str]:
         if value < 0 or (value == 0 and key in _NONZERO):
             problems.append(f"{key}: {value} is not a size (must be > 0)")
     return problems
+
+
+def config_with_dropout(config: PretrainedConfig, p: float) -> PretrainedConfig:
+    """A copy of ``config`` with every dropout probability ``p``: the config ``set_dropout``
+    leaves on a built model, for what is planned from a config alone (``model.dropout``
+    changes activation memory: each dropout keeps a mask for backward)."""
+    config = copy.deepcopy(config)
+    for key in _DROPOUT_CONFIG_KEYS:
+        if isinstance(getattr(config, key, None), float):
+            setattr(config, key, p)
+    return config
