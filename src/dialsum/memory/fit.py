@@ -217,8 +217,10 @@ def requested_options(request: PlanRequest, precision: str) -> TrainOptions:
         precision=precision,  # type: ignore[arg-type]
         optimizer=resolve_optimizer(request.optimizer),  # type: ignore[arg-type]
         gradient_checkpointing=request.gradient_checkpointing is True,
-        lora=request.lora,
+        lora=request.lora or request.resolved_method in ("lora", "qlora"),
         lora_rank=request.lora_rank,
+        quantization=request.quant_type if request.resolved_method == "qlora" else None,
+        double_quant=request.double_quant,
     )
 
 

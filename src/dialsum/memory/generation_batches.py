@@ -49,12 +49,14 @@ def choose_eval_batch(planner: Planner, state: PlanState) -> tuple[int, Need]:
     request = planner.request
     assert state.need is not None
     resident = _resident_bytes(state.need)
-    options = eval_generate_options(state.options.precision)
+    options = eval_generate_options(
+        state.options.precision, "cuda", state.options.quantization, state.options.double_quant
+    )
+
+    source_len, label_len = eval_lengths(planner, state)
 
     def need_at(batch: int) -> Need:
-        return planner.generate_need(
-            batch, state.source_len, options, resident, label_len=request.target_len
-        )
+        return planner.generate_need(batch, source_len, options, resident, label_len=label_len)
 
     if request.eval_batch_size != "auto":
         batch = int(request.eval_batch_size)
@@ -74,6 +76,19 @@ def choose_eval_batch(planner: Planner, state: PlanState) -> tuple[int, Need]:
     return batch, need
 
 
+def eval_lengths(planner: Planner, state: PlanState) -> tuple[int, int]:
+    """(source, label) lengths evaluation runs at: the eval file's longest rows when the
+    request knows them (cut to the planned source when the ladder shortened it), else the
+    training lengths."""
+    request = planner.request
+    if request.eval_lengths is None:
+        return state.source_len, request.target_len
+    source, target = request.eval_lengths
+    if state.source_len < request.source_len:  # the ladder cut the source: eval is cut too
+        source = min(source, state.source_len)
+    return source, target
+
+
 @dataclass(frozen=True)
 class Generation:
     batch: int
@@ -87,7 +102,9 @@ def choose_generation(planner: Planner, state: PlanState) -> Generation:
     the worst point of the budget (many short rows)."""
     request = planner.request
     beams, new = request.num_beams, request.new_tokens
-    options = predict_generate_options(state.options.precision)
+    options = predict_generate_options(
+        state.options.precision, "cuda", state.options.quantization, state.options.double_quant
+    )
 
     def need_at(batch: int, source_len: int) -> Need:
         return planner.generate_need(batch, source_len, options, 0)

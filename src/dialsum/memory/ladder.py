@@ -1,9 +1,11 @@
 """The fallback ladder: what to change, in order, when micro-batch 1 does not fit.
 
-Least change to training first: gradient checkpointing (~30% slower, same result), then
-an optimizer with less state (Adafactor, 8-bit AdamW; only when the user left the
-optimizer ``auto``), then halving the source length down to ``SOURCE_LEN_FLOOR`` (the
-only step that changes what the model sees). ``planner.climb_ladder`` takes the steps.
+Least change to training first: gradient checkpointing (~30% slower, same result), then,
+for a decoder-only LLM whose method is ``auto``, LoRA adapters on the frozen base (no
+gradients or optimizer state for the base) and QLoRA (the frozen base in 4 bit), then an
+optimizer with less state (Adafactor, 8-bit AdamW; only when the user left the optimizer
+``auto``), then halving the source length down to ``SOURCE_LEN_FLOOR`` (the only step
+that changes what the model sees). ``fit.climb_ladder`` takes the steps.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dialsum.memory.request import PlanRequest, truncation_note
+from dialsum.models.architectures import is_causal
 from dialsum.speed.gpus import GPU
 from dialsum.trace.profile import TrainOptions
 
@@ -60,6 +63,43 @@ def _ladder_optimizers(request: PlanRequest, gpu: GPU | None) -> list[str]:
     return [n for n in found if n != "adamw8bit" or (on_gpu and optimizer_available(n))]
 
 
+def method_of(options: TrainOptions) -> str:
+    """``full``, ``lora`` or ``qlora``: what a training step with ``options`` trains."""
+    if options.quantization is not None:
+        return "qlora"
+    return "lora" if options.lora else "full"
+
+
+def _method_steps(request: PlanRequest, options: TrainOptions, source_len: int) -> list:
+    """LoRA, then QLoRA: only for a decoder-only LLM whose method the user left ``auto``."""
+    if request.method != "auto" or not is_causal(request.model_config):
+        return []
+    steps = []
+    rank = request.lora_rank
+    if not options.lora and "lora" in request.fallbacks:
+        steps.append(
+            LadderStep(
+                "method=lora",
+                f"LoRA adapters (r {rank}) on the frozen base: no gradients or optimizer "
+                "state for the base weights",
+                replace(options, lora=True),
+                source_len,
+            )
+        )
+    if options.quantization is None and "qlora" in request.fallbacks:
+        double = ", double quant" if request.double_quant else ""
+        steps.append(
+            LadderStep(
+                "method=qlora",
+                f"QLoRA: the frozen base in 4 bit ({request.quant_type.upper()}{double}) "
+                f"with LoRA adapters (r {rank})",
+                replace(options, lora=True, quantization=request.quant_type),
+                source_len,
+            )
+        )
+    return steps
+
+
 def ladder_steps(
     request: PlanRequest, options: TrainOptions, source_len: int, gpu: GPU | None = None
 ) -> list[LadderStep]:
@@ -85,6 +125,7 @@ def ladder_steps(
                 source_len,
             )
         )
+    steps += _method_steps(request, options, source_len)
     current_state = _OPTIMIZER_STATE_BYTES_PER_PARAM[options.optimizer]
     current = _OPTIMIZER_LABELS[options.optimizer]
     descriptions = {

@@ -41,13 +41,13 @@ from dialsum.memory.fit import (
     set_up_plan,
 )
 from dialsum.memory.generation_batches import Generation, choose_eval_batch, choose_generation
-from dialsum.memory.ladder import ladder_steps
+from dialsum.memory.ladder import ladder_steps, method_of
 from dialsum.memory.overheads import Overheads
 from dialsum.memory.precision import PREDICT_PRECISION, eval_generate_options
 from dialsum.memory.request import PlanRequest, max_source_positions, truncated_fraction
 from dialsum.memory.simulator import Simulator
 from dialsum.memory.zero import ZeroStateBytes
-from dialsum.models.architectures import architecture_facts
+from dialsum.models.architectures import CAUSAL_FAMILIES, architecture_facts
 from dialsum.speed.device_specs import spec_for
 from dialsum.speed.gpus import GPU
 from dialsum.speed.plan_cost import PlanTiming, plan_timing
@@ -155,6 +155,8 @@ class Plan(RunDecisions):
             "offload": self.offload,
             "zero_states_per_rank": zero_states_json(self.zero_states),
             **_timing_json(self.timing),
+            # Decoder-only LLMs: full | lora | qlora (seq2seq plans keep their keys).
+            **({"method": self.method} if self.family in CAUSAL_FAMILIES else {}),
         }
 
 
@@ -220,6 +222,32 @@ def make_plan(
     return _plan_of(setup, state, geometry, fits, evaluation, generation, alternatives, timing)
 
 
+def make_generation_plan(
+    request: PlanRequest,
+    gpu: GPU,
+    overheads: Overheads | None = None,
+    simulator: Simulator | None = None,
+) -> Plan:
+    """What ``predict`` runs: generation only, at the request's source length.
+
+    No training step is traced and no ladder climbed (a training step that does not fit
+    this GPU, or a source the training ladder would shorten, says nothing about
+    generation): precision is the GPU's, the weights are cast to the prediction dtype, and
+    ``fits`` says whether generation fits at batch 1. The plan's peak is generation's.
+    """
+    setup = set_up_plan(request, gpu, overheads, simulator)
+    if gpu.warning:
+        setup.warnings.append(gpu.warning)
+    state = PlanState(setup.options, request.source_len, setup.reasons, setup.warnings)
+    generation = choose_generation(setup.planner, state)
+    state.need = generation.need
+    geometry = request.geometry(request.per_rank_batch)
+    fits = generation.need.fits
+    plan = _plan_of(setup, state, geometry, fits, (1, generation.need), generation, [], None)
+    plan.eval_profile = None  # no evaluation in predict
+    return plan
+
+
 def _plan_of(
     setup: PlanSetup,
     state: PlanState,
@@ -251,6 +279,7 @@ def _plan_of(
         optimizer=state.options.optimizer,
         gradient_checkpointing=state.options.gradient_checkpointing,
         source_len=state.source_len,
+        method=method_of(state.options),
         target_len=request.target_len,
         predicted_peak_bytes=need.peak_bytes,
         required_bytes=need.required_bytes,

@@ -25,20 +25,34 @@ PREDICT_PRECISION = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "pure_bf16"
 """Weights dtype ``predict`` casts to for a training precision (what it simulates too)."""
 
 
-def eval_generate_options(precision: str, device: str = "cuda") -> GenerateOptions:
-    """How evaluation inside training generates: AMP keeps fp32 masters under autocast."""
+def eval_generate_options(
+    precision: str, device: str = "cuda", quantization: str | None = None, double_quant: bool = True
+) -> GenerateOptions:
+    """How evaluation inside training generates: AMP keeps fp32 masters under autocast
+    (``quantization``: QLoRA's 4-bit base, as trained)."""
+    quant = {"quantization": quantization, "double_quant": double_quant}
     if precision in ("bf16", "fp16"):
-        return GenerateOptions(precision=precision, amp=True, device=device)  # type: ignore[arg-type]
-    return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device)  # type: ignore[arg-type]
+        return GenerateOptions(precision=precision, amp=True, device=device, **quant)  # type: ignore[arg-type]
+    return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device, **quant)  # type: ignore[arg-type]
 
 
-def predict_generate_options(precision: str, device: str = "cuda") -> GenerateOptions:
-    """How ``predict`` generates after training: weights cast to the training's low dtype."""
-    return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device)  # type: ignore[arg-type]
+def predict_generate_options(
+    precision: str, device: str = "cuda", quantization: str | None = None, double_quant: bool = True
+) -> GenerateOptions:
+    """How ``predict`` generates after training: weights cast to the training's low dtype
+    (QLoRA: the base loaded in 4 bit again, the rest in that dtype)."""
+    return GenerateOptions(
+        precision=PREDICT_PRECISION[precision],  # type: ignore[arg-type]
+        device=device,  # type: ignore[arg-type]
+        quantization=quantization,
+        double_quant=double_quant,
+    )
 
 
 def _family_label(family: str) -> str:
-    return {"t5": "T5", "mt5": "mT5", "bart": "BART"}.get(family, "this model")
+    return {"t5": "T5", "mt5": "mT5", "bart": "BART", "llama": "This LLM", "gemma": "Gemma"}.get(
+        family, "this model"
+    )
 
 
 def _compute_capability(gpu: GPU) -> str:
@@ -125,6 +139,20 @@ def _precision_without_bf16(request: PlanRequest, gpu: GPU, family: str) -> Choi
             "with loss scaling"
         )
         return "fp16", [reason], []
+    if family == "llama" and gpu.fp16:
+        # Llama-layout LLMs (Llama, Mistral, Qwen) fine-tune in fp16 AMP with loss scaling;
+        # it is the QLoRA recipes' compute dtype on T4/V100. Gemma is not among them.
+        reason = (
+            f"precision fp16 (mixed): {no_bf16}; Llama-layout LLMs fine-tune in fp16 mixed "
+            "precision with loss scaling (QLoRA computes in fp16 here)"
+        )
+        return "fp16", [reason], []
+    if family == "gemma":
+        reason = (
+            f"precision fp32: {no_bf16} and Gemma's activations overflow fp16 (it was "
+            "trained in bf16); set precision fp16 to insist"
+        )
+        return "fp32", [reason], []
     reason = (
         f"precision fp32: {no_bf16} and fp16 has not been checked for this architecture; "
         "set precision fp16 to opt in"

@@ -13,15 +13,26 @@ from typing import TYPE_CHECKING
 
 from dialsum.core.errors import ConfigError
 from dialsum.memory.zero import ZERO_STAGES
-from dialsum.models.architectures import is_t5_like, model_family
+from dialsum.models.architectures import is_causal, is_t5_like, model_family
 from dialsum.step.geometry import BatchGeometry
 from dialsum.trace.profile import OPTIMIZERS, PRECISIONS
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-FAMILIES: tuple[str, ...] = ("t5", "mt5", "bart", "other")
-FALLBACKS: tuple[str, ...] = ("gradient_checkpointing", "adafactor", "adamw8bit", "source_len")
+FAMILIES: tuple[str, ...] = ("t5", "mt5", "bart", "llama", "gemma", "other")
+METHODS: tuple[str, ...] = ("full", "lora", "qlora")
+"""How a causal LM is fine-tuned: all weights, LoRA adapters on a 16-bit base, or LoRA
+adapters on a 4-bit base (QLoRA). ``auto``: full when it fits, else the ladder's steps."""
+QUANT_TYPES: tuple[str, ...] = ("nf4", "fp4")
+FALLBACKS: tuple[str, ...] = (
+    "gradient_checkpointing",
+    "lora",
+    "qlora",
+    "adafactor",
+    "adamw8bit",
+    "source_len",
+)
 """The fallback ladder, in the order it is tried (least change to training first)."""
 
 
@@ -55,6 +66,21 @@ class PlanRequest:
     zero_stage: int = 0
     offload: bool = False
     largest_layer_params: int | None = None  # ZeRO-3; None = measured from model_config
+    # Causal LMs: "auto" lets the ladder go full -> LoRA -> QLoRA (see ``METHODS``).
+    method: str = "auto"
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    # (source, target) of the longest evaluation rows, as the run tokenizes them; None =
+    # the training lengths. The eval file is another file than the training one.
+    eval_lengths: tuple[int, int] | None = None
+
+    @property
+    def resolved_method(self) -> str:
+        """The method training starts from: ``lora``/``qlora`` as named; otherwise full
+        fine-tuning, or LoRA when ``lora`` is set (the seq2seq switch)."""
+        if self.method in ("lora", "qlora"):
+            return self.method
+        return "lora" if self.lora else "full"
 
     @property
     def new_tokens(self) -> int:
@@ -157,6 +183,22 @@ def _auto_count_problems(request: PlanRequest) -> list[str]:
     ]
 
 
+def _method_problems(request: PlanRequest) -> list[str]:
+    problems = []
+    if request.method not in METHODS + ("auto",):
+        problems.append(f"method must be one of auto, {', '.join(METHODS)}; got {request.method!r}")
+    if request.quant_type not in QUANT_TYPES:
+        problems.append(
+            f"quant_type must be one of {', '.join(QUANT_TYPES)}; got {request.quant_type!r}"
+        )
+    if request.method == "qlora" and not is_causal(request.model_config):
+        problems.append(
+            "method qlora: 4-bit QLoRA is supported for decoder-only LLMs (Llama, Mistral, "
+            "Qwen, Gemma); for a seq2seq model use method full or lora"
+        )
+    return problems
+
+
 def _engine_problems(request: PlanRequest) -> list[str]:
     problems = []
     if request.zero_stage not in ZERO_STAGES:
@@ -197,6 +239,15 @@ def _geometry_problems(request: PlanRequest) -> list[str]:
 
 def _position_problems(request: PlanRequest) -> list[str]:
     limit = max_source_positions(request.model_config)
+    if limit is not None and is_causal(request.model_config):
+        # One sequence holds prompt and summary: their sum must fit the positions.
+        lengths = (request.source_len, request.target_len)
+        if all(_is_positive_int(n) for n in lengths) and sum(lengths) > limit:
+            return [
+                f"source_len + target_len = {sum(lengths)} is longer than the model's "
+                f"{limit} positions; use at most {limit} in all"
+            ]
+        return []
     return [
         f"{name} {getattr(request, name)} is longer than the model's {limit} position "
         f"embeddings; use at most {limit}"
@@ -211,6 +262,7 @@ _CHECKS: tuple[Callable[[PlanRequest], list[str]], ...] = (
     _count_problems,
     _choice_problems,
     _auto_count_problems,
+    _method_problems,
     _engine_problems,
     _data_length_problems,
     _geometry_problems,

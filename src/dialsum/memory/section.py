@@ -15,7 +15,7 @@ from dialsum.core.config_rules import model_limit_problems
 from dialsum.core.config_schema import SectionConfig
 from dialsum.core.errors import ConfigError, first_line
 from dialsum.memory.overheads import Overheads, default_overheads
-from dialsum.memory.plan import Plan, make_plan
+from dialsum.memory.plan import Plan, make_generation_plan, make_plan
 from dialsum.memory.request import PlanRequest
 from dialsum.models.architectures import (
     architecture_problems,
@@ -103,9 +103,11 @@ def request_for_section(
     report=None,
     world: int = 1,
     data_lengths=None,
+    eval_report=None,
 ) -> PlanRequest:
     """A planner request for ``cfg``; ``report`` (a data LengthReport) narrows the lengths
-    to the longest the data really produces after truncation."""
+    to the longest the data really produces after truncation; ``eval_report`` does the same
+    for evaluation, from the eval file."""
     if model_config is None:
         model_config = section_model_config(cfg)
     t, tok, inf = cfg.training, cfg.tokenizer, cfg.inference
@@ -132,6 +134,20 @@ def request_for_section(
         lora_rank=cfg.model.lora.rank,
         zero_stage=cfg.hardware.zero_stage,
         offload=cfg.hardware.offload,
+        eval_lengths=None if eval_report is None else _longest(cfg, eval_report),
+        # A method left unset may be chosen by the ladder (causal LMs: LoRA, then QLoRA).
+        method=cfg.model.method or "auto",
+        quant_type=cfg.model.quantization.quant_type,
+        double_quant=cfg.model.quantization.double_quant,
+    )
+
+
+def _longest(cfg: SectionConfig, report) -> tuple[int, int]:
+    """(source, target): the longest rows of ``report`` after the config's truncation."""
+    tok = cfg.tokenizer
+    return (
+        max(1, min(tok.max_source_length, report.longest_source)),
+        max(1, min(tok.max_target_length, report.longest_target)),
     )
 
 
@@ -166,12 +182,22 @@ def plan_for_section(
     gpu: str | GPU | None = None,
     data_lengths=None,
     simulator=None,
+    generation_only: bool = False,
+    eval_report=None,
 ) -> Plan:
+    """The plan of ``cfg`` on ``gpu``; ``generation_only``: what ``predict`` runs
+    (``make_generation_plan``)."""
     request = request_for_section(
-        cfg, model_config, report=report, world=world, data_lengths=data_lengths
+        cfg,
+        model_config,
+        report=report,
+        world=world,
+        data_lengths=data_lengths,
+        eval_report=eval_report,
     )
     device = gpu if isinstance(gpu, GPU) else device_for_section(cfg, gpu)
-    plan = make_plan(request, device, overheads=overheads_for(cfg, device), simulator=simulator)
+    planner = make_generation_plan if generation_only else make_plan
+    plan = planner(request, device, overheads=overheads_for(cfg, device), simulator=simulator)
     from dialsum.core.torch_build import plan_warning
 
     unsupported = plan_warning(device)  # the installed torch build lacks this GPU's kernels

@@ -62,6 +62,9 @@ builds natively (no remote code)."""
 
 Kind = Literal["seq2seq", "causal"]
 
+CAUSAL_FAMILIES = frozenset({"llama", "gemma"})
+"""The ``model_family`` values of decoder-only LLMs."""
+
 _CONFIG_PACKAGE_DIR = "configs"
 
 Family = Literal["t5", "mt5", "bart", "llama", "gemma", "other"]

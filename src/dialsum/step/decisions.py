@@ -7,7 +7,7 @@ both, and ``training.settings`` copies each one from the plan or refuses to star
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dialsum.step.geometry import BatchGeometry, GeometryView
 
@@ -23,3 +23,5 @@ class RunDecisions(GeometryView):
     optimizer: str  # trace.profile.OPTIMIZERS
     gradient_checkpointing: bool
     source_len: int  # tokenizer.max_source_length the run tokenizes at
+    # full | lora | qlora: what is trained (causal LMs; the ladder may switch an "auto").
+    method: str = field(default="full", kw_only=True)

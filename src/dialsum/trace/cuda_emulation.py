@@ -28,6 +28,13 @@ it changes is what autograd saves) that fixes the ones that matter for seq2seq t
   As on CUDA, casts of fp32 leaf tensors that require grad (the parameters) to the low
   dtype are cached until the autocast region exits (``clear_cache``); autograd keeps the
   copies it saved for backward alive after that.
+- bitsandbytes' 4-bit matmul (``bitsandbytes::gemm_4bit``, QLoRA's forward): the fake op
+  only makes the output, the CUDA kernel dispatch (``backends/cuda/ops.py``) dequantizes
+  the whole weight to the input dtype first (``_dequant_linear_fallback``: ``[out, in]``,
+  freed after the matmul) unless the rows are few: up to 4 rows (a decode step of one
+  sequence) it always runs the fused kernel; from 5 to 1,536 rows the choice depends on the
+  GPU model, so we take the fallback (an upper bound of one layer's weight); past 1,536
+  rows it is always the fallback (``cuda_gemm_4bit``).
 """
 
 from __future__ import annotations
@@ -256,7 +263,38 @@ class CudaEmulationMode(TorchFunctionMode):
                 return _autocast_cross_entropy(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             return _cuda_sdpa(*args, **kwargs)
+        if isinstance(func, torch._ops.OpOverload) and func._schema.name == _GEMM_4BIT:
+            return cuda_gemm_4bit(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+_GEMM_4BIT = "bitsandbytes::gemm_4bit"
+GEMM_4BIT_FUSED_MAX_ROWS = 4
+"""Rows up to which bitsandbytes' CUDA ``gemm_4bit`` always runs its fused kernel."""
+
+
+def cuda_gemm_4bit(
+    A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
+    absmax_offset=None,
+):  # fmt: skip
+    """``bitsandbytes::gemm_4bit`` as its CUDA dispatch runs it (see the module docstring):
+    A ``[..., in]``, B packed ``uint8 [(out*in+1)//2, 1]`` -> ``[..., out]``."""
+    rows = A.numel() // A.shape[-1]
+    if rows <= GEMM_4BIT_FUSED_MAX_ROWS:
+        return torch.ops.bitsandbytes.gemm_4bit.default(
+            A, B, shapeB, absmax, blocksize, quant_type, bias=bias, absmax_8bit=absmax_8bit,
+            absmax_code=absmax_code, absmax_offset=absmax_offset,
+        )  # fmt: skip
+    if absmax_8bit is not None:
+        # Double quant: the uint8 absmax dequantized to fp32 [blocks], plus the offset.
+        absmax = torch.ops.bitsandbytes.dequantize_blockwise.default(
+            absmax_8bit, absmax, absmax_code, 256, torch.float32
+        )
+        absmax = absmax + absmax_offset
+    weight = torch.ops.bitsandbytes.dequantize_4bit.default(
+        B, absmax, blocksize, quant_type, list(shapeB), A.dtype
+    )  # [out, in] in A's dtype, alive for the matmul only
+    return F.linear(A, weight, bias)
 
 
 def checkpoint_context_fn(autocast_dtype: torch.dtype | None):

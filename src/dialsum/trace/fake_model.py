@@ -1,9 +1,10 @@
-"""Build a seq2seq model whose parameters are fake CPU tensors (no weight memory).
+"""Build a model whose parameters are fake CPU tensors (no weight memory).
 
-The model is built on the ``meta`` device (fast, no initialisation work) through
-``architectures.model_from_config`` (which unties T5/mT5 heads), then every parameter and
-buffer is replaced by an uninitialised fake CPU tensor of the same shape, dtype and
-stride. Tied parameters (BART's shared embedding) stay one object.
+The model (seq2seq or causal) is built on the ``meta`` device (fast, no initialisation
+work) through ``architectures.model_from_config`` (which unties T5/mT5 heads), then every
+parameter and buffer is replaced by an uninitialised fake CPU tensor of the same shape,
+dtype and stride. Tied parameters (BART's shared embedding, a tied LLM head) stay one
+object. For QLoRA the linear layers become 4-bit first (``trace.quantized``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 
-from dialsum.models.architectures import model_from_config
+from dialsum.models.architectures import is_causal, model_from_config
+from dialsum.trace.quantized import Quantization, fake_4bit_linears, quantize_meta_model
 
 # LoRA targets per family: the attention projections.
 LORA_TARGETS: dict[str, list[str]] = {
@@ -35,6 +37,8 @@ def _meta_to_fake(model: nn.Module, mode: FakeTensorMode) -> None:
     converted: dict[int, torch.Tensor] = {}
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
+        if not tensor.is_meta:
+            return tensor  # already fake (a 4-bit weight with its quantization state)
         if id(tensor) not in converted:
             fake = _fake_like(tensor, mode)
             if isinstance(tensor, nn.Parameter):
@@ -56,23 +60,47 @@ def fake_model_from_config(
     mode: FakeTensorMode,
     dtype: torch.dtype | None = None,
     lora_rank: int | None = None,
+    quantization: Quantization | None = None,
+    kbit_training: bool = True,
 ) -> nn.Module:
     """The model of ``config`` with fake CPU parameters/buffers.
 
     ``dtype`` casts floating weights as ``model.to(dtype)`` does; ``lora_rank`` wraps the
     model with peft LoRA adapters (base frozen). Both happen on ``meta``, before the
     conversion to fake tensors (peft's device moves cannot swap fake parameters).
+
+    ``quantization`` (QLoRA): the linear layers become ``Linear4bit`` as ``from_pretrained``
+    makes them; with ``kbit_training`` (training) ``prepare_model_for_kbit_training`` then
+    freezes the base and leaves every unquantized parameter fp32, without it (prediction)
+    they stay in ``dtype``. The 4-bit weights get fake packed values and quantization state.
     """
-    model = model_from_config(config, device="meta")
-    if dtype is not None:
+    if quantization is not None:
+        # from_pretrained loads the unquantized parts in ``dtype`` (a quantized model cannot
+        # be cast afterwards); prepare_model_for_kbit_training then upcasts them to fp32.
+        model = model_from_config(config, device="meta", dtype=dtype)
+        quantize_meta_model(model, quantization)
+        if kbit_training:
+            from peft import prepare_model_for_kbit_training
+
+            # Checkpointing is switched on by the caller, as for the other methods.
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = model_from_config(config, device="meta")
+    if quantization is None and dtype is not None:
         model = model.to(dtype)
     if lora_rank is not None:
         model = apply_lora(model, lora_rank)
+    if quantization is not None:
+        fake_4bit_linears(model, mode, quantization)
     _meta_to_fake(model, mode)
     return model
 
 
-def lora_targets(config: PretrainedConfig) -> list[str]:
+def lora_targets(config: PretrainedConfig) -> list[str] | str:
+    """The attention projections of a seq2seq model; every linear layer but the head
+    (peft's ``"all-linear"``) of a causal LM, as the QLoRA recipes do."""
+    if is_causal(config):
+        return "all-linear"
     model_type = getattr(config, "model_type", "")
     if model_type not in LORA_TARGETS:
         raise ValueError(
@@ -83,7 +111,7 @@ def lora_targets(config: PretrainedConfig) -> list[str]:
 
 
 def apply_lora(model: nn.Module, rank: int) -> nn.Module:
-    """Wrap ``model`` with peft LoRA adapters on the attention projections; base frozen.
+    """Wrap ``model`` with peft LoRA adapters (``lora_targets``); base frozen.
 
     peft keeps adapters in fp32 even on a bf16 base (``autocast_adapter_dtype=True``).
     """
@@ -94,7 +122,7 @@ def apply_lora(model: nn.Module, rank: int) -> nn.Module:
         lora_alpha=2 * rank,
         lora_dropout=0.05,
         target_modules=lora_targets(model.config),
-        task_type=TaskType.SEQ_2_SEQ_LM,
+        task_type=TaskType.CAUSAL_LM if is_causal(model.config) else TaskType.SEQ_2_SEQ_LM,
     )
     return get_peft_model(model, lora_config)
 

@@ -22,14 +22,20 @@ from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
+from dialsum.models.architectures import is_causal
 from dialsum.trace import cache as trace_cache
+from dialsum.trace.causal_generation import trace_causal_generate
 from dialsum.trace.cuda_emulation import CudaEmulationMode
 from dialsum.trace.fake_model import fake_model_from_config, unique_params
 from dialsum.trace.flops import CostMeter, short_cache_len
+from dialsum.trace.generation_parts import (
+    GENERATE_COST_PHASES,
+    generate_profile,
+    process_logits,
+)
 from dialsum.trace.model_run import (
     dtype_of,
     emulation_on,
-    full_breakdown,
     labelled_batch,
     prepared_model,
     random_ids,
@@ -37,9 +43,7 @@ from dialsum.trace.model_run import (
 )
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile, Precision
 from dialsum.trace.reuse import Traced, default_round_fn, reused_or_traced, set_costs
-from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
-
-GENERATE_CATEGORIES = ("weights", "activations", "kv_cache", "logits", "temporaries")
+from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 
 def _decoder_dims(config: PretrainedConfig) -> tuple[int, int, int]:
@@ -76,25 +80,6 @@ def _cache_tensors(cache: EncoderDecoderCache) -> Iterator[torch.Tensor]:
 def _cache_kwarg(model: nn.Module) -> str:
     # transformers renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _process_logits(raw_logits: torch.Tensor, batch: int, num_beams: int) -> None:
-    """``generate()``'s per-step logits work on ``raw_logits`` [batch*beams, 1, vocab]."""
-    vocab = raw_logits.shape[-1]
-    # fp32 copy of the last position: [batch*beams, vocab]
-    logits = raw_logits[:, -1, :].to(copy=True, dtype=torch.float32)
-    if num_beams == 1:
-        # greedy: one processor output (e.g. masked_fill of banned tokens), then argmax.
-        scores = logits.masked_fill(torch.zeros_like(logits[:1], dtype=torch.bool), 0.0)
-        torch.argmax(scores, dim=-1)
-        return
-    # beam search: log_softmax, one processor output, + running beam scores, then topk
-    # over [batch, beams*vocab] keeping 2*beams continuations.
-    log_probs = torch.log_softmax(logits, dim=-1)
-    log_probs = log_probs.masked_fill(torch.zeros_like(log_probs[:1], dtype=torch.bool), 0.0)
-    running = torch.zeros(batch, num_beams, 1, dtype=torch.float32)
-    accumulated = (log_probs.view(batch, num_beams, vocab) + running).reshape(batch, -1)
-    torch.topk(accumulated, k=min(2 * num_beams, accumulated.shape[-1]), dim=-1)
 
 
 def _trace_generate(
@@ -148,8 +133,8 @@ def _trace_generate(
         with mode, meter, emulation_on(emulation, options.device), torch.no_grad():
             _decode_token(decoder, model, cache, hidden, mask, shape, LiveStorageTracker(round_fn))
     params = sum(p.numel() for p in unique_params(model))
-    profile = _generate_profile(params, tracker.peak, tracker.phase_records)
-    set_costs(profile, meter.phases(_GENERATE_COST_PHASES))
+    profile = generate_profile(params, tracker.peak, tracker.phase_records)
+    set_costs(profile, meter.phases(GENERATE_COST_PHASES))
     return profile, tracker.events
 
 
@@ -182,9 +167,6 @@ def _eval_loss_forward(
     del outputs, batch
 
 
-_GENERATE_COST_PHASES = ("encoder", "decode_step", "logits", "reorder", "eval_loss", "decode_short")
-
-
 def _decode_token(
     decoder: Callable,
     model: nn.Module,
@@ -213,7 +195,7 @@ def _decode_token(
     tracker.track(outputs.logits, "logits")
 
     tracker.set_phase("logits", default_category="logits")
-    _process_logits(outputs.logits, shape.batch, shape.num_beams)
+    process_logits(outputs.logits, shape.batch, shape.num_beams)
     del outputs
     if shape.num_beams > 1:
         # Beam search reorders every layer's self- and cross-attention K/V by the chosen
@@ -222,19 +204,6 @@ def _decode_token(
         cache.reorder_cache(torch.zeros(rows, dtype=torch.long))
         tracker.track_all(_cache_tensors(cache), "kv_cache")
     return start
-
-
-def _generate_profile(
-    params: int, peak: PeakRecord, phases: dict[str, PeakRecord]
-) -> MemoryProfile:
-    return MemoryProfile(
-        params=params,
-        trainable_params=0,
-        peak_bytes=peak.total_bytes,
-        peak_phase=peak.phase,
-        breakdown=full_breakdown(peak, GENERATE_CATEGORIES),
-        phase_peaks={k: r.total_bytes for k, r in phases.items() if k != "setup"},
-    )
 
 
 def simulate_generate(
@@ -262,8 +231,11 @@ def simulate_generate(
         options = GenerateOptions(precision=options)
     round_fn = round_fn or default_round_fn(options.device)
 
+    # A decoder-only LLM generates from its prompt alone (``trace.causal_generation``).
+    trace = trace_causal_generate if is_causal(config) else _trace_generate
+
     def trace_at(batch: int, record: bool) -> Traced:
-        return _trace_generate(config, replace(shape, batch=batch), options, round_fn, record)
+        return trace(config, replace(shape, batch=batch), options, round_fn, record)
 
     def timeline_key() -> str:
         return trace_cache.cache_key(
@@ -275,7 +247,7 @@ def simulate_generate(
         timeline_key,
         shape.batch,
         trace_at,
-        lambda base, steps: _generate_profile(base.params, *steps[-1]),
+        lambda base, steps: generate_profile(base.params, *steps[-1]),
         round_fn,
         cache_dir=cache_dir,
         use_cache=use_cache,

@@ -15,8 +15,10 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig
 
+from dialsum.models.architectures import is_causal
 from dialsum.trace.cuda_emulation import CudaEmulationMode
 from dialsum.trace.fake_model import unique_params
+from dialsum.trace.quantized import Quantization, quant_states
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord
 
 _DTYPES: dict[str, torch.dtype] = {
@@ -59,6 +61,15 @@ def random_ids(batch: int, length: int, vocab_size: int) -> torch.Tensor:
 def labelled_batch(
     config: PretrainedConfig, rows: int, source_len: int, target_len: int
 ) -> dict[str, torch.Tensor]:
+    if is_causal(config):
+        # A causal row is prompt + summary in one sequence: ids, mask and labels (-100 on
+        # the prompt) all [rows, source_len + target_len].
+        length = source_len + target_len
+        return {
+            "input_ids": random_ids(rows, length, config.vocab_size),
+            "attention_mask": torch.ones(rows, length, dtype=torch.long),
+            "labels": random_ids(rows, length, config.vocab_size),
+        }
     # What the collator hands the trainer: source ids/mask [rows, source_len], labels and
     # the shifted ``decoder_input_ids`` [rows, target_len] (int64, like a tokenizer's).
     return {
@@ -110,6 +121,16 @@ def emulation_on(emulation: CudaEmulationMode, device: str) -> contextlib.Abstra
     return emulation if device == "cuda" else contextlib.nullcontext()
 
 
+def quantization_of(options) -> Quantization | None:
+    """The 4-bit storage of ``TrainOptions``/``GenerateOptions`` (None: not QLoRA); the
+    compute dtype is the precision's low dtype (fp32 for an fp32 run)."""
+    if options.quantization is None:
+        return None
+    return Quantization(options.quantization, options.double_quant, dtype_of(options.precision))
+
+
 def track_model(tracker: LiveStorageTracker, model: nn.Module) -> None:
     tracker.track_all(unique_params(model), "weights")
     tracker.track_all(model.buffers(), "weights")
+    # 4-bit layers: absmax (and the nested state) are weight memory outside parameters.
+    tracker.track_all(quant_states(model), "weights")

@@ -27,6 +27,8 @@ class TrainOptions:
     with the first one's gradients alive; the third and later repeat the second).
     ``device`` is where the step runs: ``cuda`` emulates CUDA's kernels and autocast on
     the CPU trace, ``cpu`` traces the CPU kernels themselves (to check against a CPU run).
+    ``quantization`` (QLoRA) stores the base model's linear layers in 4 bit
+    (``trace.quantized``), computing in the precision's low dtype.
     """
 
     precision: Precision = "fp32"
@@ -36,6 +38,8 @@ class TrainOptions:
     lora_rank: int = 8
     micro_batches: int = 1
     device: Device = "cuda"
+    quantization: str | None = None  # QLoRA: "nf4" | "fp4" base weights (with ``lora``)
+    double_quant: bool = True
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class GenerateOptions:
     precision: Precision = "fp32"
     amp: bool = False
     device: Device = "cuda"
+    quantization: str | None = None  # QLoRA's 4-bit base ("nf4" | "fp4"), as predict loads it
+    double_quant: bool = True
 
 
 @dataclass

@@ -30,6 +30,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 
+from dialsum.models.architectures import is_causal
 from dialsum.step.train_step import build_optimizer, step_forward_backward
 from dialsum.trace import cache as trace_cache
 from dialsum.trace.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
@@ -45,6 +46,7 @@ from dialsum.trace.model_run import (
     full_breakdown,
     labelled_batch,
     prepared_model,
+    quantization_of,
     track_model,
     weights_dtype,
 )
@@ -73,7 +75,9 @@ def _build_train_rig(
     config: PretrainedConfig, options: TrainOptions, mode: FakeTensorMode
 ) -> _TrainRig:
     lora_rank = options.lora_rank if options.lora else None
-    model = fake_model_from_config(config, mode, weights_dtype(options.precision), lora_rank)
+    model = fake_model_from_config(
+        config, mode, weights_dtype(options.precision), lora_rank, quantization_of(options)
+    )
     if options.gradient_checkpointing:
         amp = amp_dtype(options.precision) if options.device == "cuda" else None
         context_fn = checkpoint_context_fn(amp) if options.device == "cuda" else None
@@ -101,8 +105,22 @@ def _build_train_rig(
     total = sum(p.numel() for p in unique_params(model))
     trainable_count = sum(p.numel() for p in trainable)
     # ``params`` is the base model; with LoRA the adapters are the trainable part on top.
+    # A 4-bit weight's parameter holds packed bytes: count its values from the layer.
+    total += _unpacked_4bit_values(model)
     base = total - trainable_count if options.lora else total
     return _TrainRig(model, optimizer, base, trainable_count)
+
+
+def _unpacked_4bit_values(model: nn.Module) -> int:
+    """Values of the 4-bit weights beyond their packed parameters (``numel`` of a packed
+    weight is half its ``out x in`` values), so ``params`` counts the model's parameters."""
+    from dialsum.trace.quantized import is_4bit_linear
+
+    extra = 0
+    for module in model.modules():
+        if is_4bit_linear(module):
+            extra += module.out_features * module.in_features - module.weight.numel()
+    return extra
 
 
 def _train_step(
@@ -134,6 +152,7 @@ def _train_step(
         backward=backward,
         before_micro_batch=forward_phase,
         trim=False,  # fake tensors hold no values; the simulated rows are unpadded
+        causal=is_causal(rig.model.config),
     )
 
     tracker.set_phase("optimizer")

@@ -12,7 +12,7 @@ that size: then the CPU run is planned (CPU kernels) and capped like a GPU.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -75,9 +75,19 @@ def memory_cap_bytes(cfg: SectionConfig) -> int | None:
 
 
 def resolve_settings(
-    cfg: SectionConfig, model_config, *, report=None, guard=None, echo=print
+    cfg: SectionConfig,
+    model_config,
+    *,
+    report=None,
+    guard=None,
+    echo=print,
+    purpose: Literal["train", "predict"] = "train",
+    eval_report=None,
 ) -> Settings:
-    """Settings for ``cfg`` on this machine; ``UserError`` when the plan does not fit."""
+    """Settings for ``cfg`` on this machine; ``UserError`` when the plan does not fit.
+
+    ``purpose`` predict plans generation only: a training step that would not fit the
+    predicting GPU does not stop a prediction that fits."""
     problems = model_limit_problems(cfg, model_config)
     if problems:  # an IndexError in the first step (CPU) or a device assert (GPU) otherwise
         raise ConfigError(f"section '{cfg.name}':\n  - " + "\n  - ".join(problems))
@@ -86,7 +96,7 @@ def resolve_settings(
     world = world_size()
     per_rank_rows(cfg.training.effective_batch_size, world)  # exact split, or a clear error
     if use_cuda(cfg) or memory_cap_bytes(cfg) is not None:
-        settings = _planned_settings(cfg, model_config, world, report)
+        settings = _planned_settings(cfg, model_config, world, report, purpose, eval_report)
     else:
         settings = _cpu_settings(cfg, world)
     recovered = guard is not None and _keep_recovered_batches(settings, guard)
@@ -192,6 +202,7 @@ def _cpu_settings(cfg: SectionConfig, world: int) -> Settings:
         optimizer=resolve_optimizer(t.optimizer),
         gradient_checkpointing=t.gradient_checkpointing is True,
         source_len=source_len,
+        method=cfg.model.training_method,
         predict_precision="fp32",
         reasons=reasons,
     )
@@ -214,25 +225,36 @@ def not_fitting_message(plan, cfg: SectionConfig) -> str:
     return "\n".join(lines)
 
 
-def _planned_settings(cfg: SectionConfig, model_config, world: int, report) -> Settings:
+def _planned_settings(
+    cfg: SectionConfig,
+    model_config,
+    world: int,
+    report,
+    purpose: str = "train",
+    eval_report=None,
+) -> Settings:
     from dialsum.memory.section import plan_for_section
-    from dialsum.models.architectures import is_causal
     from dialsum.speed.gpus import cpu_device
-
-    if is_causal(model_config):
-        # Until the planner traces the decoder-only step (4-bit weights, adapters, logits
-        # over the whole sequence), a causal run on a GPU or under a memory cap has no plan
-        # to apply; set the batches by hand on CPU.
-        raise ConfigError(
-            f"section '{cfg.name}': planning causal models: not yet. Train causal LMs on CPU "
-            "without hardware.memory_cap_gib (hardware.cpu: true) for now."
-        )
 
     cap = memory_cap_bytes(cfg)
     gpu = cpu_device(cap) if cap is not None else None
-    plan = plan_for_section(cfg, model_config, report=report, world=world, gpu=gpu)
+    predict = purpose == "predict"
+    plan = plan_for_section(
+        cfg,
+        model_config,
+        report=report,
+        world=world,
+        gpu=gpu,
+        generation_only=predict,
+        eval_report=eval_report if evaluates(cfg) else None,
+    )
+    if predict and not plan.fits:
+        raise UserError(generation_not_fitting_message(plan, cfg))
     if not plan.fits:
         raise UserError(not_fitting_message(plan, cfg))
+    if not predict and evaluates(cfg) and plan.eval_required_bytes > plan.usable_bytes:
+        raise UserError(eval_not_fitting_message(plan, cfg))
+    _require_loaded_method(plan, cfg)
     inf = cfg.inference
     reasons = list(plan.reasons)
     source_len = cfg.tokenizer.max_source_length
@@ -264,6 +286,53 @@ def _planned_settings(cfg: SectionConfig, model_config, world: int, report) -> S
     )
 
 
+def evaluates(cfg: SectionConfig) -> bool:
+    """Whether a run generates evaluation summaries (during or after training)."""
+    return cfg.training.eval_strategy != "no"
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def eval_not_fitting_message(plan, cfg: SectionConfig) -> str:
+    """Training fits, but its evaluation (generation next to the optimizer state) does not:
+    the run would fail at its first evaluation, after training for a while."""
+    return (
+        f"section '{cfg.name}' on {plan.gpu.name}: training fits, but evaluation at batch "
+        f"{plan.eval_batch_size} ({cfg.inference.num_beams} beams, the optimizer state "
+        f"resident) needs {_gib(plan.eval_required_bytes)} of {_gib(plan.usable_bytes)} "
+        "usable. Lower inference.num_beams or tokenizer.max_source_length, set "
+        "training.eval_batch_size: auto (or smaller), or training.eval_strategy: no and "
+        "evaluate after training with `dialsum predict` + `dialsum evaluate`."
+    )
+
+
+def generation_not_fitting_message(plan, cfg: SectionConfig) -> str:
+    return (
+        f"section '{cfg.name}' on {plan.gpu.name}: generating one summary "
+        f"({cfg.inference.num_beams} beams, source {plan.source_len} tokens, weights in "
+        f"{plan.predict_precision}) needs {_gib(plan.generate_required_bytes)} of "
+        f"{_gib(plan.usable_bytes)} usable. Lower inference.num_beams or "
+        "tokenizer.max_source_length, or predict on a larger GPU."
+    )
+
+
+def _require_loaded_method(plan, cfg: SectionConfig) -> None:
+    """The model is loaded as ``model.method`` says (a 4-bit base, adapters) before the plan
+    exists; when the ladder chose another method (``model.method`` left unset: LoRA or QLoRA
+    because full fine-tuning does not fit) the run refuses and names the setting."""
+    loaded = cfg.model.training_method
+    if plan.method == loaded:
+        return
+    raise UserError(
+        f"section '{cfg.name}': {loaded} fine-tuning does not fit on {plan.gpu.name}; the plan "
+        f"fits with method {plan.method} (micro-batch {plan.micro_batch_size} x "
+        f"{plan.gradient_accumulation_steps}). Nothing was started: set model.method: "
+        f"{plan.method} (--set model.method={plan.method}) to train that way."
+    )
+
+
 def settings_from_plan(plan, cfg: SectionConfig, /, **overrides: Any) -> Settings:
     """Settings that apply every decision of ``plan`` as it stands (``overrides`` replace
     fields), on the device it is for: a CPU emulating one under ``hardware.memory_cap_gib``,
@@ -280,6 +349,7 @@ def settings_from_plan(plan, cfg: SectionConfig, /, **overrides: Any) -> Setting
         optimizer=plan.optimizer,
         gradient_checkpointing=plan.gradient_checkpointing,
         source_len=plan.source_len,
+        method=plan.method,
         predict_precision=plan.predict_precision,
         memory_cap_bytes=cap,
     )
