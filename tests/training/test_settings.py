@@ -223,3 +223,57 @@ def test_positions_beyond_bart_s_table_are_refused_by_the_run() -> None:
     kobart = known_config("digit82/kobart-summarization")
     with pytest.raises(ConfigError, match="inference.max_new_tokens: 2000 is above the 1026"):
         resolve_settings(cfg, kobart, echo=quiet)
+
+
+def test_predict_plans_generation_only(monkeypatch) -> None:
+    """Issue 18, point 15: 4 GiB of training states do not fit a 3 GiB GPU, but generating
+    (1 GiB + 0.25 GiB per row) does: predict goes ahead, train refuses."""
+    _use_fake_gpu(monkeypatch)
+    cfg, model_config = _eenzeenee("hardware.gpu=3GB")
+    with pytest.raises(UserError, match="does not fit on GPU with 3GiB"):
+        resolve_settings(cfg, model_config, echo=quiet)
+    s = resolve_settings(cfg, model_config, echo=quiet, purpose="predict")
+    assert s.generation_batch_size >= 1 and s.source_len == 512  # no training ladder cut
+    assert s.plan["fits"] and s.plan["predicted_peak_bytes"] == s.plan["generate_peak_bytes"]
+
+
+def test_a_plan_whose_generation_does_not_fit_refuses_to_predict(monkeypatch) -> None:
+    _use_fake_gpu(monkeypatch)
+    cfg, model_config = _eenzeenee("hardware.gpu=1GB")
+    with pytest.raises(UserError, match="generating one summary .* needs"):
+        resolve_settings(cfg, model_config, echo=quiet, purpose="predict")
+
+
+def test_a_run_whose_evaluation_does_not_fit_refuses_before_training(monkeypatch) -> None:
+    """Issue 18, point 13: training fits (1 GiB + 0.1 GiB per row), evaluation at batch 1
+    (4 GiB) does not: the run would fail at its first evaluation, after training."""
+    eval_heavy = Simulator(
+        train=lambda config, shape, options: fake_profile(GIB, GIB // 10, shape.batch),
+        generate=lambda config, shape, precision: fake_profile(4 * GIB, GIB // 4, shape.batch),
+    )
+    _use_fake_gpu(monkeypatch, eval_heavy)
+    cfg, model_config = _eenzeenee("hardware.gpu=3GB")
+    with pytest.raises(UserError, match="training fits, but evaluation at batch 1"):
+        resolve_settings(cfg, model_config, echo=quiet)
+    no_eval, _ = _eenzeenee("hardware.gpu=3GB", "training.eval_strategy=no")
+    assert resolve_settings(no_eval, model_config, echo=quiet).device == "cuda"
+
+
+def test_evaluation_is_planned_at_the_eval_files_lengths(monkeypatch) -> None:
+    """Issue 18, point 14: the eval batch came from the training table's lengths."""
+    from types import SimpleNamespace
+
+    by_source = Simulator(
+        train=lambda config, shape, options: fake_profile(GIB, GIB // 10, shape.batch),
+        generate=lambda config, shape, precision: fake_profile(
+            GIB, GIB * shape.source_len // 512, shape.batch
+        ),
+    )
+    _use_fake_gpu(monkeypatch, by_source)
+    cfg, model_config = _eenzeenee("hardware.gpu=16GB")  # training at source 512 (no report)
+    at_train_lengths = resolve_settings(cfg, model_config, echo=quiet)
+    short_dev = SimpleNamespace(longest_source=128, longest_target=32)
+    at_dev_lengths = resolve_settings(cfg, model_config, echo=quiet, eval_report=short_dev)
+    # 1 GiB per row at 512 tokens, a quarter of it at 128: four times the rows fit.
+    assert at_dev_lengths.eval_batch_size >= 3 * at_train_lengths.eval_batch_size
+    assert at_dev_lengths.micro_batch_size == at_train_lengths.micro_batch_size

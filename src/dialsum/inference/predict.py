@@ -218,7 +218,7 @@ def run_predict(
         cfg, checkpoint=model_dir, device="cuda" if use_cuda(cfg) else "cpu"
     )
     require_finite_model(model.named_parameters(), model_dir)
-    settings = resolve_settings(cfg, model.config, echo=echo)
+    settings = resolve_settings(cfg, model.config, echo=echo, purpose="predict")
     if use_cuda(cfg) and not getattr(model, "is_loaded_in_4bit", False):
         # Generation in the dtype the plan simulated: bf16/fp16 where training used it
         # (half the weight and cache memory), fp32 otherwise.

@@ -218,7 +218,13 @@ def _prepare(cfg: SectionConfig, resumed, echo) -> _Ready:
     guard = None
     if resumed is not None and resumed[0].guard.is_file():
         guard = GuardState.load(resumed[0].guard)
-    settings = resolve_settings(cfg, model.config, report=report, guard=guard, echo=echo)
+    eval_report = None
+    if dev_table is not None and cfg.training.eval_strategy != "no":
+        # Evaluation is planned at the eval file's lengths, not the training file's.
+        eval_report = length_report(cfg, dev_table, tokenizer, prompt_format(cfg, model, tokenizer))
+    settings = resolve_settings(
+        cfg, model.config, report=report, guard=guard, echo=echo, eval_report=eval_report
+    )
     return _Ready(cfg, model, tokenizer, train_table, dev_table, settings, guard, finished)
 
 
