@@ -48,7 +48,9 @@ def test_the_method_is_resolved_once_and_lora_enabled_agrees() -> None:
     # The existing switch still means LoRA.
     legacy = section("tiny", "model.lora.enabled=true")
     assert (legacy.model.method, legacy.model.training_method) == ("lora", "lora")
-    assert section("tiny").model.method == "full"
+    # Unset stays unset (the planner may choose for a causal LM); it trains as full.
+    unset = section("tiny")
+    assert (unset.model.method, unset.model.training_method) == (None, "full")
 
 
 def test_method_full_with_lora_enabled_is_a_disagreement() -> None:

@@ -76,7 +76,8 @@ class ModelConfig:
         None,
         "full (every weight trains), lora (adapters, base frozen) or qlora (adapters on a "
         "4-bit base; causal LMs, needs `uv sync --extra bnb`); null = lora when "
-        "model.lora.enabled, else full.",
+        "model.lora.enabled, else full - and for a causal LM that does not fit, the plan "
+        "names the method that would.",
     )
     trust_remote_code: bool = _f(False, "Run model code from the hub repository (off: safer).")
     dropout: float | None = _f(None, "Override every dropout probability of the model.")

@@ -202,9 +202,9 @@ SUPPORTED_METHODS = (
 def check_model_method(cfg: SectionConfig, errors: list[str]) -> None:
     """Model kind, training method, LoRA targets, quantization and prompt: the rules the
     config alone can decide (the kind ``auto`` resolves to is checked when the model's
-    config is read, ``models.causal.resolve_kind``). On success ``model.method`` is
-    resolved (``lora.enabled`` -> lora) and ``lora.enabled`` agrees with it, so every reader
-    sees one answer."""
+    config is read, ``models.causal.resolve_kind``). On success ``lora.enabled: true``
+    becomes ``model.method: lora`` and ``lora.enabled`` agrees with a set method, so every
+    reader sees one answer (``ModelConfig.training_method``: unset = full)."""
     m, tok = cfg.model, cfg.tokenizer
     if m.method == "full" and m.lora.enabled:
         errors.append(
@@ -244,8 +244,12 @@ def check_model_method(cfg: SectionConfig, errors: list[str]) -> None:
             f"dialogue goes), got {tok.prompt_template!r}"
         )
     if not errors:
-        m.method = method
-        m.lora.enabled = method != "full"
+        # ``lora.enabled`` spelled the method before ``model.method`` existed. An unset
+        # method stays unset otherwise: the planner may pick one (memory.ladder).
+        if m.method is None and m.lora.enabled:
+            m.method = "lora"
+        if m.method is not None:
+            m.lora.enabled = m.method != "full"
 
 
 def typed_section(
