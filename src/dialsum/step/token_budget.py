@@ -23,7 +23,9 @@ def generation_cost(source_len: int, new_tokens: int, num_beams: int) -> int:
     by this one formula. ``source_len`` counts a source as the encoder gets it: prefix +
     dialogue, with the special tokens the tokenizer adds (T5's ``</s>``), truncated at
     ``max_source_length`` - the unit of ``max_source_length`` and of the planner's source
-    length. ``new_tokens`` is ``max_new_tokens``.
+    length. ``new_tokens`` is ``max_new_tokens``. A causal LM has one cache per beam that
+    holds the prompt and grows by the new tokens, so the same formula holds with the
+    prompt (instruction + dialogue, ``data.prompt``) as the source.
     """
     return (max(source_len, 1) + new_tokens) * num_beams
 
