@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from dialsum.core.config_schema import ModelConfig, QuantizationConfig
 from dialsum.core.errors import ConfigError
+from dialsum.core.tokens import SPECIAL_TOKENS
 from dialsum.models.architectures import known_config
 from dialsum.models.causal import (
     compute_dtype,
@@ -23,7 +25,7 @@ from dialsum.models.causal import (
 )
 from dialsum.models.loading import load_tokenizer, save_pretrained
 from dialsum.models.lora import apply_lora
-from dialsum.models.tiny import build_tiny_model, tiny_config
+from dialsum.models.tiny import build_tiny_model, tiny_config, train_tiny_tokenizer
 from dialsum.step.train_step import build_optimizer, step_forward_backward
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
@@ -138,3 +140,43 @@ def test_a_qlora_step_runs_on_cpu_with_real_4bit_layers(tiny_llama_dir: Path) ->
     before = {n: p.detach().clone() for n, p in trainable.items()}
     optimizer.step()
     assert any(not torch.equal(before[n], p) for n, p in trainable.items())
+
+
+def test_marker_rows_added_to_a_base_train_and_travel_with_the_adapters(tmp_path: Path) -> None:
+    """A real LLM's tokenizer lacks the speaker/PII markers: loading adds them and grows the
+    embedding, every new row at the mean of the old ones - #Person1# and #Person2# the same
+    vector. They train as trainable tokens and are saved with the adapters, so base +
+    adapters reproduces the trained model, markers told apart."""
+    plain = train_tiny_tokenizer(TEXTS, family="llama", vocab_size=300, special_tokens=())
+    folder = tmp_path / "base"
+    base_model = AutoModelForCausalLM.from_config(tiny_config("llama", len(plain)))
+    save_pretrained(base_model, plain, folder)
+    base, tokenizer = load(folder)  # load_tokenizer adds the markers; the embedding grows
+    markers = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    assert min(markers) >= len(plain)  # all new rows
+    ids = torch.tensor(markers[:2])  # #Person1#, #Person2#
+
+    def marker_rows(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model.get_input_embeddings()(ids)
+
+    untrained = marker_rows(base)
+    torch.testing.assert_close(untrained[0], untrained[1], rtol=0, atol=1e-3)
+    peft_model = apply_lora(base, causal=True, trainable_token_indices=markers)
+    with torch.no_grad():  # "training": adapters and marker rows move
+        for param in peft_model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    trained = marker_rows(peft_model)
+    assert (trained[0] - trained[1]).abs().max() > 0.05
+    inputs = batch(tokenizer)
+    del inputs["labels"]
+    peft_model.eval()
+    with torch.no_grad():
+        expected = peft_model(**inputs).logits
+    peft_model.save_pretrained(str(tmp_path / "best"))
+    again, _ = load(folder)
+    restored = load_adapters(again, tmp_path / "best").eval()
+    torch.testing.assert_close(marker_rows(restored), trained)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(**inputs).logits, expected)
