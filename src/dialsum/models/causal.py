@@ -29,6 +29,7 @@ from transformers import (
 from dialsum.core.config_schema import ModelConfig, ModelKind, QuantizationConfig
 from dialsum.core.config_validate import SUPPORTED_METHODS
 from dialsum.core.errors import ConfigError
+from dialsum.core.launch import local_rank
 from dialsum.models.architectures import model_kind
 from dialsum.models.loading import (
     _check_local_dir,
@@ -150,8 +151,8 @@ def load_causal_model(
     """A causal LM from a hub id or local folder, matched to ``tokenizer``.
 
     With ``quantization`` the linear layers load as bitsandbytes 4-bit (``device`` "cuda"
-    places them on GPU 0: 4-bit weights are quantized while loading, on the device they
-    run on); without it the weights load in fp32 (the trainer's autocast or the plan's
+    places them on this process's GPU: 4-bit weights are quantized while loading, on the
+    device they run on); without it the weights load in fp32 (the trainer's autocast or the plan's
     precision casts later, as for seq2seq). The embedding grows when the tokenizer did.
     """
     _check_local_dir(name_or_path, "model")
@@ -164,7 +165,8 @@ def load_causal_model(
         config = bnb_config(quantization, device)
         kwargs["quantization_config"] = config
         kwargs["dtype"] = config.bnb_4bit_compute_dtype
-        kwargs["device_map"] = {"": 0} if device == "cuda" else {"": "cpu"}
+        # Each process quantizes onto its own GPU (torchrun sets LOCAL_RANK).
+        kwargs["device_map"] = {"": local_rank()} if device == "cuda" else {"": "cpu"}
     else:
         kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)

@@ -80,7 +80,7 @@ def setup_model(cfg: SectionConfig, checkpoint: str | Path | None = None, *, dev
     """(model, tokenizer): a checkpoint folder, a hub id / local folder, or a tiny model.
 
     ``device`` matters for QLoRA only: 4-bit weights are quantized while loading, on the
-    device they will run on ("cuda": GPU 0).
+    device they will run on ("cuda": this process's GPU).
     """
     _require_whole_weights(checkpoint if checkpoint is not None else cfg.model.name)
     try:
