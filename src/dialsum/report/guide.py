@@ -13,6 +13,7 @@ processes first, and writes the files; the text, YAML and plots are drawn by
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,7 @@ from dialsum.report.snippets import guide_yaml, yaml_text
 from dialsum.report.time_side import section_times
 from dialsum.speed.gpus import GPU, catalog, resolve_gpu
 from dialsum.step.geometry import divisors
+from dialsum.trace import answer_cache
 from dialsum.trace.cache import fill_in_processes
 from dialsum.trace.profile import MemoryProfile, TrainShape
 
@@ -193,10 +195,55 @@ def _resolve_gpus(gpus: Sequence[str] | None) -> list[GPU]:
 
 
 def _prefill_section(config_path: Path, name: str, gpu_slugs: list[str]) -> str:
-    """Worker: plan one section on every GPU so its traces land in the disk cache."""
+    """Worker: plan one section on every GPU; its traces land in the disk cache and the
+    section itself in the answer cache, where the main pass reads it."""
     devices = [resolve_gpu(slug) for slug in gpu_slugs]
-    _compute_section(name, config_path, devices, Simulator(), lambda: None)
+    section = _compute_section(name, config_path, devices, Simulator(), lambda: None)
+    answer_cache.store("guide", _section_key(config_path, name, devices), section)
     return name
+
+
+def _section_key(config_path: Path, name: str, devices: Sequence[GPU]) -> str | None:
+    """Key of a section's computed guide (``trace.answer_cache``): the resolved section,
+    the GPUs, the model's config bytes; None for a model only the hub knows."""
+    cfg = load_section(config_path, name)
+    model = answer_cache.model_source(cfg.model.name)
+    if model is None:
+        return None
+    return answer_cache.answer_key(
+        {
+            "kind": "guide-section",
+            "section": answer_cache.plain_dict(cfg),
+            "gpus": [answer_cache.plain_dict(g) for g in devices],
+            "model": model,
+        }
+    )
+
+
+def _tracing_cost(config_path: Path, name: str) -> int:
+    """Rough work of tracing a section (layers x width x vocabulary), to start the
+    largest first: the others then share the remaining core."""
+    try:
+        cfg = load_section(config_path, name)
+        fields = json.loads(_config_text(cfg.model.name))
+    except (OSError, ValueError, ConfigError):
+        return 0
+    layers = sum(int(fields.get(k) or 0) for k in _LAYER_KEYS) or 1
+    width = int(fields.get("d_model") or fields.get("hidden_size") or 1)
+    return layers * width * int(fields.get("vocab_size") or 1)
+
+
+_LAYER_KEYS = ("num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
+
+
+def _config_text(name: str) -> str:
+    from importlib.resources import files
+
+    shipped = files("dialsum.models") / "configs" / f"{name.replace('/', '--')}.json"
+    if shipped.is_file():
+        return shipped.read_text(encoding="utf-8")
+    path = Path(name)
+    return (path / "config.json" if path.is_dir() else path).read_text(encoding="utf-8")
 
 
 def _prefill_trace_cache(
@@ -204,9 +251,10 @@ def _prefill_trace_cache(
 ) -> None:
     """Trace sections in parallel processes (one per core) before the ordered pass.
 
-    A trace runs Python on one core, so on a 2-core machine two sections trace at once.
-    Workers only fill the on-disk trace cache; the main pass then reads it. Catalog GPUs
-    are passed by slug; a detected or custom GPU keeps the sequential path.
+    A trace runs Python on one core, so on a 2-core machine two sections trace at once,
+    the largest first (``_tracing_cost``). Workers only fill the on-disk trace cache; the
+    main pass then reads it. Catalog GPUs are passed by slug; a detected or custom GPU
+    keeps the sequential path.
     """
     workers = min(len(names), os.cpu_count() or 1)
     slugs = [g.slug for g in devices]
@@ -217,7 +265,8 @@ def _prefill_trace_cache(
         import sys
 
         print(f"tracing {len(names)} sections in {workers} processes...", file=sys.stderr)
-    calls = [(config_path, name, slugs) for name in names]
+    ordered = sorted(names, key=lambda name: -_tracing_cost(config_path, name))
+    calls = [(config_path, name, slugs) for name in ordered]
     for job in fill_in_processes(_prefill_section, calls, workers):
         job.result()  # re-raise a worker's error here
 
@@ -245,12 +294,30 @@ def build_guide(
     names = sections if sections is not None else real_sections(config_path)
     devices = _resolve_gpus(gpus)
     sim = simulator if simulator is not None else Simulator()
+    # A section computed before (same section, GPUs, model, code, libraries) is read back
+    # whole; only the real simulator's sections are kept.
+    keys = {n: _section_key(config_path, n, devices) for n in names} if simulator is None else {}
+    done = {n: answer_cache.load("guide", key) for n, key in keys.items()}
+    done = {n: guide for n, guide in done.items() if isinstance(guide, SectionGuide)}
     if simulator is None:
-        _prefill_trace_cache(config_path, names, devices, progress)
+        _prefill_trace_cache(config_path, [n for n in names if n not in done], devices, progress)
+        for name, key in keys.items():
+            if name not in done and isinstance(
+                hit := answer_cache.load("guide", key), SectionGuide
+            ):
+                done[name] = hit
     computed: list[SectionGuide] = []
     with _progress(progress, len(devices) + 1) as start:
         for name in names:
-            computed.append(_compute_section(name, config_path, devices, sim, start(name)))
+            advance = start(name)
+            if name in done:
+                computed.append(done[name])
+                for _ in range(len(devices) + 1):
+                    advance()
+                continue
+            computed.append(_compute_section(name, config_path, devices, sim, advance))
+            if name in keys:
+                answer_cache.store("guide", keys[name], computed[-1])
     label = REAL_SIMULATOR_LABEL if simulator is None else _custom_label(sim)
     plot_paths = _write_guide(computed, config_path.name, out, label)
     return GuideResult(

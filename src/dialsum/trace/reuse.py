@@ -6,10 +6,14 @@ two batch sizes (``REPLAY_LO``, ``REPLAY_HI``) once per process and any other ba
 is replayed from the recordings with every allocation resized (``trace.timeline``:
 exact); FLOPs, bytes moved and kernels are interpolated the same way
 (``flops.interpolate_costs``). Batch 1, or ``replay_batches=False``, traces directly.
+The recordings are kept on disk too (``timelines/`` in the cache folder, same key): the
+next process - a plan for another GPU, the guide's main pass - replays instead of tracing.
 """
 
 from __future__ import annotations
 
+import pickle
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,19 +41,58 @@ REPLAY_LO, REPLAY_HI = 2, 3
 Traced = tuple[MemoryProfile, list | None]
 
 
+def _timeline_path(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "timelines" / f"{key}.pkl"
+
+
+def _stored_timelines(cache_dir: Path | None, key: str) -> tuple | None:
+    """Recordings another process made for ``key`` (the guide's workers, a plan for
+    another GPU: the GPU changes the budget, not the trace); None when absent."""
+    if cache_dir is None:
+        return None
+    try:
+        with open(_timeline_path(cache_dir, key), "rb") as fh:
+            stored = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
+        return None
+    return stored if isinstance(stored, tuple) and len(stored) == 4 else None
+
+
+def _store_timelines(cache_dir: Path | None, key: str, recorded: tuple) -> None:
+    """Atomically (temp file + rename); a read-only or full cache folder is no error."""
+    if cache_dir is None:
+        return
+    target = _timeline_path(cache_dir, key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False) as fh:
+            pickle.dump(recorded, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp = Path(fh.name)
+        tmp.replace(target)
+    except OSError:
+        return
+
+
 def _replayed(
     key: str,
     batch: int,
     trace_at: Callable[[int, bool], Traced],
     profile_of: Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile],
     round_fn: RoundFn,
+    cache_dir: Path | None = None,
 ) -> MemoryProfile:
-    """``batch``'s profile replayed from recordings at REPLAY_LO/HI (traced once per key);
+    """``batch``'s profile replayed from recordings at REPLAY_LO/HI (traced once per key,
+    kept for this process and, with ``cache_dir``, on disk for the next);
     ``trace_at(batch, record)`` traces, ``profile_of(base, steps)`` builds the profile."""
     if key not in _TIMELINES:
-        (lo, e_lo), (hi, e_hi) = (trace_at(b, True) for b in (REPLAY_LO, REPLAY_HI))
-        _TIMELINES[key] = (lo, hi, e_lo, e_hi)
+        stored = _stored_timelines(cache_dir, key)
+        if stored is None:
+            (lo, e_lo), (hi, e_hi) = (trace_at(b, True) for b in (REPLAY_LO, REPLAY_HI))
+            stored = (lo, hi, e_lo, e_hi)
+            _store_timelines(cache_dir, key, stored)
+        _TIMELINES[key] = stored
         if batch in (REPLAY_LO, REPLAY_HI):
+            lo, hi = stored[0], stored[1]
             return lo if batch == REPLAY_LO else hi
     base, hi, e_lo, e_hi = _TIMELINES[key]
     steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, batch, round_fn)
@@ -65,6 +108,10 @@ def default_round_fn(device: str) -> RoundFn:
     return round_allocation_bytes if device == "cuda" else exact_bytes
 
 
+def _cache_path(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+
+
 def _cached(
     key: str,
     cache_dir: str | Path | None,
@@ -74,7 +121,7 @@ def _cached(
 ) -> MemoryProfile:
     """Disk cache around ``compute``; a custom ``round_fn`` bypasses it."""
     cacheable = use_cache and round_fn in (round_allocation_bytes, exact_bytes)
-    cache_path = Path(cache_dir) if cache_dir is not None else trace_cache.default_cache_dir()
+    cache_path = _cache_path(cache_dir)
     if cacheable and (hit := trace_cache.load(cache_path, key)) is not None:
         return hit
     profile = compute()
@@ -98,9 +145,12 @@ def reused_or_traced(
     """The profile at ``batch``: cached on disk under ``key``, else replayed from the
     timelines recorded under ``timeline_key()`` (see ``_replayed``), else traced."""
 
+    cacheable = use_cache and round_fn in (round_allocation_bytes, exact_bytes)
+    timelines_dir = _cache_path(cache_dir) if cacheable else None
+
     def compute() -> MemoryProfile:
         if not (replay_batches and batch > 1):
             return trace_at(batch, False)[0]
-        return _replayed(timeline_key(), batch, trace_at, profile_of, round_fn)
+        return _replayed(timeline_key(), batch, trace_at, profile_of, round_fn, timelines_dir)
 
     return _cached(key, cache_dir, use_cache, round_fn, compute)
