@@ -1,7 +1,8 @@
 """How long `dialsum plan` and `dialsum guide` take, cold and warm, against the targets.
 
     uv run python bench/bench_plan_latency.py [--baseline /path/to/old/checkout] [--repeat 3]
-        [--skip-guide] [--gpu rtx3080-10gb] [--out bench/results/plan_latency.json]
+        [--skip-plans] [--skip-large] [--skip-guide] [--gpu rtx3080-10gb]
+        [--out bench/results/plan_latency.json]
 
 Every measurement is a fresh Python process, as a user runs the command:
 
@@ -192,6 +193,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another checkout to compare with")
     parser.add_argument("--repeat", type=int, default=1, help="runs per plan (median)")
     parser.add_argument("--gpu", default="rtx3080-10gb")
+    parser.add_argument("--skip-plans", action="store_true")
     parser.add_argument("--skip-guide", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON")
@@ -201,7 +203,8 @@ def main() -> None:
     for checkout in [ROOT] + ([args.baseline] if args.baseline else []):
         _compile_bytecode(checkout, pycache)
     report: dict = {"cpus": os.cpu_count(), "plans": {}}
-    bench_plans(args, pycache, report)
+    if not args.skip_plans:
+        bench_plans(args, pycache, report)
     if not args.skip_large:
         bench_large_model(args, pycache, report)
     if not args.skip_guide:
