@@ -90,6 +90,9 @@ def test_a_template_without_the_dialogue_names_the_key() -> None:
     message = problems("tiny_causal", "tokenizer.prompt_template=대화를 요약하세요")
     assert "tokenizer.prompt_template: must contain {dialogue} exactly once" in message
     assert "{dialogue}" in DEFAULT_PROMPT_TEMPLATE
+    # A seq2seq prefix would be silently ignored by a causal LM: refused.
+    message = problems("tiny_causal", "tokenizer.prefix=summarize")
+    assert "tokenizer.prefix: 'summarize' is for seq2seq models" in message
 
 
 def test_lora_targets() -> None:

@@ -238,6 +238,11 @@ def check_model_method(cfg: SectionConfig, errors: list[str]) -> None:
             "model.lora.target_modules: empty; name the modules to adapt (e.g. [q_proj, "
             "v_proj]), write all-linear, or remove the key for the default"
         )
+    if kind == "causal" and tok.prefix:
+        errors.append(
+            f"tokenizer.prefix: {tok.prefix!r} is for seq2seq models; a causal LM reads "
+            "tokenizer.prompt_template (the instruction around {dialogue}): remove the prefix"
+        )
     if tok.prompt_template.count("{dialogue}") != 1:
         errors.append(
             "tokenizer.prompt_template: must contain {dialogue} exactly once (where the "
