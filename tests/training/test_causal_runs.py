@@ -1,9 +1,10 @@
-"""A causal LoRA run recovers from an OOM and resumes as a seq2seq run does: the recovered
-run ends with the adapters of a run at the smaller micro-batch, the resumed run with those
-of the uninterrupted run."""
+"""A causal LoRA or QLoRA run recovers from an OOM and resumes as a seq2seq run does: the
+recovered run ends with the adapters of a run at the smaller micro-batch, the resumed run
+with those of the uninterrupted run."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,16 @@ from dialsum.training.recipe import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 quiet = lambda *_: None  # noqa: E731
+METHODS = [
+    "lora",
+    pytest.param(
+        "qlora",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("bitsandbytes") is None,
+            reason="needs bitsandbytes: uv sync --extra bnb",
+        ),
+    ),
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -27,9 +38,9 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def section(output_dir: Path, *extra: str):
+def section(output_dir: Path, *extra: str, method: str = "lora"):
     overrides = [
-        "model.method=lora",
+        f"model.method={method}",
         "model.dropout=0.0",
         "data.max_train_samples=16",
         "training.effective_batch_size=8",
@@ -73,27 +84,31 @@ class StopAt(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_an_oom_in_a_causal_lora_step_is_recovered_at_the_same_effective_batch(
-    tmp_path: Path,
+@pytest.mark.parametrize("method", METHODS)
+def test_an_oom_in_a_causal_adapter_step_is_recovered_at_the_same_effective_batch(
+    method: str, tmp_path: Path
 ) -> None:
     injector = OOMOnce()
-    recovered = run_training(section(tmp_path / "a"), echo=quiet, fault_injector=injector)
+    cfg = section(tmp_path / "a", method=method)
+    recovered = run_training(cfg, echo=quiet, fault_injector=injector)
     assert injector.fired
     (event,) = GuardState.load(recovered.run.guard).events
     assert (event.step, event.old_batch, event.new_batch) == (0, 8, 4)
-    reference = run_training(section(tmp_path / "b", "training.micro_batch_size=4"), echo=quiet)
+    cfg = section(tmp_path / "b", "training.micro_batch_size=4", method=method)
+    reference = run_training(cfg, echo=quiet)
     got, want = adapters(recovered.run.path), adapters(reference.run.path)
     assert got.keys() == want.keys() and any("lora_B" in k for k in got)
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-7)
 
 
-def test_a_resumed_causal_lora_run_ends_with_the_uninterrupted_runs_adapters(
-    tmp_path: Path,
+@pytest.mark.parametrize("method", METHODS)
+def test_a_resumed_causal_adapter_run_ends_with_the_uninterrupted_runs_adapters(
+    method: str, tmp_path: Path
 ) -> None:
-    whole = run_training(section(tmp_path / "a"), echo=quiet)
-    run_training(section(tmp_path / "b"), echo=quiet, callbacks=[StopAt(2)])
-    resumed = run_training(section(tmp_path / "b"), resume=True, echo=quiet)
+    whole = run_training(section(tmp_path / "a", method=method), echo=quiet)
+    run_training(section(tmp_path / "b", method=method), echo=quiet, callbacks=[StopAt(2)])
+    resumed = run_training(section(tmp_path / "b", method=method), resume=True, echo=quiet)
     assert resumed.metrics["train_loss_steps"] == "1-4"
     got, want = adapters(resumed.run.path), adapters(whole.run.path)
     assert got.keys() == want.keys()
