@@ -32,12 +32,13 @@ def plan_in_worker(task: PlanTask) -> str:
     traces land in the on-disk trace cache."""
     from dialsum.memory.section import plan_for_section
     from dialsum.models.setup import setup_model
-    from dialsum.training.run_data import length_report, read_tables
+    from dialsum.training.run_data import length_report, prompt_format, read_tables
 
     cfg = section(task.config, task.section, list(task.overrides))
     model, tokenizer = setup_model(cfg)
     train_table, _ = read_tables(cfg, dev=False, echo=lambda *_: None)
-    report = length_report(cfg, train_table, tokenizer)
+    prompt = prompt_format(cfg, model, tokenizer)  # a causal LM: the prompt is the source
+    report = length_report(cfg, train_table, tokenizer, prompt)
     plan_for_section(cfg, model.config, report=report, gpu=task.gpu)
     return task.section
 

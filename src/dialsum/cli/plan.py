@@ -131,14 +131,19 @@ def _data_lengths(cfg: SectionConfig, data: Path):
 def _tokenized_lengths(cfg: SectionConfig, data: Path):
     from dialsum.data import dataset as data_mod
     from dialsum.models.setup import setup_model
-    from dialsum.training.run_data import length_report, tokenize_table
+    from dialsum.training.run_data import length_report, prompt_format, tokenize_table
 
     table = data_mod.read_dialogue_csv(data, "train")
-    _, tokenizer = setup_model(cfg)
-    report = length_report(cfg, table, tokenizer)
+    model, tokenizer = setup_model(cfg)
+    prompt = prompt_format(cfg, model, tokenizer)  # a causal LM: the prompt is the source
+    report = length_report(cfg, table, tokenizer, prompt)
     rows = tokenize_table(
-        cfg, table, tokenizer, source_len=cfg.tokenizer.max_source_length, with_labels=True
-    ).rows
+        cfg, table, tokenizer, source_len=cfg.tokenizer.max_source_length, with_labels=True,
+        prompt=prompt,
+    ).rows  # fmt: skip
+    if prompt is not None:  # one sequence per row: (prompt, summary + EOS) lengths
+        targets = [sum(label != -100 for label in r["labels"]) for r in rows]
+        return report, [(len(r["input_ids"]) - t, t) for r, t in zip(rows, targets, strict=True)]
     return report, [(len(r["input_ids"]), len(r["labels"])) for r in rows]
 
 

@@ -92,10 +92,11 @@ class LengthReport:
     target_max: int
     longest_source: int
     longest_target: int
+    source_what: str = "prefix + dialogue"  # a causal LM's source is its whole prompt
 
     def format(self) -> str:
         lines = [
-            f"source (prefix + dialogue), {self.n_records} records: p50 {self.source_p50}, "
+            f"source ({self.source_what}), {self.n_records} records: p50 {self.source_p50}, "
             f"p95 {self.source_p95}, max {self.source_max} tokens; {self.source_over} "
             f"({self.source_over_pct:.1f}%) longer than max_source_len {self.max_source_len}",
         ]
@@ -151,7 +152,11 @@ def length_report(
 
 
 def report_from_lengths(
-    sources: Sequence[int], targets: Sequence[int], max_source_len: int, max_target_len: int
+    sources: Sequence[int],
+    targets: Sequence[int],
+    max_source_len: int,
+    max_target_len: int,
+    source_what: str = "prefix + dialogue",
 ) -> LengthReport:
     """The report of untruncated ``sources`` / ``targets`` lengths (any order) at these
     limits; causal LMs measure prompt and summary + EOS lengths (``data.prompt``)."""
@@ -177,6 +182,7 @@ def report_from_lengths(
         target_max=target_max,
         longest_source=min(source_max, max_source_len),
         longest_target=min(target_max, max_target_len),
+        source_what=source_what,
     )
 
 

@@ -107,6 +107,7 @@ def length_report(
             data_prompt.target_lengths(table.records, tokenizer),
             tok.max_source_length,
             tok.max_target_length,
+            source_what="prompt: instruction + dialogue",
         )
     return data_tok.length_report(
         table.records,
