@@ -106,6 +106,8 @@ def test_the_chat_template_wraps_the_instruction(tokenizer) -> None:
         PromptFormat.build(tokenizer, TokenizerConfig(prompt_template=TEMPLATE, chat_template=True))
     with pytest.raises(ConfigError, match="tokenizer.prompt_template"):
         PromptFormat.build(tokenizer, TokenizerConfig(prompt_template="요약하세요"))
+    with pytest.raises(ConfigError, match="tokenizer.prefix: 'summarize: ' is for seq2seq"):
+        PromptFormat.build(tokenizer, TokenizerConfig(prefix="summarize: "))
 
 
 def test_the_collator_pads_right_with_ignored_labels() -> None:

@@ -51,6 +51,12 @@ class PromptFormat:
     def build(cls, tokenizer: PreTrainedTokenizerBase, tok: TokenizerConfig) -> PromptFormat:
         """The format for ``tokenizer`` and the section's tokenizer block."""
         template = tok.prompt_template
+        if tok.prefix:  # also caught in validation when the section says it is causal
+            raise ConfigError(
+                f"tokenizer.prefix: {tok.prefix!r} is for seq2seq models; this causal LM reads "
+                "tokenizer.prompt_template (the instruction around {dialogue}): remove the "
+                "prefix (a section extending a seq2seq one inherits it: set it to '')"
+            )
         if template.count(DIALOGUE) != 1:
             raise ConfigError(
                 f"tokenizer.prompt_template: must contain {DIALOGUE} exactly once, got {template!r}"
