@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -202,17 +202,39 @@ def test_plan_keeps_effective_batch_on_every_gpu(gpu: GPU, config: object) -> No
     assert plan.required_bytes <= usable
 
 
+DDP_RESIDENT = PARAMS * 4 + 25 * MIB  # DDP's fp32 buckets + the all-reduce staging bucket
+
+
 def test_world_size_splits_batch_and_counts_ddp_buckets() -> None:
-    # Per GPU 16 rows; DDP adds one more gradient copy (4e8 bytes) to what must fit.
+    # Per GPU 16 rows; DDP holds one fp32 gradient bucket per parameter (4e8 bytes) and the
+    # guarded trainer's 25 MiB staging bucket besides what one GPU would need.
     req = request(effective_batch_size=32, world_size=2)
-    plan = plan_for(req, fp32_gpu_for_rows(4, extra_bytes=400_000_000))
+    plan = plan_for(req, fp32_gpu_for_rows(4, extra_bytes=DDP_RESIDENT))
     assert (plan.micro_batch_size, plan.gradient_accumulation_steps) == (4, 4)
     assert plan.micro_batch_size * plan.gradient_accumulation_steps * plan.world_size == 32
-    # Peak 1.6e9 + 4 rows x 576 MiB = 4,015,919,104; plus the DDP gradient copy 4e8.
+    # Peak 1.6e9 + 4 rows x 576 MiB = 4,015,919,104; plus 4e8 + 26,214,400.
     assert plan.predicted_peak_bytes == 4_015_919_104
-    assert plan.required_bytes == 4_415_919_104
-    plan = plan_for(req, fp32_gpu_for_rows(4, extra_bytes=399_999_999))
+    assert plan.required_bytes == 4_442_133_504
+    plan = plan_for(req, fp32_gpu_for_rows(4, extra_bytes=DDP_RESIDENT - 1))
     assert plan.micro_batch_size == 2
+
+
+def test_ddp_buckets_are_counted_at_a_peak_with_no_gradients_yet() -> None:
+    """Issue 18, point 12: at accumulation 1 the peak comes before any .grad exists, but
+    DDP's reducer has held its parameter-sized buckets since the model was wrapped."""
+
+    class NoGradientsAtPeak(FakeSimulator):
+        def train(self, config, shape, options):
+            profile = super().train(config, shape, options)
+            breakdown = dict(profile.breakdown, gradients=0)
+            return replace(profile, breakdown=breakdown, peak_bytes=sum(breakdown.values()))
+
+    req = request(effective_batch_size=8, world_size=2, micro_batch_size=4)
+    plan = make_plan(req, gpu_with(16 * GIB), Overheads(), NoGradientsAtPeak().as_simulator())
+    assert plan.gradient_accumulation_steps == 1
+    assert plan.required_bytes == required_bytes(
+        plan.predicted_peak_bytes + DDP_RESIDENT, Overheads()
+    )
 
 
 def test_effective_batch_not_divisible_by_world_size() -> None:

@@ -277,3 +277,14 @@ def test_evaluation_is_planned_at_the_eval_files_lengths(monkeypatch) -> None:
     # 1 GiB per row at 512 tokens, a quarter of it at 128: four times the rows fit.
     assert at_dev_lengths.eval_batch_size >= 3 * at_train_lengths.eval_batch_size
     assert at_dev_lengths.micro_batch_size == at_train_lengths.micro_batch_size
+
+
+def test_fp16_for_t5_is_refused_on_cpu_as_the_planner_refuses_it() -> None:
+    cfg = load_section(ROOT / "config.yaml", "tiny", ["training.precision=fp16"])
+    t5 = known_config("eenzeenee/t5-base-korean-summarization")
+    with pytest.raises(ConfigError, match="training.precision: fp16 with a T5/mT5 model"):
+        resolve_settings(cfg, t5, echo=quiet)
+    insisted = load_section(
+        ROOT / "config.yaml", "tiny", ["training.precision=fp16", "training.allow_fp16_for_t5=true"]
+    )
+    assert resolve_settings(insisted, t5, echo=quiet).precision == "fp16"

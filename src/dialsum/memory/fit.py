@@ -71,6 +71,27 @@ class Need:
     zero_states: ZeroStateBytes | None = None
 
 
+DDP_STAGING_BYTES = 25 * 2**20
+"""The guarded trainer's all-reduce staging buffer (``training.distributed.BUCKET_BYTES``,
+one flat bucket per dtype, made before the first forward and kept)."""
+
+DDP_BUCKET_BYTES_PER_PARAM = 4
+"""DDP's reducer buckets hold one gradient per trainable parameter in the parameter's dtype:
+fp32 (the master weights of AMP, fp32 training and fp32-upcast adapters alike)."""
+
+
+def ddp_resident_bytes(profile: MemoryProfile) -> int:
+    """What DDP keeps on each GPU beside the single-GPU step, at every moment of it.
+
+    torch's ``Reducer`` allocates its bucket buffers when the model is wrapped (flat,
+    parameter-sized unless ``gradient_as_bucket_view=True``, which accelerate does not set)
+    and keeps them for the whole run: at accumulation 1 the step's peak, reached before any
+    ``.grad`` exists, has them too, and so does evaluation. The guarded trainer reduces
+    through its own staging bucket on top (``DDP_STAGING_BYTES``).
+    """
+    return profile.trainable_params * DDP_BUCKET_BYTES_PER_PARAM + DDP_STAGING_BYTES
+
+
 class Planner:
     """The state of one planning call: request, GPU, overheads, memoized simulator."""
 
@@ -133,9 +154,7 @@ class Planner:
             peak = sharded_profile_peak_bytes(profile, states, comm)
             need = required_bytes(peak, self.overheads)
             return Need(profile, need, need <= self.usable, peak, states)
-        # DDP: the guarded trainer averages gradients in flat buckets of 25 MiB; gradients
-        # are counted once more (as DDP's own buckets would take: conservative).
-        ddp_bytes = profile.breakdown.get("gradients", 0) if self.request.world_size > 1 else 0
+        ddp_bytes = ddp_resident_bytes(profile) if self.request.world_size > 1 else 0
         need = required_bytes(profile.peak_bytes + ddp_bytes, self.overheads)
         return Need(profile, need, need <= self.usable, profile.peak_bytes)
 
@@ -360,5 +379,6 @@ def explain_engine(planner: Planner, state: PlanState, geometry: BatchGeometry) 
         )
     elif request.world_size > 1:
         state.reasons.append(
-            "counted one extra gradient copy per GPU for DDP's communication buckets"
+            "counted DDP's gradient buckets (one fp32 gradient per trainable parameter, "
+            "held from the start) and the all-reduce staging bucket per GPU"
         )

@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dialsum.memory.fit import Need, Planner, PlanState, format_gib, largest_fitting
+from dialsum.memory.fit import (
+    Need,
+    Planner,
+    PlanState,
+    ddp_resident_bytes,
+    format_gib,
+    largest_fitting,
+)
 from dialsum.memory.precision import (
     PREDICT_PRECISION,
     eval_generate_options,
@@ -49,6 +56,8 @@ def choose_eval_batch(planner: Planner, state: PlanState) -> tuple[int, Need]:
     request = planner.request
     assert state.need is not None
     resident = _resident_bytes(state.need)
+    if request.world_size > 1 and request.zero_stage == 0:
+        resident += ddp_resident_bytes(state.need.profile)  # DDP's buckets outlive the step
     options = eval_generate_options(
         state.options.precision, "cuda", state.options.quantization, state.options.double_quant
     )

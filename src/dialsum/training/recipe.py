@@ -179,7 +179,11 @@ def _train(
     trainer = _start(ready, run, hooks | {"callbacks": [*hooks.get("callbacks", ()), stop]})
     with memory_cap(ready.settings, ready.model):
         metrics = _fit(trainer, ready, run, checkpoint, echo, stop)
-    save_best(trainer, ready.cfg, run, ready.tokenizer)
+    try:
+        save_best(trainer, ready.cfg, run, ready.tokenizer)
+    except Exception as exc:
+        _raise_if_storage_failed(exc, trainer, run, ready.cfg.name)
+        raise
     _report(trainer, ready.settings, allocator, metrics, run, echo)
     return TrainResult(run=run, metrics=metrics, settings=ready.settings)
 

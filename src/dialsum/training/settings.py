@@ -93,6 +93,7 @@ def resolve_settings(
         raise ConfigError(f"section '{cfg.name}':\n  - " + "\n  - ".join(problems))
     if cfg.hardware.gpu != "auto":
         _require_known_gpu(cfg.hardware.gpu)  # a typo is ignored on CPU otherwise
+    _require_fp16_allowed(cfg, model_config)
     world = world_size()
     per_rank_rows(cfg.training.effective_batch_size, world)  # exact split, or a clear error
     if use_cuda(cfg) or memory_cap_bytes(cfg) is not None:
@@ -128,6 +129,21 @@ def resolve_settings(
     _require_optimizer(settings)
     echo(describe(settings))
     return settings
+
+
+def _require_fp16_allowed(cfg: SectionConfig, model_config) -> None:
+    """The planner's fp16 rule for T5/mT5 (``memory.precision``), on every path: a CPU run
+    named fp16 would otherwise train into NaN losses."""
+    from dialsum.models.architectures import is_t5_like, model_family
+
+    t = cfg.training
+    if model_config is None or t.precision != "fp16" or t.allow_fp16_for_t5:
+        return
+    if is_t5_like(model_family(model_config)):
+        raise ConfigError(
+            "training.precision: fp16 with a T5/mT5 model overflows (NaN losses); use bf16 "
+            "or fp32, or set training.allow_fp16_for_t5: true to insist"
+        )
 
 
 def _require_known_gpu(spec: str) -> None:
