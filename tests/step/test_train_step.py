@@ -292,9 +292,18 @@ def test_other_optimizers() -> None:
     assert not optimizer_available("adam")
     has_bnb = importlib.util.find_spec("bitsandbytes") is not None
     assert optimizer_available("adamw8bit") == has_bnb
+    assert optimizer_available("paged_adamw8bit") == has_bnb
     if not has_bnb:
         with pytest.raises(UserError, match="bitsandbytes"):
             build_optimizer(model, "adamw8bit", lr=1e-3)
+        with pytest.raises(UserError, match="paged_adamw8bit needs the bitsandbytes"):
+            build_optimizer(model, "paged_adamw8bit", lr=1e-3)
+    else:  # the states of the QLoRA recipes' paged_adamw_8bit (paged on CUDA only)
+        import bitsandbytes as bnb
+
+        paged = build_optimizer(model, "paged_adamw8bit", lr=1e-3)
+        assert isinstance(paged, bnb.optim.PagedAdamW8bit)
+        assert len(paged.param_groups) == 2  # the Trainer's decay groups
 
 
 def test_optimizer_step_updates_only_decayed_weights_without_gradient() -> None:
