@@ -30,6 +30,13 @@ counts the OOMs the guard recovered from at the planned setting. Goals: planned 
     uv run python bench/bench_plan_vs_run_cpu.py --shapes tiny --source-len 128
     uv run python bench/bench_plan_vs_run_cpu.py --model DIR --source-len 512 --batch 2
     uv run python bench/bench_plan_vs_run_cpu.py --shapes tiny --cap-gib 0.05 --cap-gib 0.08
+
+Decoder-only LLMs (``--causal``): a tiny Llama-style model and a tiny Gemma-2-style one (a
+vocabulary large for its width: logits dominate), each trained full, with LoRA and with
+QLoRA (real bitsandbytes 4-bit layers on the CPU), loaded and prepared as ``train`` does
+(``models.causal``, ``models.lora``); the simulator traces the same method:
+
+    uv run python bench/bench_plan_vs_run_cpu.py --causal --source-len 96 --target-len 32
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from transformers import BartConfig, T5Config
+from transformers import BartConfig, Gemma2Config, LlamaConfig, T5Config
 
 from dialsum.checks.cpu_loop import Setup, compare, make_trainer, measure, predict
 from dialsum.core.config_load import load_section
@@ -102,6 +109,29 @@ def bart_60m() -> BartConfig:
         decoder_start_token_id=1,
         forced_eos_token_id=1,
     )
+
+
+def llama_tiny() -> LlamaConfig:
+    # Llama layout: grouped-query attention, gated SiLU MLP, untied head.
+    return LlamaConfig(
+        vocab_size=4096, hidden_size=128, intermediate_size=384, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=0, pad_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def gemma_tiny() -> Gemma2Config:
+    # Gemma-2 layout (tied head, logit soft-capping, head_dim 32 x 4 heads, sliding window)
+    # with a vocabulary 250x its width, as gemma-2-2b's 256k is ~110x its 2,304.
+    return Gemma2Config(
+        vocab_size=16384, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024,
+        sliding_window=512, bos_token_id=0, pad_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+
+
+CAUSAL_SHAPES = {"llama-tiny": llama_tiny, "gemma-tiny": gemma_tiny}
+CAUSAL_METHODS = ("full", "lora", "qlora")
 
 
 @dataclass
@@ -227,6 +257,54 @@ def default_caps(bench: Bench, setup: Setup) -> list[float]:
     return caps
 
 
+# -- decoder-only LLMs -----------------------------------------------------------------------
+
+
+def causal_model(name: str, method: str, tokenizer, cfg, folder: Path, checkpointing: bool):
+    """The model as ``train`` loads and prepares it: saved with random weights, loaded by
+    ``models.causal.load_causal_model`` (4-bit for QLoRA, fp32 compute on the CPU), then
+    QLoRA's ``prepare_for_kbit`` and LoRA adapters on every linear layer (the markers'
+    embedding rows training with them)."""
+    from dialsum.core.config_schema import QuantizationConfig
+    from dialsum.models.causal import load_causal_model, prepare_for_kbit
+    from dialsum.models.lora import apply_lora
+
+    if not (folder / "config.json").exists():
+        torch.manual_seed(0)
+        model_from_config(CAUSAL_SHAPES[name]()).save_pretrained(folder)
+    quantization = QuantizationConfig(compute_dtype="fp32") if method == "qlora" else None
+    model = load_causal_model(str(folder), tokenizer, quantization=quantization, device="cpu")
+    if method == "qlora":
+        model = prepare_for_kbit(model, checkpointing)
+    if method != "full":
+        markers = [tokenizer.convert_tokens_to_ids(t) for t in cfg.tokenizer.special_tokens]
+        model = apply_lora(
+            model, rank=8, alpha=16, dropout=0.05, causal=True,
+            trainable_token_indices=sorted({m for m in markers if m is not None}),
+        )  # fmt: skip
+    return model
+
+
+def run_causal(name: str, method: str, args: argparse.Namespace, out: Path) -> dict:
+    cfg = load_section(ROOT / "config.yaml", "tiny_causal", ["model.dropout=0.0"])
+    _, tokenizer = setup_model(cfg)
+    checkpointing = method != "full"  # the QLoRA recipes checkpoint; full runs without
+    model = causal_model(name, method, tokenizer, cfg, out / name, checkpointing)
+    setup = Setup(args.source_len, args.target_len, args.batch, 2, args.eval_batch, args.beams,
+                  args.target_len, args.optimizer, method, checkpointing)  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{name} {method}: {params / 1e6:.2f}M parameter values (4-bit packed count 1/2), "
+          f"{setup.source_len}+{setup.target_len} tokens, micro-batch {setup.micro} x "
+          f"{setup.accumulation}, checkpointing {checkpointing}")  # fmt: skip
+    start = time.perf_counter()
+    measured, state_bytes = measure(model, tokenizer, cfg, setup, out)
+    base_config = CAUSAL_SHAPES[name]()
+    rows = compare(predict(base_config, setup, state_bytes), measured)
+    print_rows(rows)
+    return {"setup": setup.__dict__, "phases": rows,
+            "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -294,13 +372,23 @@ def main() -> None:
     )
     parser.add_argument("--no-caps", action="store_true", help="skip cap mode")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument(
+        "--causal", action="store_true", help="the decoder-only shapes x full/LoRA/QLoRA"
+    )
+    parser.add_argument("--methods", nargs="+", default=list(CAUSAL_METHODS))
     args = parser.parse_args()
     shapes = ["model"] if args.model else args.shapes
     command = "uv run python bench/bench_plan_vs_run_cpu.py " + " ".join(sys.argv[1:])
     results: dict = {"command": command.strip(), "torch": torch.__version__, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in shapes:
-            results["shapes"][name] = run_shape(name, args, Path(tmp))
+        if args.causal:
+            for name in CAUSAL_SHAPES:
+                for method in args.methods:
+                    key = f"{name}/{method}"
+                    results["shapes"][key] = run_causal(name, method, args, Path(tmp))
+        else:
+            for name in shapes:
+                results["shapes"][name] = run_shape(name, args, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     inside = all(p["inside"] for r in results["shapes"].values() for p in r["phases"].values())

@@ -167,6 +167,7 @@ def _nothing_may_load(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     import dialsum.inference.predict as predict
     import dialsum.models.loading as modeling
+    import dialsum.models.setup as model_setup
     import dialsum.training.recipe as train
 
     for module, name in [
@@ -174,7 +175,7 @@ def _nothing_may_load(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         (train, "read_tables"),
         (predict, "setup_model"),
         (modeling, "load_model"),
-        (modeling, "resolve_model"),
+        (model_setup, "resolve_model"),
     ]:
         monkeypatch.setattr(module, name, forbidden(f"{module.__name__}.{name}"))
     return calls

@@ -86,9 +86,10 @@ def test_a_cap_that_needs_a_shorter_source_trains_at_the_planned_length(
     assert any("max source length 256 -> 128" in r for r in plan["reasons"])
     assert "tokenizer.max_source_length 256 -> 128" in printed
 
-    # The run folder's config is the section as it was run: at the planned length.
+    # The run folder's config is the section as the user wrote it (never rewritten); the
+    # planned length travels in the run's settings (checked above) to tokenization.
     run_cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
-    assert run_cfg["tokenizer"]["max_source_length"] == plan["source_len"]
+    assert run_cfg["tokenizer"]["max_source_length"] == plan["requested_source_len"] == 256
     assert run_cfg["hardware"]["memory_cap_gib"] == CUT_CAP_GIB
 
     # The step ran as planned under the cap: no OOM recovery, no smaller micro-batch.

@@ -10,6 +10,11 @@ bytes is measured with ``torch.profiler`` memory events (``checks.measure``: ind
 the simulator) and predicted by the simulator with ``device="cpu"`` (CPU kernels, exact
 bytes), as ``dialsum plan --gpu cpu`` does.
 
+A decoder-only LLM (``Setup.method`` full, lora or qlora) runs the same way: rows are
+prompt + summary with the prompt's labels masked, the model is prepared as ``train``
+prepares it (``models.causal.prepare_for_kbit`` for QLoRA, ``models.lora.apply_lora`` on
+every linear layer), and the simulator traces the same method.
+
 Rows have a fixed length (every second one a token shorter, so batches are padded as
 real ones are) and generation runs to its full length (``min_new_tokens =
 max_new_tokens``): the plan is for the longest rows and the longest summaries.
@@ -30,8 +35,10 @@ from transformers import TrainerCallback
 from dialsum.checks.measure import PhaseRecorder
 from dialsum.core.config_schema import SectionConfig
 from dialsum.core.runs import new_run
+from dialsum.data.prompt import CausalCollator
 from dialsum.data.tokenize import make_collator
 from dialsum.inference.predict import generate_summaries
+from dialsum.models.architectures import is_causal
 from dialsum.step.geometry import BatchGeometry
 from dialsum.trace.generation_trace import simulate_generate
 from dialsum.trace.optimizers import state_tensors
@@ -60,6 +67,8 @@ class Setup:
     beams: int
     new_tokens: int
     optimizer: str = "adamw"
+    method: str = "full"  # full | lora | qlora (causal LMs; seq2seq: full)
+    gradient_checkpointing: bool = False
 
 
 def tensor_bytes(model: torch.nn.Module) -> int:
@@ -67,18 +76,30 @@ def tensor_bytes(model: torch.nn.Module) -> int:
     return sum(t.untyped_storage().nbytes() for t in tensors)
 
 
-def fixed_rows(n: int, source_len: int, target_len: int, vocab: int, seed: int) -> list[dict]:
+def fixed_rows(
+    n: int, source_len: int, target_len: int, vocab: int, seed: int, causal: bool = False
+) -> list[dict]:
     """Rows of ``source_len`` tokens, every second one a token shorter, and ``target_len``
     labels: every batch of two or more rows is padded to ``source_len``, as real batches
     are (a padded batch makes attention build its ``[batch, heads, L, L]`` mask; the
-    simulator always assumes one)."""
+    simulator always assumes one). ``causal``: one sequence of prompt + summary, the
+    prompt's labels -100 (``data.prompt.tokenize_causal``'s rows)."""
     g = torch.Generator().manual_seed(seed)
     rows = []
     for i in range(n):
         length = source_len - (i % 2)
         ids = torch.randint(4, vocab, (length,), generator=g).tolist()
         labels = torch.randint(4, vocab, (target_len,), generator=g).tolist()
-        rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
+        if causal:
+            rows.append(
+                {
+                    "input_ids": ids + labels,
+                    "attention_mask": [1] * (length + target_len),
+                    "labels": [-100] * length + labels,
+                }
+            )
+        else:
+            rows.append({"input_ids": ids, "attention_mask": [1] * length, "labels": labels})
     return rows
 
 
@@ -135,23 +156,28 @@ def make_trainer(
         generation_row_cap=setup.eval_batch,
         precision="fp32",
         optimizer=setup.optimizer,
-        gradient_checkpointing=False,
+        gradient_checkpointing=setup.gradient_checkpointing,
         source_len=setup.source_len,
+        method=setup.method,
     )
     gen_config = copy.deepcopy(model.generation_config)
     gen_config.update(**gen_kwargs(setup))
     args = training_arguments(cfg.training, settings, new_run(out, cfg.name), gen_config)
     vocab = min(model.config.vocab_size, len(tokenizer))
+    causal = is_causal(model)
     return GuardedSeq2SeqTrainer(
         model=model,
         args=args,
         train_dataset=ListDataset(
-            fixed_rows(rows * 2, setup.source_len, setup.target_len, vocab, 0)
+            fixed_rows(rows * 2, setup.source_len, setup.target_len, vocab, 0, causal)
         ),
         eval_dataset=ListDataset(
-            fixed_rows(setup.eval_batch, setup.source_len, setup.target_len, vocab, 1)
+            fixed_rows(setup.eval_batch, setup.source_len, setup.target_len, vocab, 1, causal)
         ),
-        data_collator=make_collator(tokenizer, model),
+        data_collator=(
+            CausalCollator(tokenizer.pad_token_id) if causal else make_collator(tokenizer, model)
+        ),
+        causal=causal,
         processing_class=tokenizer,
         guard=GuardState(micro_batch_size=setup.micro, eval_batch_size=setup.eval_batch),
         optimizer_name=setup.optimizer,
@@ -203,6 +229,7 @@ def measure(
             token_budget=10**9,
             max_batch_size=setup.eval_batch,
             progress=False,
+            causal=is_causal(model),
         )
     peaks.update(recorder.peaks())
     return peaks, state_bytes
@@ -211,15 +238,21 @@ def measure(
 def predict(config, setup: Setup, state_bytes: int) -> dict[str, int]:
     """The simulator's phase peaks for ``setup`` on the CPU (``state_bytes``: the optimizer
     state evaluation runs next to, as the planner adds it)."""
+    quantization = "nf4" if setup.method == "qlora" else None
     options = TrainOptions(
         optimizer=setup.optimizer,  # type: ignore[arg-type]
         device="cpu",
         micro_batches=2 if setup.accumulation > 1 else 1,
+        gradient_checkpointing=setup.gradient_checkpointing,
+        lora=setup.method != "full",
+        quantization=quantization,
     )
     train = simulate_train(
         config, TrainShape(setup.micro, setup.source_len, setup.target_len), options
     )
-    gen = GenerateOptions("fp32", device="cpu")
+    gen = GenerateOptions(
+        "fp32", device="cpu", quantization=quantization, lora=setup.method != "full"
+    )
     shape = GenerateShape(setup.eval_batch, setup.source_len, setup.new_tokens, setup.beams)
     evaluation = simulate_generate(config, replace(shape, label_len=setup.target_len), gen)
     return {

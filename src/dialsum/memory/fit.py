@@ -227,6 +227,12 @@ def set_up_plan(
     family = request_family(request)
     precision, reasons, warnings = choose_precision(request, gpu, family)
     options = requested_options(request, precision)
+    if options.optimizer == "paged_adamw8bit":
+        reasons.append(
+            "optimizer paged 8-bit AdamW: 2 bytes of state per trainable parameter in CUDA "
+            "unified memory, counted on the GPU (where it lives until the driver pages it out "
+            "to CPU memory under pressure)"
+        )
     return PlanSetup(planner, family, precision, reasons, warnings, options)
 
 

@@ -59,7 +59,12 @@ def choose_eval_batch(planner: Planner, state: PlanState) -> tuple[int, Need]:
     if request.world_size > 1 and request.zero_stage == 0:
         resident += ddp_resident_bytes(state.need.profile)  # DDP's buckets outlive the step
     options = eval_generate_options(
-        state.options.precision, "cuda", state.options.quantization, state.options.double_quant
+        state.options.precision,
+        "cuda",
+        state.options.quantization,
+        state.options.double_quant,
+        state.options.lora,
+        state.options.lora_rank,
     )
 
     source_len, label_len = eval_lengths(planner, state)
@@ -112,7 +117,12 @@ def choose_generation(planner: Planner, state: PlanState) -> Generation:
     request = planner.request
     beams, new = request.num_beams, request.new_tokens
     options = predict_generate_options(
-        state.options.precision, "cuda", state.options.quantization, state.options.double_quant
+        state.options.precision,
+        "cuda",
+        state.options.quantization,
+        state.options.double_quant,
+        state.options.lora,
+        state.options.lora_rank,
     )
 
     def need_at(batch: int, source_len: int) -> Need:

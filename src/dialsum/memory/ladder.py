@@ -26,6 +26,7 @@ _OPTIMIZER_STATE_BYTES_PER_PARAM: dict[str, float] = {
     "adamw": 8.0,
     "adamw_foreach": 8.0,
     "adamw8bit": 2.0,
+    "paged_adamw8bit": 2.0,
     "adafactor": 0.01,
     "sgd": 0.0,
 }
@@ -34,6 +35,7 @@ _OPTIMIZER_LABELS = {
     "adamw": "AdamW",
     "adamw_foreach": "AdamW (foreach)",
     "adamw8bit": "8-bit AdamW",
+    "paged_adamw8bit": "paged 8-bit AdamW",
     "adafactor": "Adafactor",
     "sgd": "SGD",
 }

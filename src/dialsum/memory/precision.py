@@ -26,18 +26,31 @@ PREDICT_PRECISION = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "pure_bf16"
 
 
 def eval_generate_options(
-    precision: str, device: str = "cuda", quantization: str | None = None, double_quant: bool = True
+    precision: str,
+    device: str = "cuda",
+    quantization: str | None = None,
+    double_quant: bool = True,
+    lora: bool = False,
+    lora_rank: int = 8,
 ) -> GenerateOptions:
     """How evaluation inside training generates: AMP keeps fp32 masters under autocast
-    (``quantization``: QLoRA's 4-bit base, as trained)."""
-    quant = {"quantization": quantization, "double_quant": double_quant}
+    (``quantization``: QLoRA's 4-bit base, as trained; ``lora``: with the adapters)."""
+    quant = {
+        "quantization": quantization, "double_quant": double_quant, "lora": lora,
+        "lora_rank": lora_rank,
+    }  # fmt: skip
     if precision in ("bf16", "fp16"):
         return GenerateOptions(precision=precision, amp=True, device=device, **quant)  # type: ignore[arg-type]
     return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device, **quant)  # type: ignore[arg-type]
 
 
 def predict_generate_options(
-    precision: str, device: str = "cuda", quantization: str | None = None, double_quant: bool = True
+    precision: str,
+    device: str = "cuda",
+    quantization: str | None = None,
+    double_quant: bool = True,
+    lora: bool = False,
+    lora_rank: int = 8,
 ) -> GenerateOptions:
     """How ``predict`` generates after training: weights cast to the training's low dtype
     (QLoRA: the base loaded in 4 bit again, the rest in that dtype)."""
@@ -46,6 +59,8 @@ def predict_generate_options(
         device=device,  # type: ignore[arg-type]
         quantization=quantization,
         double_quant=double_quant,
+        lora=lora,
+        lora_rank=lora_rank,
     )
 
 

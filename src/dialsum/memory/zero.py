@@ -48,7 +48,13 @@ ZERO_STAGES: tuple[int, ...] = (0, 1, 2, 3)
 
 # Bytes of optimizer state per trainable parameter, beyond the fp32 master copy and the
 # fp32 gradient partition (AdamW: exp_avg + exp_avg_sq in fp32).
-OPTIMIZER_STATE_BYTES: dict[str, int] = {"adamw": 8, "adamw8bit": 2, "adafactor": 0, "sgd": 0}
+OPTIMIZER_STATE_BYTES: dict[str, int] = {
+    "adamw": 8,
+    "adamw8bit": 2,
+    "paged_adamw8bit": 2,
+    "adafactor": 0,
+    "sgd": 0,
+}
 
 _MIXED = ("bf16", "fp16", "pure_bf16")
 

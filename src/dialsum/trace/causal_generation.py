@@ -15,8 +15,9 @@ forward):
   then its logits processing and, for beam search, the cache reorder.
 
 With labels (evaluation inside training) the Trainer's loss forward on prompt + labels runs
-after ``generate()`` returns. A QLoRA model generates with its 4-bit base (the adapters are
-a few MiB and not traced here) and its other weights in the compute dtype.
+after ``generate()`` returns. A LoRA/QLoRA model generates with its adapters on the base
+(``predict`` loads them unmerged; QLoRA's base in 4 bit, its other weights in the compute
+dtype).
 """
 
 from __future__ import annotations
@@ -89,14 +90,21 @@ def cache_tensors(cache: DynamicCache) -> list[torch.Tensor]:
     return out
 
 
+def _forward_parameters(model: nn.Module):
+    # A peft model's forward takes **kwargs; generate() asks the base model (peft delegates
+    # generate() to it), so its signature decides.
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inspect.signature(base.forward).parameters
+
+
 def _cache_kwarg(model: nn.Module) -> str:
     # transformers renamed ``past_key_values`` to ``cache`` (the old name warns until 5.40).
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in _forward_parameters(model) else "past_key_values"
 
 
 def _forward_kwargs(model: nn.Module) -> dict:
-    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-    return {"logits_to_keep": 1} if keep else {}
+    # generate() computes the last position's logits only when the model can.
+    return {"logits_to_keep": 1} if "logits_to_keep" in _forward_parameters(model) else {}
 
 
 def _step(
@@ -146,7 +154,13 @@ def trace_causal_generate(
     weights_dtype = None if options.amp or dtype == torch.float32 else dtype
     mode = FakeTensorMode()
     model = fake_model_from_config(
-        config, mode, weights_dtype, quantization=quantization_of(options), kbit_training=False
+        config,
+        mode,
+        weights_dtype,
+        lora_rank=options.lora_rank if options.lora else None,
+        quantization=quantization_of(options),
+        kbit_training=False,
+        device=options.device,
     )
     model.eval()
     tracker = LiveStorageTracker(round_fn, record=record)

@@ -263,7 +263,7 @@ class CudaEmulationMode(TorchFunctionMode):
                 return _autocast_cross_entropy(*args, **kwargs)
         if func is F.scaled_dot_product_attention:
             return _cuda_sdpa(*args, **kwargs)
-        if isinstance(func, torch._ops.OpOverload) and func._schema.name == _GEMM_4BIT:
+        if _is_gemm_4bit(func):
             return cuda_gemm_4bit(*args, **kwargs)
         return func(*args, **kwargs)
 
@@ -273,14 +273,25 @@ GEMM_4BIT_FUSED_MAX_ROWS = 4
 """Rows up to which bitsandbytes' CUDA ``gemm_4bit`` always runs its fused kernel."""
 
 
-def cuda_gemm_4bit(
+def _is_gemm_4bit(func) -> bool:
+    return isinstance(func, torch._ops.OpOverload) and func._schema.name == _GEMM_4BIT
+
+
+def cuda_gemm_4bit(*args, **kwargs):
+    """``bitsandbytes::gemm_4bit`` as its CUDA dispatch runs it (see the module docstring)."""
+    return dequantized_gemm_4bit(*args, fused_max_rows=GEMM_4BIT_FUSED_MAX_ROWS, **kwargs)
+
+
+def dequantized_gemm_4bit(
     A, B, shapeB, absmax, blocksize, quant_type, bias=None, absmax_8bit=None, absmax_code=None,
-    absmax_offset=None,
+    absmax_offset=None, *, fused_max_rows: int,
 ):  # fmt: skip
-    """``bitsandbytes::gemm_4bit`` as its CUDA dispatch runs it (see the module docstring):
-    A ``[..., in]``, B packed ``uint8 [(out*in+1)//2, 1]`` -> ``[..., out]``."""
+    """A ``[..., in]`` times a 4-bit weight (B packed ``uint8 [(out*in+1)//2, 1]``) ->
+    ``[..., out]``: the fused op up to ``fused_max_rows`` rows, else what the unfused
+    kernels allocate - the absmax dequantized (double quant), the whole weight dequantized
+    to A's dtype ``[out, in]``, then ``F.linear`` (CUDA's fallback; the CPU's only path)."""
     rows = A.numel() // A.shape[-1]
-    if rows <= GEMM_4BIT_FUSED_MAX_ROWS:
+    if rows <= fused_max_rows:
         return torch.ops.bitsandbytes.gemm_4bit.default(
             A, B, shapeB, absmax, blocksize, quant_type, bias=bias, absmax_8bit=absmax_8bit,
             absmax_code=absmax_code, absmax_offset=absmax_offset,
@@ -295,6 +306,17 @@ def cuda_gemm_4bit(
         B, absmax, blocksize, quant_type, list(shapeB), A.dtype
     )  # [out, in] in A's dtype, alive for the matmul only
     return F.linear(A, weight, bias)
+
+
+class CpuGemm4bitMode(TorchFunctionMode):
+    """For a ``cpu`` trace (checked against a real CPU run): bitsandbytes' CPU
+    ``gemm_4bit`` is its default kernel, always unfused (``backends/default/ops.py``)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if _is_gemm_4bit(func):
+            return dequantized_gemm_4bit(*args, fused_max_rows=0, **kwargs)
+        return func(*args, **kwargs)
 
 
 def checkpoint_context_fn(autocast_dtype: torch.dtype | None):

@@ -62,6 +62,7 @@ def fake_model_from_config(
     lora_rank: int | None = None,
     quantization: Quantization | None = None,
     kbit_training: bool = True,
+    device: str = "cuda",
 ) -> nn.Module:
     """The model of ``config`` with fake CPU parameters/buffers.
 
@@ -91,7 +92,7 @@ def fake_model_from_config(
     if lora_rank is not None:
         model = apply_lora(model, lora_rank)
     if quantization is not None:
-        fake_4bit_linears(model, mode, quantization)
+        fake_4bit_linears(model, mode, quantization, device)
     _meta_to_fake(model, mode)
     return model
 
@@ -114,8 +115,20 @@ def apply_lora(model: nn.Module, rank: int) -> nn.Module:
     """Wrap ``model`` with peft LoRA adapters (``lora_targets``); base frozen.
 
     peft keeps adapters in fp32 even on a bf16 base (``autocast_adapter_dtype=True``).
+    A causal LM gets the run's own adapters (``models.lora.apply_lora``): every linear
+    layer, and the speaker/PII marker rows of the embedding training with them (peft's
+    trainable tokens: each forward builds a merged copy of the whole embedding matrix,
+    and of the head it is tied to - for a 256k vocabulary the largest tensor of the step).
     """
     from peft import LoraConfig, TaskType, get_peft_model
+
+    if is_causal(model.config):
+        from dialsum.core.tokens import SPECIAL_TOKENS
+        from dialsum.models.lora import apply_lora as run_apply_lora
+
+        # Which rows train does not change memory; how many barely does (rows x width).
+        markers = range(min(len(SPECIAL_TOKENS), model.config.vocab_size))
+        return run_apply_lora(model, rank, causal=True, trainable_token_indices=markers)
 
     lora_config = LoraConfig(
         r=rank,

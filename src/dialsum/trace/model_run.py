@@ -16,7 +16,7 @@ from torch import nn
 from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal
-from dialsum.trace.cuda_emulation import CudaEmulationMode
+from dialsum.trace.cuda_emulation import CpuGemm4bitMode, CudaEmulationMode
 from dialsum.trace.fake_model import unique_params
 from dialsum.trace.quantized import Quantization, quant_states
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord
@@ -117,8 +117,10 @@ def prepared_model(
 
 
 def emulation_on(emulation: CudaEmulationMode, device: str) -> contextlib.AbstractContextManager:
-    """CUDA's kernel choices for a ``cuda`` trace; nothing for ``cpu`` (real CPU kernels)."""
-    return emulation if device == "cuda" else contextlib.nullcontext()
+    """CUDA's kernel choices for a ``cuda`` trace; for ``cpu`` the real CPU kernels, except
+    bitsandbytes' 4-bit matmul, whose fake op would skip the CPU kernel's dequantized
+    weight (``CpuGemm4bitMode``)."""
+    return emulation if device == "cuda" else CpuGemm4bitMode()
 
 
 def quantization_of(options) -> Quantization | None:

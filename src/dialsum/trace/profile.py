@@ -10,11 +10,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 Precision = Literal["fp32", "bf16", "fp16", "pure_bf16"]
-Optimizer = Literal["adamw", "adamw_foreach", "adafactor", "adamw8bit", "sgd"]
+Optimizer = Literal["adamw", "adamw_foreach", "adafactor", "adamw8bit", "paged_adamw8bit", "sgd"]
 Device = Literal["cuda", "cpu"]
 
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "pure_bf16")
-OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw_foreach", "adafactor", "adamw8bit", "sgd")
+OPTIMIZERS: tuple[str, ...] = (
+    "adamw",
+    "adamw_foreach",
+    "adafactor",
+    "adamw8bit",
+    "paged_adamw8bit",
+    "sgd",
+)
 DEVICES: tuple[str, ...] = ("cuda", "cpu")
 
 
@@ -81,6 +88,8 @@ class GenerateOptions:
     device: Device = "cuda"
     quantization: str | None = None  # QLoRA's 4-bit base ("nf4" | "fp4"), as predict loads it
     double_quant: bool = True
+    lora: bool = False  # a causal LM's adapters stay on the base (not merged) when it generates
+    lora_rank: int = 8
 
 
 @dataclass

@@ -148,13 +148,16 @@ def quant_state_tensors(state) -> list[torch.Tensor]:
     return [t for t in tensors if isinstance(t, torch.Tensor)]
 
 
-def fake_4bit_linears(model: nn.Module, mode: FakeTensorMode, quantization: Quantization) -> None:
+def fake_4bit_linears(
+    model: nn.Module, mode: FakeTensorMode, quantization: Quantization, device: str = "cuda"
+) -> None:
     """Give every ``Linear4bit`` of ``model`` a fake packed weight and quantization state.
 
     The weight becomes a frozen fake parameter carrying the attributes bitsandbytes and
     peft read off a ``Params4bit`` (``quant_state``, ``quant_type``, ...). The CPU-only
-    inference repacking (``support_avx512bf16_for_cpu``) is switched off: a CUDA run has
-    no such step, and the trace emulates CUDA.
+    inference repacking (``support_avx512bf16_for_cpu``: no-grad forwards on a CPU with
+    AVX-512 BF16 repack each weight once and run a fused kernel) is kept for a ``cpu``
+    trace, as the real CPU run does it, and switched off for ``cuda``.
     """
     for module in model.modules():
         if not is_4bit_linear(module):
@@ -171,7 +174,8 @@ def fake_4bit_linears(model: nn.Module, mode: FakeTensorMode, quantization: Quan
         weight.module = module
         module._parameters["weight"] = weight
         module.quant_state = state
-        module.support_avx512bf16_for_cpu = False
+        if device == "cuda":
+            module.support_avx512bf16_for_cpu = False
 
 
 def quant_states(model: nn.Module) -> list[torch.Tensor]:

@@ -96,7 +96,9 @@ def _build_train_rig(
     model.train()
     trainable = trainable_params(model)
     with mode:
-        if options.optimizer == "adamw8bit":
+        if options.optimizer in ("adamw8bit", "paged_adamw8bit"):
+            # Paged: the same states in CUDA unified memory; counted on the GPU, where they
+            # live until the driver pages them out under pressure (an upper bound).
             # bitsandbytes runs on CUDA only: its state is modelled (see ``trace.optimizers``).
             optimizer = AdamW8bitModel(trainable)
         else:
