@@ -80,7 +80,7 @@ def test_qlora_model_keeps_head_embeddings_and_norms_unquantized_in_fp32() -> No
     assert len(quantized) == 14
     assert not isinstance(model.get_output_embeddings(), bnb.nn.Linear4bit)
     for name, param in model.named_parameters():
-        if "lora_" in name:
+        if "lora_" in name or "trainable_tokens" in name:  # adapters, marker rows
             assert param.requires_grad and param.dtype == torch.float32
         elif param.dtype == torch.uint8:
             assert not param.requires_grad  # packed 4-bit values
@@ -88,10 +88,10 @@ def test_qlora_model_keeps_head_embeddings_and_norms_unquantized_in_fp32() -> No
             # prepare_model_for_kbit_training: frozen, upcast to fp32.
             assert not param.requires_grad and param.dtype == torch.float32, name
     lora = sum(p.numel() for p in unique_params(model) if p.requires_grad)
-    # r 8 on every projection: r x (in + out) each.
+    # r 8 on every projection: r x (in + out) each; 15 marker rows of the embedding.
     d, ff, kv = 128, 256, 64
     per_layer = 8 * ((d + d) * 2 + (d + kv) * 2 + (d + ff) * 2 + (ff + d))
-    assert lora == 2 * per_layer
+    assert lora == 2 * per_layer + 15 * d
 
 
 def test_cuda_forward_dequantizes_the_whole_weight_past_four_rows() -> None:

@@ -188,7 +188,10 @@ def sharded_peak_bytes(
     exists (DeepSpeed's estimators count model states without regard to the phase).
     ``communication_bytes`` are the engine's buckets.
     """
-    model_states = sum(breakdown.get(k, 0) for k in ("weights", "gradients", "optimizer_state"))
+    model_states = sum(
+        breakdown.get(k, 0) for k in ("weights", "weights_4bit", "adapters", "gradients",
+                                      "optimizer_state")
+    )  # fmt: skip
     gradients = states.gradients_bytes if breakdown.get("gradients", 0) > 0 else 0
     sharded = (
         states.weights_bytes

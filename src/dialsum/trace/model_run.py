@@ -17,7 +17,6 @@ from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal
 from dialsum.trace.cuda_emulation import CpuGemm4bitMode, CudaEmulationMode
-from dialsum.trace.fake_model import unique_params
 from dialsum.trace.quantized import Quantization, quant_states
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord
 
@@ -132,7 +131,20 @@ def quantization_of(options) -> Quantization | None:
 
 
 def track_model(tracker: LiveStorageTracker, model: nn.Module) -> None:
-    tracker.track_all(unique_params(model), "weights")
+    """Count the model's memory: ``weights`` (parameters, buffers), split out for QLoRA and
+    LoRA into ``weights_4bit`` (packed 4-bit values and their quantization state) and
+    ``adapters`` (LoRA A/B and the trainable marker rows)."""
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        if "lora_" in name or "trainable_tokens" in name:
+            tracker.track(param, "adapters")
+        elif param.dtype == torch.uint8:
+            tracker.track(param, "weights_4bit")
+        else:
+            tracker.track(param, "weights")
     tracker.track_all(model.buffers(), "weights")
     # 4-bit layers: absmax (and the nested state) are weight memory outside parameters.
-    tracker.track_all(quant_states(model), "weights")
+    tracker.track_all(quant_states(model), "weights_4bit")

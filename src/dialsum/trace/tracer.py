@@ -27,6 +27,10 @@ from dialsum.trace.allocator import round_allocation_bytes
 RoundFn = Callable[[int], int]
 
 
+_DEQUANTIZED = "dequantized_weights"
+"""Outputs of bitsandbytes' ops (the dequantized weight and absmax of a 4-bit matmul)."""
+
+
 @dataclass
 class PeakRecord:
     """The largest live total seen, the phase it happened in and its split by category."""
@@ -134,7 +138,9 @@ class LiveStorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        # QLoRA: a 4-bit weight dequantized for a matmul is its own category.
+        category = _DEQUANTIZED if getattr(func, "namespace", "") == "bitsandbytes" else None
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
-                self.track(leaf)
+                self.track(leaf, category)
         return out
