@@ -174,6 +174,7 @@ def test_ddp_run_folder_is_written_once_by_rank_zero(ddp: Path) -> None:
         "checkpoints",
         "config.yaml",
         "guard.json",
+        "inputs.json",
         "metrics.json",
         "plan.json",
     ]
