@@ -14,7 +14,6 @@ weight plus quantization state); embeddings, norms and the head stay in the load
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,6 @@ from dialsum.models.loading import (
     _prefer_safetensors,
     resize_to_tokenizer,
 )
-
-log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 """peft writes it beside ``adapter_model.safetensors``: a folder holding trained adapters."""
