@@ -32,17 +32,40 @@ from dialsum.speed.gpus import resolve_gpu
 from dialsum.trace.profile import GenerateShape, MemoryProfile, TrainOptions, TrainShape
 
 CONFIG = Path(__file__).resolve().parents[2] / "config.yaml"
-SECTIONS = ["eenzeenee", "xlsum_mt5", "kobart"]
+SECTIONS = [
+    "eenzeenee",
+    "xlsum_mt5",
+    "kobart",
+    "solar_qlora",
+    "qwen2_5_3b",
+    "llama3_2_3b",
+    "gemma2_2b",
+]
 GPUS = ["v100-16gb", "rtx3080-10gb", "a100-40gb"]
-EXACT_PARAMS = {"eenzeenee": 275_579_136, "xlsum_mt5": 582_401_280, "kobart": 123_859_968}
+EXACT_PARAMS = {
+    "eenzeenee": 275_579_136,
+    "xlsum_mt5": 582_401_280,
+    "kobart": 123_859_968,
+    "solar_qlora": 10_731_524_096,
+    "qwen2_5_3b": 3_085_938_688,
+    "llama3_2_3b": 3_212_749_824,
+    "gemma2_2b": 2_614_341_888,
+}
 MT5_VOCAB = 250_112  # the second section's model: the crash test fails there
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KIB, MIB = 2**10, 2**20
-_STATE_BYTES_PER_PARAM = {"adamw": 8, "adamw8bit": 2, "adafactor": 0, "sgd": 0}
+_STATE_BYTES_PER_PARAM = {
+    "adamw": 8,
+    "adamw8bit": 2,
+    "paged_adamw8bit": 2,
+    "adafactor": 0,
+    "sgd": 0,
+}
 
 
 def fake_params(config: object) -> int:
-    return config.vocab_size * config.d_model  # type: ignore[attr-defined]
+    width = getattr(config, "d_model", None) or config.hidden_size  # seq2seq or causal
+    return config.vocab_size * width
 
 
 def fake_train_breakdown(config: object, shape: TrainShape, options: TrainOptions) -> dict:
