@@ -58,14 +58,7 @@ def choose_eval_batch(planner: Planner, state: PlanState) -> tuple[int, Need]:
     resident = _resident_bytes(state.need)
     if request.world_size > 1 and request.zero_stage == 0:
         resident += ddp_resident_bytes(state.need.profile)  # DDP's buckets outlive the step
-    options = eval_generate_options(
-        state.options.precision,
-        "cuda",
-        state.options.quantization,
-        state.options.double_quant,
-        state.options.lora,
-        state.options.lora_rank,
-    )
+    options = eval_generate_options(state.options.precision, "cuda", state.options)
 
     source_len, label_len = eval_lengths(planner, state)
 
@@ -116,14 +109,7 @@ def choose_generation(planner: Planner, state: PlanState) -> Generation:
     the worst point of the budget (many short rows)."""
     request = planner.request
     beams, new = request.num_beams, request.new_tokens
-    options = predict_generate_options(
-        state.options.precision,
-        "cuda",
-        state.options.quantization,
-        state.options.double_quant,
-        state.options.lora,
-        state.options.lora_rank,
-    )
+    options = predict_generate_options(state.options.precision, "cuda", state.options)
 
     def need_at(batch: int, source_len: int) -> Need:
         return planner.generate_need(batch, source_len, options, 0)

@@ -8,12 +8,13 @@ names is checked against the GPU; a CPU run trains in fp32.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dialsum.core.errors import ConfigError
 from dialsum.models.architectures import is_t5_like
 from dialsum.speed.gpus import GPU
-from dialsum.trace.profile import GenerateOptions
+from dialsum.trace.profile import GenerateOptions, TrainOptions
 
 if TYPE_CHECKING:
     from dialsum.memory.request import PlanRequest
@@ -26,41 +27,34 @@ PREDICT_PRECISION = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "pure_bf16"
 
 
 def eval_generate_options(
-    precision: str,
-    device: str = "cuda",
-    quantization: str | None = None,
-    double_quant: bool = True,
-    lora: bool = False,
-    lora_rank: int = 8,
+    precision: str, device: str = "cuda", train: TrainOptions | None = None
 ) -> GenerateOptions:
-    """How evaluation inside training generates: AMP keeps fp32 masters under autocast
-    (``quantization``: QLoRA's 4-bit base, as trained; ``lora``: with the adapters)."""
-    quant = {
-        "quantization": quantization, "double_quant": double_quant, "lora": lora,
-        "lora_rank": lora_rank,
-    }  # fmt: skip
+    """How evaluation inside training generates: AMP keeps fp32 masters under autocast; the
+    model is the one training (``train``: QLoRA's 4-bit base, LoRA adapters)."""
+    options = predict_generate_options(precision, device, train)
     if precision in ("bf16", "fp16"):
-        return GenerateOptions(precision=precision, amp=True, device=device, **quant)  # type: ignore[arg-type]
-    return GenerateOptions(precision=PREDICT_PRECISION[precision], device=device, **quant)  # type: ignore[arg-type]
+        return replace(options, precision=precision, amp=True)  # type: ignore[arg-type]
+    return options
 
 
 def predict_generate_options(
-    precision: str,
-    device: str = "cuda",
-    quantization: str | None = None,
-    double_quant: bool = True,
-    lora: bool = False,
-    lora_rank: int = 8,
+    precision: str, device: str = "cuda", train: TrainOptions | None = None
 ) -> GenerateOptions:
-    """How ``predict`` generates after training: weights cast to the training's low dtype
-    (QLoRA: the base loaded in 4 bit again, the rest in that dtype)."""
+    """How ``predict`` generates after training: weights cast to the training's low dtype;
+    with ``train``'s method: QLoRA's base loaded in 4 bit again, a causal LM's adapters
+    on the base (a seq2seq run merges them; its trace ignores them)."""
+    method = {}
+    if train is not None:
+        method = {
+            "quantization": train.quantization,
+            "double_quant": train.double_quant,
+            "lora": train.lora,
+            "lora_rank": train.lora_rank,
+        }
     return GenerateOptions(
         precision=PREDICT_PRECISION[precision],  # type: ignore[arg-type]
         device=device,  # type: ignore[arg-type]
-        quantization=quantization,
-        double_quant=double_quant,
-        lora=lora,
-        lora_rank=lora_rank,
+        **method,
     )
 
 
