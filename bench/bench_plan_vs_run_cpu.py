@@ -37,6 +37,7 @@ QLoRA (real bitsandbytes 4-bit layers on the CPU), loaded and prepared as ``trai
 (``models.causal``, ``models.lora``); the simulator traces the same method:
 
     uv run python bench/bench_plan_vs_run_cpu.py --causal --source-len 96 --target-len 32
+    uv run python bench/bench_plan_vs_run_cpu.py --causal-caps --source-len 32 --target-len 16
 """
 
 from __future__ import annotations
@@ -130,7 +131,17 @@ def gemma_tiny() -> Gemma2Config:
     )  # fmt: skip
 
 
-CAUSAL_SHAPES = {"llama-tiny": llama_tiny, "gemma-tiny": gemma_tiny}
+def llama_wide() -> LlamaConfig:
+    # Weights dominate (wide MLP, short rows): full, LoRA and QLoRA need clearly different
+    # memory, so a cap can leave room for one method and not the one before it.
+    return LlamaConfig(
+        vocab_size=2048, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=0, pad_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+CAUSAL_SHAPES = {"llama-tiny": llama_tiny, "gemma-tiny": gemma_tiny, "llama-wide": llama_wide}
 CAUSAL_METHODS = ("full", "lora", "qlora")
 
 
@@ -305,6 +316,64 @@ def run_causal(name: str, method: str, args: argparse.Namespace, out: Path) -> d
             "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
 
 
+def causal_caps(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Forced cases: a cap where full fine-tuning does not fit but LoRA does, and one where
+    only QLoRA does. The planner (method left ``auto``) must pick that method; the real
+    trainer then runs it at the planned micro-batch under the cap with no OOM, and the
+    method before it fails at micro-batch 1."""
+    cfg = load_section(ROOT / "config.yaml", "tiny_causal", ["model.dropout=0.0"])
+    _, tokenizer = setup_model(cfg)
+    config, rows = llama_wide(), 4
+    source_len, target_len = args.source_len, args.target_len
+    options = TrainOptions(device="cpu", micro_batches=2, gradient_checkpointing=True)
+    needs = {
+        method: simulate_train(
+            config, TrainShape(1, source_len, target_len),
+            replace(options, lora=method != "full",
+                    quantization="nf4" if method == "qlora" else None),
+        ).peak_bytes
+        for method in CAUSAL_METHODS
+    }  # fmt: skip
+    results = []
+    for method, before in (("lora", "full"), ("qlora", "lora")):
+        cap_bytes = (needs[method] + needs[before]) // 2
+        gpu = cpu_device(cap_bytes)
+        request = PlanRequest(
+            model_config=config, source_len=source_len, target_len=target_len,
+            effective_batch_size=rows, optimizer="adamw", gradient_checkpointing=True,
+            num_beams=1, max_new_tokens=target_len, fallbacks=("lora", "qlora"),
+        )  # fmt: skip
+        no_margin = replace(cfg, hardware=replace(cfg.hardware, memory_margin=0.0))
+        plan = make_plan(request, gpu, overheads_for(no_margin, gpu))
+
+        def capped_run(run_method: str, micro: int, cap: int = cap_bytes) -> int:
+            model = causal_model("llama-wide", run_method, tokenizer, cfg, out / "llama-wide",
+                                 checkpointing=True)  # fmt: skip
+            setup = Setup(source_len, target_len, micro, rows // micro, 1, 1, target_len,
+                          "adamw", run_method, True)  # fmt: skip
+            try:
+                return run_capped(Bench("llama-wide", model, tokenizer, cfg), setup, cap, out)
+            except torch.OutOfMemoryError:
+                return -1  # the weights alone exceed the cap
+
+        ooms = capped_run(plan.method, plan.micro_batch_size) if plan.fits else None
+        before_fails = capped_run(before, 1) == -1
+        row = {
+            "cap_mib": round(cap_bytes / 2**20, 2),
+            "predicted_need_mib": {k: round(v / 2**20, 2) for k, v in needs.items()},
+            "expected_method": method,
+            "planned_method": plan.method,
+            "planned_micro_batch": plan.micro_batch_size,
+            "ooms_at_planned": ooms,
+            f"{before}_fails_at_micro_1": before_fails,
+        }
+        print(f"  cap {row['cap_mib']} MiB: planned {plan.method} micro-batch "
+              f"{plan.micro_batch_size} (expected {method}); OOMs at planned {ooms}; "
+              f"{before} at micro-batch 1 fails: {before_fails}")  # fmt: skip
+        results.append(row)
+    return results
+
+
 # -- main ----------------------------------------------------------------------------------
 
 
@@ -376,13 +445,19 @@ def main() -> None:
         "--causal", action="store_true", help="the decoder-only shapes x full/LoRA/QLoRA"
     )
     parser.add_argument("--methods", nargs="+", default=list(CAUSAL_METHODS))
+    parser.add_argument(
+        "--causal-caps", action="store_true",
+        help="forced caps where only LoRA / only QLoRA fits: planned method runs, no OOM",
+    )  # fmt: skip
     args = parser.parse_args()
     shapes = ["model"] if args.model else args.shapes
     command = "uv run python bench/bench_plan_vs_run_cpu.py " + " ".join(sys.argv[1:])
     results: dict = {"command": command.strip(), "torch": torch.__version__, "shapes": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.causal:
-            for name in CAUSAL_SHAPES:
+        if args.causal_caps:
+            results["causal_caps"] = causal_caps(args, Path(tmp))
+        elif args.causal:
+            for name in ("llama-tiny", "gemma-tiny"):
                 for method in args.methods:
                     key = f"{name}/{method}"
                     results["shapes"][key] = run_causal(name, method, args, Path(tmp))
@@ -391,6 +466,13 @@ def main() -> None:
                 results["shapes"][name] = run_shape(name, args, Path(tmp))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.causal_caps:
+        ok = all(
+            r["planned_method"] == r["expected_method"] and r["ooms_at_planned"] == 0
+            for r in results["causal_caps"]
+        )
+        print("caps: planned methods ran without OOM" if ok else "caps: a forced case FAILED")
+        return
     inside = all(p["inside"] for r in results["shapes"].values() for p in r["phases"].values())
     print("all phases inside the targets" if inside else "some phases OUTSIDE the targets")
 
