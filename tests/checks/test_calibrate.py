@@ -83,7 +83,7 @@ def test_probe_writes_the_measured_fragmentation_that_plans_then_use(
     monkeypatch.setattr(probe, "probe_one", lambda *a, **k: {"gpu": "h100-80gb"})
     monkeypatch.setattr(probe.probe_fragmentation, "__kwdefaults__", {"measure": fake_measure})
     monkeypatch.setattr(
-        "dialsum.training.step_clock.probe_step_time", lambda *a, **k: None
+        "dialsum.checks.step_probe.probe_step_time", lambda *a, **k: None
     )  # time model
     path = tmp_path / "calibration.json"
     lines: list[str] = []
