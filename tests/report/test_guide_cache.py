@@ -56,3 +56,11 @@ def test_the_largest_model_is_traced_first() -> None:
     costs = {name: guide_mod._tracing_cost(CONFIG, name) for name in ("eenzeenee", "kobart")}
     assert costs["eenzeenee"] > costs["kobart"] > 0
     assert guide_mod._tracing_cost(CONFIG, "xlsum_mt5") > costs["eenzeenee"]
+
+
+def test_a_decoder_only_model_counts_its_layers_too() -> None:
+    if "solar_qlora" not in guide_mod.real_sections(CONFIG):
+        pytest.skip("no decoder-only section in config.yaml")
+    assert guide_mod._tracing_cost(CONFIG, "solar_qlora") > guide_mod._tracing_cost(
+        CONFIG, "xlsum_mt5"
+    )

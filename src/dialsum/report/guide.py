@@ -233,7 +233,13 @@ def _tracing_cost(config_path: Path, name: str) -> int:
     return layers * width * int(fields.get("vocab_size") or 1)
 
 
-_LAYER_KEYS = ("num_layers", "num_decoder_layers", "encoder_layers", "decoder_layers")
+_LAYER_KEYS = (
+    "num_layers",
+    "num_decoder_layers",
+    "encoder_layers",
+    "decoder_layers",
+    "num_hidden_layers",  # decoder-only LLMs
+)
 
 
 def _config_text(name: str) -> str:
