@@ -99,7 +99,7 @@ def test_a_plan_that_does_not_fit_is_still_searched(
                               "gradient_accumulation_steps": 8, "per_rank_rows": 8},
         geometry=BatchGeometry.build(8, 1, 1), eval_batch_size=1, generation_batch_size=1,
         generation_token_budget=10, generation_row_cap=1, precision="fp32", optimizer="adamw",
-        gradient_checkpointing=True, source_len=32, predict_precision="fp32",
+        gradient_checkpointing=True, source_len=32, predict_precision="fp32", method="full",
     )  # fmt: skip
     monkeypatch.setattr(settings_mod, "resolve_settings", refuse)
     monkeypatch.setattr("dialsum.memory.section.plan_for_section", lambda *a, **k: unfit)
