@@ -75,7 +75,11 @@ def fake_model_from_config(
     freezes the base and leaves every unquantized parameter fp32, without it (prediction)
     they stay in ``dtype``. The 4-bit weights get fake packed values and quantization state.
     """
-    if quantization is not None:
+    if quantization is None:
+        model = model_from_config(config, device="meta")
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
         # from_pretrained loads the unquantized parts in ``dtype`` (a quantized model cannot
         # be cast afterwards); prepare_model_for_kbit_training then upcasts them to fp32.
         model = model_from_config(config, device="meta", dtype=dtype)
@@ -85,10 +89,6 @@ def fake_model_from_config(
 
             # Checkpointing is switched on by the caller, as for the other methods.
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
-        model = model_from_config(config, device="meta")
-    if quantization is None and dtype is not None:
-        model = model.to(dtype)
     if lora_rank is not None:
         model = apply_lora(model, lora_rank)
     if quantization is not None:
@@ -97,11 +97,8 @@ def fake_model_from_config(
     return model
 
 
-def lora_targets(config: PretrainedConfig) -> list[str] | str:
-    """The attention projections of a seq2seq model; every linear layer but the head
-    (peft's ``"all-linear"``) of a causal LM, as the QLoRA recipes do."""
-    if is_causal(config):
-        return "all-linear"
+def lora_targets(config: PretrainedConfig) -> list[str]:
+    """The attention projections of a seq2seq model (a causal LM: ``apply_lora``)."""
     model_type = getattr(config, "model_type", "")
     if model_type not in LORA_TARGETS:
         raise ValueError(
@@ -135,7 +132,7 @@ def apply_lora(model: nn.Module, rank: int) -> nn.Module:
         lora_alpha=2 * rank,
         lora_dropout=0.05,
         target_modules=lora_targets(model.config),
-        task_type=TaskType.CAUSAL_LM if is_causal(model.config) else TaskType.SEQ_2_SEQ_LM,
+        task_type=TaskType.SEQ_2_SEQ_LM,
     )
     return get_peft_model(model, lora_config)
 
