@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from dialsum.memory.overheads import Overheads, required_bytes
 from dialsum.memory.plan import Plan
 from dialsum.memory.request import resolve_optimizer
+from dialsum.models.architectures import is_causal, known_config
 from dialsum.report.facts import WEIGHT_DTYPE_BYTES, ModelFacts
 from dialsum.report.formats import PRECISION_LABELS, TRAIN_CATEGORIES, gib, gib_text, yes_no
 from dialsum.report.plots import time_plot_path
@@ -48,7 +49,11 @@ TIME_METHOD = (
 
 def _facts_markdown(facts: ModelFacts) -> list[str]:
     lines = [f"- Model: `{facts.model_id}`", f"- Parameters: **{facts.params:,}**"]
-    if facts.untied_head_params:
+    config = known_config(facts.model_id)
+    if facts.untied_head_params and config is not None and is_causal(config):
+        # A causal LM's head follows tie_word_embeddings as published: nothing to warn.
+        lines.append(f"  (includes an untied `lm_head` of {facts.untied_head_params:,})")
+    elif facts.untied_head_params:
         lines.append(
             f"  (includes an untied `lm_head` of {facts.untied_head_params:,}; a config-only "
             "build in transformers 5.x would tie it and silently drop these)"
@@ -74,7 +79,9 @@ def _breakdown_markdown(section: SectionGuide) -> list[str]:
         header + " |",
         "|---|" + "---:|" * len(precisions),
     ]
-    for category in TRAIN_CATEGORIES:
+    # QLoRA/LoRA profiles split their weights (weights_4bit, adapters, ...): list those too.
+    extra = {c for p in precisions for c in section.breakdowns[p].breakdown} - set(TRAIN_CATEGORIES)
+    for category in [*TRAIN_CATEGORIES, *sorted(extra)]:
         cells = [gib_text(section.breakdowns[p].breakdown.get(category, 0)) for p in precisions]
         lines.append(f"| {category.replace('_', ' ')} | " + " | ".join(cells) + " |")
     peaks = [
