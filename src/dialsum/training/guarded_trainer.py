@@ -56,20 +56,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dialsum.core.errors import first_line
 from dialsum.core.runs import RunDir
-from dialsum.data.prompt import left_pad, prompts_and_targets
 from dialsum.step.train_step import (
     build_optimizer,
     label_token_count,
-    shift_causal_labels,
     step_forward_backward,
-    token_sum_loss,
 )
 from dialsum.training.distributed import reduce_or_stop, reduce_staging
+from dialsum.training.eval_predictions import causal_prediction, concat_predictions
 from dialsum.training.finite_guard import (
     NonFiniteTraining,
     non_finite_problem,
@@ -369,7 +366,7 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
                         model, chunk, prediction_loss_only, ignore_keys, **gen_kwargs
                     )
                 )
-            return _concat_predictions(parts, self._pad_id())
+            return concat_predictions(parts, self._pad_id())
 
         def on_oom(old: int, new: int, exc: BaseException) -> None:
             # GuardState.record adopts the smaller eval batch for the following batches.
@@ -387,24 +384,14 @@ class GuardedSeq2SeqTrainer(ResumableSeq2SeqTrainer):
     def _causal_prediction_step(
         self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """(mean token loss, new tokens, summary labels) of a causal batch: prompt + summary
-        rows scored with the training loss, then the prompts alone generated from."""
-        inputs = self._prepare_inputs(inputs)
-        labels = inputs["labels"]  # [rows, seq], -100 on prompt and padding
-        with torch.no_grad(), self.compute_loss_context_manager():
-            logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-            loss = token_sum_loss(logits.logits, shift_causal_labels(labels), 0.0)
-            del logits
-        loss = loss / label_token_count(labels, causal=True).clamp(min=1)
-        if prediction_loss_only or self.args.prediction_loss_only:
-            return loss.detach(), None, None
-        prompts, targets = prompts_and_targets(inputs["input_ids"], labels)
-        ids, mask = left_pad(prompts, self._pad_id(), device=labels.device)
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, **self.generation)
-        new_tokens = out[:, ids.shape[1] :]  # [rows, new]: the prompt is not the summary
-        summary_labels, _ = left_pad(targets, -100, device=labels.device, side="right")
-        return loss.detach(), new_tokens, summary_labels
+        return causal_prediction(
+            model,
+            self._prepare_inputs(inputs),
+            pad_id=self._pad_id(),
+            generation=self.generation,
+            loss_context=self.compute_loss_context_manager,
+            loss_only=prediction_loss_only or self.args.prediction_loss_only,
+        )
 
     def _pad_id(self) -> int:
         tok = self.processing_class
@@ -453,24 +440,3 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor] | None]) -> Non
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
-
-
-def _pad_cat(tensors: list[torch.Tensor], pad: int) -> torch.Tensor:
-    """Concatenate [rows_i, len_i] tensors along rows, right-padding to the longest length."""
-    width = max(t.shape[1] for t in tensors)
-    padded = [
-        F.pad(t, (0, width - t.shape[1]), value=pad) if t.shape[1] < width else t for t in tensors
-    ]
-    return torch.cat(padded, dim=0)
-
-
-def _concat_predictions(parts: list[tuple], pad_id: int) -> tuple:
-    losses = [p[0] for p in parts if p[0] is not None]
-    loss = torch.stack([torch.as_tensor(x) for x in losses]).mean() if losses else None
-    preds = [p[1] for p in parts if p[1] is not None]
-    labels = [p[2] for p in parts if p[2] is not None]
-    return (
-        loss,
-        _pad_cat(preds, pad_id) if preds else None,
-        _pad_cat(labels, -100) if labels else None,
-    )
