@@ -13,9 +13,9 @@ def _recording(batch: int) -> tuple[MemoryProfile, list]:
     # One step: weights (1 KiB), then activations of 512 bytes per row, freed again.
     events = [
         ("p", "forward"),
-        ("a", 0, 1024, "weights"),
-        ("a", 1, 512 * batch, "activations"),
-        ("f", 1),
+        ("a", 1024, "weights"),
+        ("a", 512 * batch, "activations"),
+        ("f", 512 * batch, "activations"),
         ("step",),
     ]
     profile = MemoryProfile(params=1, trainable_params=1, peak_bytes=0, peak_phase="forward")
@@ -36,7 +36,7 @@ def traced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def _profile_at(batch: int, traced: list[int], cache_dir, use_cache: bool = True):
-    def trace_at(b: int, record: bool):
+    def trace_at(b: int, record: bool, removed: int):
         traced.append(b)
         return _recording(b)
 

@@ -43,12 +43,12 @@ def test_sizes_must_be_affine_and_structures_equal() -> None:
     assert _size_at(100, 150, 2, 3, 6) == 300
     assert _size_at(7, 7, 2, 3, 9) == 7  # no batch dimension
     assert _size_at(100, 151, 2, 4, 3) is None  # not an integer: not affine
-    lo = [("p", "forward"), ("a", 0, 100, "activations"), ("f", 0), ("step",)]
-    hi = [("p", "forward"), ("a", 0, 150, "activations"), ("f", 0), ("step",)]
+    lo = [("p", "forward"), ("a", 100, "activations"), ("f", 100, "activations"), ("step",)]
+    hi = [("p", "forward"), ("a", 150, "activations"), ("f", 150, "activations"), ("step",)]
     assert same_structure(lo, hi)
     steps = replay(lo, hi, 2, 3, 6, round_allocation_bytes)
     assert steps is not None and steps[0][0].total_bytes == 512  # 300 B rounds to 512
-    other = [("p", "forward"), ("a", 0, 150, "temporaries"), ("f", 0), ("step",)]
+    other = [("p", "forward"), ("a", 150, "temporaries"), ("f", 150, "temporaries"), ("step",)]
     assert not same_structure(lo, other)
     assert replay(lo, other, 2, 3, 6, round_allocation_bytes) is None
 

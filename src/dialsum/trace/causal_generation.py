@@ -28,12 +28,11 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache
 
 from dialsum.trace.cuda_emulation import CudaEmulationMode
-from dialsum.trace.fake_model import fake_model_from_config, unique_params
+from dialsum.trace.fake_model import fake_model_from_config, fresh_fake_mode, unique_params
 from dialsum.trace.flops import CostMeter, short_cache_len
 from dialsum.trace.generation_parts import GENERATE_COST_PHASES, generate_profile, process_logits
 from dialsum.trace.model_run import (
@@ -152,7 +151,7 @@ def trace_causal_generate(
     config = copy.deepcopy(config)
     dtype = dtype_of(options.precision)
     weights_dtype = None if options.amp or dtype == torch.float32 else dtype
-    mode = FakeTensorMode()
+    mode = fresh_fake_mode()
     model = fake_model_from_config(
         config,
         mode,

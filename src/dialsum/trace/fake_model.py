@@ -27,6 +27,22 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 
 
+def fresh_fake_mode() -> FakeTensorMode:
+    """A ``FakeTensorMode`` whose dispatch cache starts empty, so a trace's sizes do not
+    depend on what ran before it in the process.
+
+    FakeTensor caches each op's output metadata in one dict shared by every mode of the
+    process. A cached output is rebuilt with ``empty_strided`` at its minimal storage,
+    while a computed one keeps what the meta kernel allocated: memory-efficient
+    attention's padded bias gradient ``[2, 4, 24, 24]`` with strides ``(3072, 768, 32, 1)``
+    holds 6,144 elements when computed, 6,136 when cached. With the cache cleared, every
+    trace sees each op signature computed once, then cached: the first layer of a stack
+    may differ from the rest, and every later layer is the same (``trace.depth`` relies
+    on it)."""
+    FakeTensorMode.cache_clear()
+    return FakeTensorMode()
+
+
 def _fake_like(tensor: torch.Tensor, mode: FakeTensorMode) -> torch.Tensor:
     with mode:
         return torch.empty_strided(tensor.shape, tensor.stride(), dtype=tensor.dtype, device="cpu")

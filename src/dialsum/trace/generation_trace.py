@@ -17,16 +17,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from dialsum.models.architectures import is_causal
+from dialsum.models.stacks import stacks_of, without_layers
 from dialsum.trace import cache as trace_cache
 from dialsum.trace.causal_generation import trace_causal_generate
 from dialsum.trace.cuda_emulation import CudaEmulationMode
-from dialsum.trace.fake_model import fake_model_from_config, unique_params
+from dialsum.trace.fake_model import fake_model_from_config, fresh_fake_mode, unique_params
 from dialsum.trace.flops import CostMeter, short_cache_len
 from dialsum.trace.generation_parts import (
     GENERATE_COST_PHASES,
@@ -94,7 +94,7 @@ def _trace_generate(
     dtype = dtype_of(options.precision)
     # predict casts the weights; evaluation inside AMP training keeps fp32 masters.
     weights_dtype = None if options.amp or dtype == torch.float32 else dtype
-    mode = FakeTensorMode()
+    mode = fresh_fake_mode()
     model = fake_model_from_config(config, mode, weights_dtype)
     model.eval()
     tracker = LiveStorageTracker(round_fn, record=record)
@@ -234,8 +234,9 @@ def simulate_generate(
     # A decoder-only LLM generates from its prompt alone (``trace.causal_generation``).
     trace = trace_causal_generate if is_causal(config) else _trace_generate
 
-    def trace_at(batch: int, record: bool) -> Traced:
-        return trace(config, replace(shape, batch=batch), options, round_fn, record)
+    def trace_at(batch: int, record: bool, removed: int) -> Traced:
+        shallow = without_layers(config, removed) if removed else config
+        return trace(shallow, replace(shape, batch=batch), options, round_fn, record)
 
     def timeline_key() -> str:
         return trace_cache.cache_key(
@@ -252,4 +253,5 @@ def simulate_generate(
         cache_dir=cache_dir,
         use_cache=use_cache,
         replay_batches=replay_batches,
+        stacks=stacks_of(config),
     )

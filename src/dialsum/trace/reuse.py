@@ -8,6 +8,10 @@ exact); FLOPs, bytes moved and kernels are interpolated the same way
 (``flops.interpolate_costs``). Batch 1, or ``replay_batches=False``, traces directly.
 The recordings are kept on disk too (``timelines/`` in the cache folder, same key): the
 next process - a plan for another GPU, the guide's main pass - replays instead of tracing.
+
+A model with deep stacks of repeated layers is not traced at full depth: its recording
+is built from traces with one, two and three layers per stack (``trace.depth``: the
+repetition is verified event for event, else the full model is traced).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from dialsum.models.stacks import Stacks
 from dialsum.trace import cache as trace_cache
-from dialsum.trace import timeline
+from dialsum.trace import depth, timeline
 from dialsum.trace.allocator import exact_bytes, round_allocation_bytes
 from dialsum.trace.flops import COSTS, interpolate_costs
 from dialsum.trace.profile import MemoryProfile
@@ -39,6 +44,23 @@ _TIMELINES: dict[str, tuple[MemoryProfile, MemoryProfile, list, list]] = {}
 REPLAY_LO, REPLAY_HI = 2, 3
 
 Traced = tuple[MemoryProfile, list | None]
+TraceAt = Callable[[int, bool, int], Traced]
+"""``trace_at(batch, record, removed)``: trace at ``batch`` rows with ``removed`` layers
+taken from every stack (0: the model as configured); ``record`` keeps the timeline."""
+ProfileOf = Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile]
+FinishCosts = Callable[[dict[str, dict[str, int]]], dict[str, dict[str, int]]]
+"""Turns the costs a shallow trace reports (``trace_at`` with ``removed > 0``), repeated
+to full depth, into the costs a full trace reports (training: the mean per micro-batch,
+an integer division that is only exact after the repeat)."""
+
+
+def _same(costs: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return costs
+
+
+MIN_LAYERS = 8
+"""Stacks this deep or deeper are traced shallow and repeated (``trace.depth``); below,
+three shallow traces cost about what one full trace does."""
 
 
 def _timeline_path(cache_dir: Path, key: str) -> Path:
@@ -73,21 +95,116 @@ def _store_timelines(cache_dir: Path | None, key: str, recorded: tuple) -> None:
         return
 
 
+def _deep(
+    trace_at: TraceAt,
+    stacks: Stacks | None,
+    batch: int,
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    finish_costs: FinishCosts = _same,
+) -> Traced | None:
+    """The full-depth profile and timeline at ``batch`` from shallow traces, or None when
+    the model is shallow or not exactly periodic (the caller traces it whole).
+
+    With ``p`` the period: traces with ``p``, ``2p`` and ``3p`` layers per stack; the
+    third must equal the first with the insertions found between the first two repeated
+    twice (``trace.depth``), and parameter counts and compute costs must be affine in the
+    depth. If not, the first layer may differ from the rest (T5's block 0 computes the
+    position bias every later block adds a gradient to), so it tries again from ``2p``
+    with one more trace (``4p``)."""
+    if stacks is None or stacks.layers < MIN_LAYERS or stacks.layers % stacks.period:
+        return None
+    step = stacks.period
+    traces: dict[int, Traced] = {}
+
+    def at(layers: int) -> Traced:
+        if layers not in traces:
+            traces[layers] = trace_at(batch, True, stacks.layers - layers)
+        return traces[layers]
+
+    for start in (step, 2 * step):
+        if start + 2 * step >= stacks.layers:
+            break  # as deep as the model itself: nothing saved
+        (first, e_first), (second, e_second), (third, e_third) = (
+            at(start + i * step) for i in range(3)
+        )
+        inserted = depth.repeating(e_first, e_second, e_third)
+        if inserted is None or _repeated(first, second, 2) != _counts(third):
+            continue
+        copies = (stacks.layers - start) // step
+        counts = _repeated(first, second, copies)
+        events = depth.pumped(e_first, inserted, copies)
+        params, trainable, costs = counts
+        base = MemoryProfile(params, trainable, 0, "")
+        # Replaying a timeline at its own batch gives the peaks a trace would record.
+        steps = timeline.replay(events, events, batch, batch + 1, batch, round_fn)
+        if steps:
+            return set_costs(profile_of(base, steps), finish_costs(costs)), events
+    return None
+
+
+def _counts(profile: MemoryProfile) -> tuple:
+    return profile.params, profile.trainable_params, costs_of(profile)
+
+
+def _repeated(first: MemoryProfile, second: MemoryProfile, copies: int) -> tuple | None:
+    """Parameter counts and compute costs with ``copies`` more repeats than ``first``
+    (each repeat adds ``second - first``); None when their phases differ."""
+
+    def extend(lo: int, hi: int) -> int:
+        return lo + copies * (hi - lo)
+
+    costs: dict[str, dict[str, int]] = {}
+    for cost, by_phase in costs_of(first).items():
+        other = costs_of(second)[cost]
+        if other.keys() != by_phase.keys():
+            return None
+        costs[cost] = {phase: extend(value, other[phase]) for phase, value in by_phase.items()}
+    return (
+        extend(first.params, second.params),
+        extend(first.trainable_params, second.trainable_params),
+        costs,
+    )
+
+
+def _traced(
+    trace_at: TraceAt,
+    stacks: Stacks | None,
+    batch: int,
+    record: bool,
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    finish_costs: FinishCosts = _same,
+) -> Traced:
+    """The profile (and with ``record`` the timeline) at ``batch``: repeated from shallow
+    traces where the model allows it (``_deep``), else one trace of the whole model."""
+    deep = _deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs)
+    if deep is not None:
+        return deep if record else (deep[0], None)
+    return trace_at(batch, record, 0)
+
+
 def _replayed(
     key: str,
     batch: int,
-    trace_at: Callable[[int, bool], Traced],
-    profile_of: Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile],
+    trace_at: TraceAt,
+    profile_of: ProfileOf,
     round_fn: RoundFn,
     cache_dir: Path | None = None,
+    stacks: Stacks | None = None,
+    finish_costs: FinishCosts = _same,
 ) -> MemoryProfile:
     """``batch``'s profile replayed from recordings at REPLAY_LO/HI (traced once per key,
     kept for this process and, with ``cache_dir``, on disk for the next);
-    ``trace_at(batch, record)`` traces, ``profile_of(base, steps)`` builds the profile."""
+    ``trace_at(batch, record, removed)`` traces, ``profile_of(base, steps)`` builds the
+    profile."""
     if key not in _TIMELINES:
         stored = _stored_timelines(cache_dir, key)
         if stored is None:
-            (lo, e_lo), (hi, e_hi) = (trace_at(b, True) for b in (REPLAY_LO, REPLAY_HI))
+            (lo, e_lo), (hi, e_hi) = (
+                _traced(trace_at, stacks, b, True, profile_of, round_fn, finish_costs)
+                for b in (REPLAY_LO, REPLAY_HI)
+            )
             stored = (lo, hi, e_lo, e_hi)
             _store_timelines(cache_dir, key, stored)
         _TIMELINES[key] = stored
@@ -99,7 +216,8 @@ def _replayed(
     # FLOPs, bytes moved and kernels are sums over the same ops: affine in the batch too.
     costs = interpolate_costs(costs_of(base), costs_of(hi), REPLAY_LO, REPLAY_HI, batch)
     if not steps or costs is None:
-        return trace_at(batch, False)[0]  # not exactly replayable: trace directly
+        # Not exactly replayable: trace directly.
+        return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0]
     return set_costs(profile_of(base, steps), costs)
 
 
@@ -134,23 +252,38 @@ def reused_or_traced(
     key: str,
     timeline_key: Callable[[], str],
     batch: int,
-    trace_at: Callable[[int, bool], Traced],
-    profile_of: Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile],
+    trace_at: TraceAt,
+    profile_of: ProfileOf,
     round_fn: RoundFn,
     *,
     cache_dir: str | Path | None,
     use_cache: bool,
     replay_batches: bool,
+    stacks: Stacks | None = None,
+    finish_costs: FinishCosts = _same,
 ) -> MemoryProfile:
     """The profile at ``batch``: cached on disk under ``key``, else replayed from the
-    timelines recorded under ``timeline_key()`` (see ``_replayed``), else traced."""
+    timelines recorded under ``timeline_key()`` (see ``_replayed``), else traced.
+    ``stacks`` (``models.stacks.stacks_of``) lets deep models be traced shallow and
+    repeated; ``replay_batches=False`` traces the whole model at ``batch`` directly."""
 
     cacheable = use_cache and round_fn in (round_allocation_bytes, exact_bytes)
     timelines_dir = _cache_path(cache_dir) if cacheable else None
 
     def compute() -> MemoryProfile:
-        if not (replay_batches and batch > 1):
-            return trace_at(batch, False)[0]
-        return _replayed(timeline_key(), batch, trace_at, profile_of, round_fn, timelines_dir)
+        if not replay_batches:
+            return trace_at(batch, False, 0)[0]
+        if batch <= 1:
+            return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0]
+        return _replayed(
+            timeline_key(),
+            batch,
+            trace_at,
+            profile_of,
+            round_fn,
+            timelines_dir,
+            stacks,
+            finish_costs,
+        )
 
     return _cached(key, cache_dir, use_cache, round_fn, compute)

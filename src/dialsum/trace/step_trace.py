@@ -31,11 +31,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal
+from dialsum.models.stacks import stacks_of, without_layers
 from dialsum.step.train_step import build_optimizer, step_forward_backward
 from dialsum.trace import cache as trace_cache
 from dialsum.trace.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
 from dialsum.trace.fake_model import (
     fake_model_from_config,
+    fresh_fake_mode,
     trainable_params,
     unique_params,
 )
@@ -182,10 +184,13 @@ def _trace_train(
     options: TrainOptions,
     round_fn: RoundFn,
     record: bool = False,
+    per_micro_batch: bool = True,
 ) -> tuple[MemoryProfile, list | None]:
-    """(profile, recorded timeline or None)."""
+    """(profile, recorded timeline or None). ``per_micro_batch=False`` keeps the step's
+    summed costs (a shallow trace: the mean is taken after repeating layers, where the
+    integer division is exact to do)."""
     config = copy.deepcopy(config)  # building unties heads on the config; keep the caller's
-    mode = FakeTensorMode()
+    mode = fresh_fake_mode()
     rig = _build_train_rig(config, options, mode)
     tracker = LiveStorageTracker(round_fn, record=record)
     emulation = CudaEmulationMode()
@@ -211,7 +216,8 @@ def _trace_train(
         for hook in hooks:
             hook.remove()
     profile = _train_profile(rig.params, rig.trainable, step_peaks)
-    set_costs(profile, _per_micro_batch(meter.phases(_TRAIN_COST_PHASES), options.micro_batches))
+    costs = meter.phases(_TRAIN_COST_PHASES)
+    set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
     return profile, tracker.events
 
 
@@ -278,17 +284,24 @@ def simulate_train(
     every allocation resized for the batch (``dialsum.trace.timeline``: exact, and checked
     against direct traces in the tests); the two recordings are kept for this process, so
     each further batch size costs a replay (~0.1 s) instead of a trace (~10 s for T5-base).
-    ``replay_batches=False`` traces directly. Every call traces the full depth.
-    Extrapolating from shallow copies (1-2 layers) was tried and is exact on
-    small-vocabulary toys but not on real models: on eenzeenee at
-    batch 4, 512/64 it gave 6.96 GiB against the full trace's 5.77 GiB, because the moment
-    of the backward peak moves with depth when embedding gradients are large.
+    ``replay_batches=False`` traces directly at full depth.
+
+    A model whose stacks have at least ``reuse.MIN_LAYERS`` layers is traced with one,
+    two and three periods of each stack instead: the difference between the recordings
+    is the event block one more layer adds, and the full-depth timeline is those blocks
+    repeated, then replayed like any other recording (``dialsum.trace.depth``). Nothing is
+    extrapolated from peaks: the whole event sequence is checked to repeat exactly, else
+    the full depth is traced. (Extrapolating *peaks* from 1-2 layer copies was tried
+    before and was wrong on real models: 6.96 GiB against 5.77 GiB on eenzeenee at batch
+    4, 512/64, because the moment of the backward peak moves with depth.)
     """
 
     round_fn = round_fn or default_round_fn(options.device)
 
-    def trace_at(batch: int, record: bool) -> Traced:
-        return _trace_train(config, replace(shape, batch=batch), options, round_fn, record)
+    def trace_at(batch: int, record: bool, removed: int) -> Traced:
+        shallow = without_layers(config, removed) if removed else config
+        at = replace(shape, batch=batch)
+        return _trace_train(shallow, at, options, round_fn, record, per_micro_batch=not removed)
 
     def timeline_key() -> str:
         return trace_cache.cache_key(
@@ -305,4 +318,6 @@ def simulate_train(
         cache_dir=cache_dir,
         use_cache=use_cache,
         replay_batches=replay_batches,
+        stacks=stacks_of(config),
+        finish_costs=lambda costs: _per_micro_batch(costs, options.micro_batches),
     )

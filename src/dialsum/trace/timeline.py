@@ -13,7 +13,7 @@ and replaying the timeline (allocations, frees, re-tags, phase changes, in order
 those sizes - rounded as the allocator rounds - gives the exact per-phase peaks at ``b``:
 the maximum is taken over the replayed timeline, never extrapolated.
 
-Replay is only used when both recordings have the same structure (same events, slots,
+Replay is only used when both recordings have the same structure (same events,
 categories and phases; only sizes differ) and every size is exactly affine (the
 interpolated size is an integer and never negative); otherwise the caller traces
 directly. Batch 1 is traced directly too: some ops skip a copy when a dimension is 1.
@@ -30,8 +30,8 @@ StepPeaks = list[tuple[PeakRecord, dict[str, PeakRecord]]]
 
 
 def structure(events: Sequence[Event]) -> list[Event]:
-    """The events without allocation sizes (what must match between two recordings)."""
-    return [(e[0], e[1], e[3]) if e[0] == "a" else e for e in events]
+    """The events without their sizes (what must match between two recordings)."""
+    return [(e[0], *e[2:]) if e[0] in "afr" else e for e in events]
 
 
 def same_structure(a: Sequence[Event], b: Sequence[Event]) -> bool:
@@ -53,31 +53,36 @@ def replay(
     batch: int,
     round_fn: RoundFn,
 ) -> StepPeaks | None:
-    """Step peaks at ``batch`` from recordings at ``lo`` and ``hi``; None if not exact."""
-    if not same_structure(events_lo, events_hi):
+    """Step peaks at ``batch`` from recordings at ``lo`` and ``hi``; None if not exact.
+
+    Events carry their own sizes (``tracer.LiveStorageTracker.events``): a free
+    subtracts what its allocation added (same raw size, same rounding), so the replay
+    needs no identities and a timeline built by repeating layers (``trace.depth``)
+    replays the same way."""
+    if len(events_lo) != len(events_hi):
         return None
     tracker = LiveStorageTracker(round_fn)
-    slots: dict[int, list] = {}  # slot -> [rounded bytes, category]
+    by_cat = tracker._by_category
     steps: StepPeaks = []
     for ev_lo, ev_hi in zip(events_lo, events_hi, strict=True):
         kind = ev_lo[0]
-        if kind == "a":
-            size = _size_at(ev_lo[2], ev_hi[2], lo, hi, batch)
+        if kind in "afr":
+            if ev_lo[2:] != ev_hi[2:] or ev_hi[0] != kind:
+                return None  # different structure
+            size = _size_at(ev_lo[1], ev_hi[1], lo, hi, batch)
             if size is None:
                 return None
             nbytes = round_fn(size)
-            slots[ev_lo[1]] = [nbytes, ev_lo[3]]
-            tracker._add(ev_lo[3], nbytes)
-        elif kind == "f":
-            nbytes, category = slots.pop(ev_lo[1])
-            tracker._by_category[category] -= nbytes
-            tracker.current_bytes -= nbytes
-        elif kind == "r":
-            entry = slots[ev_lo[1]]
-            by_cat = tracker._by_category
-            by_cat[entry[1]] -= entry[0]
-            by_cat[ev_lo[2]] = by_cat.get(ev_lo[2], 0) + entry[0]
-            entry[1] = ev_lo[2]
+            if kind == "a":
+                tracker._add(ev_lo[2], nbytes)
+            elif kind == "f":
+                by_cat[ev_lo[2]] -= nbytes
+                tracker.current_bytes -= nbytes
+            else:
+                by_cat[ev_lo[2]] -= nbytes
+                by_cat[ev_lo[3]] = by_cat.get(ev_lo[3], 0) + nbytes
+        elif ev_lo != ev_hi:
+            return None
         elif kind == "p":
             tracker.phase = ev_lo[1]
         elif kind == "reset":

@@ -51,11 +51,15 @@ class LiveStorageTracker(TorchDispatchMode):
     def __init__(self, round_fn: RoundFn = round_allocation_bytes, record: bool = False) -> None:
         super().__init__()
         self._round_fn = round_fn
-        # id(storage) -> [rounded bytes, category, weakref keeping the free callback alive, slot]
+        # id(storage) -> [rounded bytes, category, weakref keeping the free callback alive,
+        # raw bytes]
         self._live: dict[int, list] = {}
-        # With ``record``: the timeline, replayable at other batch sizes (see ``timeline``).
+        # With ``record``: the timeline, replayable at other batch sizes and depths (see
+        # ``timeline`` and ``depth``). Every event carries the sizes it needs, never a
+        # reference to an earlier one: ``("a", raw, category)`` allocates,
+        # ``("f", raw, category)`` frees, ``("r", raw, old, new)`` retags, ``("p", phase)``,
+        # ``("reset",)`` and ``("step",)`` mark the step.
         self.events: list[tuple] | None = [] if record else None
-        self._next_slot = 0
         self._by_category: dict[str, int] = {}
         self.current_bytes = 0
         self.phase = "setup"
@@ -88,7 +92,7 @@ class LiveStorageTracker(TorchDispatchMode):
             self._by_category[entry[1]] -= entry[0]
             self.current_bytes -= entry[0]
             if self.events is not None:
-                self.events.append(("f", entry[3]))
+                self.events.append(("f", entry[3], entry[1]))
 
     def track(self, tensor: torch.Tensor, category: str | None = None) -> None:
         """Count ``tensor``'s storage if new; retag it when ``category`` is given."""
@@ -100,18 +104,16 @@ class LiveStorageTracker(TorchDispatchMode):
             nbytes = self._round_fn(raw)
             ref = weakref.ref(storage, lambda _ref, key=key: self._on_free(key))
             category = category or self.default_category
-            slot = self._next_slot
-            self._next_slot += 1
-            self._live[key] = [nbytes, category, ref, slot]
+            self._live[key] = [nbytes, category, ref, raw]
             if self.events is not None:
-                self.events.append(("a", slot, raw, category))
+                self.events.append(("a", raw, category))
             self._add(category, nbytes)
         elif category is not None and entry[1] != category:
             self._by_category[entry[1]] -= entry[0]
             self._by_category[category] = self._by_category.get(category, 0) + entry[0]
-            entry[1] = category
             if self.events is not None:
-                self.events.append(("r", entry[3], category))
+                self.events.append(("r", entry[3], entry[1], category))
+            entry[1] = category
 
     def track_all(self, tensors: Iterable[torch.Tensor], category: str | None = None) -> None:
         for tensor in tensors:

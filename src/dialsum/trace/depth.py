@@ -1,0 +1,191 @@
+"""A deep model's timeline from shallow traces: trace few layers, verify the period, repeat.
+
+A fake-tensor trace costs the same per op whatever the sizes, and most ops are in the
+repeated layers: SOLAR-10.7B's training step is 48 copies of one block's forward,
+recompute and backward. The layers are identical, so the recorded timeline (allocations,
+frees, retags, phases: ``tracer.LiveStorageTracker.events``) of a model with ``d + 1``
+layers per stack is the one with ``d`` layers plus one layer's events inserted at a few
+points (each stack's forward, its backward in reverse, the optimizer's per-parameter
+work, ...). Events carry their own sizes, so the insertions are plain sub-sequences and
+repeating them ``n`` times gives the timeline with ``d + n`` layers:
+
+    T(d + n) = T(d)[:p1] + I1 * n + T(d)[p1:p2] + I2 * n + ... + T(d)[pk:]
+
+``insertions`` finds the points and segments from ``T(d)`` and ``T(d + 1)`` (the
+alignment with the fewest inserted runs: one per place a layer adds work); the caller
+traces ``T(d + 2)`` as well and uses the repetition only when ``pumped(T(d), ins, 2)``
+equals it event for event (and parameter counts and compute costs are exactly affine in
+the depth). Peaks are then taken by replaying the full-depth timeline, never
+extrapolated: a peak that moves with depth (the backward peak does when embedding
+gradients are large) is found where it is. Anything that is not exactly periodic fails
+the check and the caller traces the full model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+Event = tuple
+Insertions = list[tuple[int, list[Event]]]
+
+_FAR = 1 << 29  # "unreachable" in the alignment table (int32, survives + 1)
+
+
+def insertions(a: Sequence[Event], b: Sequence[Event]) -> Insertions | None:
+    """``[(position in a, segment)]`` with ``b`` = ``a`` with each segment inserted at its
+    position (positions ascending), using as few segments as possible; None when ``b``
+    is not ``a`` with insertions.
+
+    A banded dynamic program over (events of ``a`` aligned, events of ``b`` inserted so
+    far): ``matched[i][k]`` / ``inserting[i][k]`` is the fewest runs that align
+    ``a[:i]`` with ``b[:i + k]`` ending in a match / inside an inserted run.
+    ``k <= len(b) - len(a)``, so the table is ``len(a) x (extra + 1)``, one numpy row
+    per event of ``a``."""
+    extra = len(b) - len(a)
+    if extra < 0:
+        return None
+    ids: dict[Event, int] = {}
+    a_ids = np.fromiter((ids.setdefault(e, len(ids)) for e in a), np.int64, len(a))
+    b_ids = np.fromiter((ids.setdefault(e, len(ids)) for e in b), np.int64, len(b))
+    n, width = len(a), extra + 1
+    matched = np.full((n + 1, width), _FAR, np.int32)
+    inserting = np.full((n + 1, width), _FAR, np.int32)
+    matched[0, 0] = 0
+    inserting[0] = _opened(matched[0])
+    for i in range(1, n + 1):
+        # a[i-1] against b[i-1+k] for every k: a match keeps k, from either state.
+        equal = b_ids[i - 1 : i - 1 + width] == a_ids[i - 1]
+        before = np.minimum(matched[i - 1], inserting[i - 1])
+        matched[i] = np.where(equal, before, _FAR)
+        inserting[i] = _opened(matched[i])
+    if min(matched[n, extra], inserting[n, extra]) >= _FAR:
+        return None
+    return _runs(b, _inserted(matched, inserting, n, extra))
+
+
+def _opened(matched_row: np.ndarray) -> np.ndarray:
+    """Inserting ``b[i + k - 1]``: a run opened after a match at some ``k' < k`` (cost
+    + 1) and extended for free, so the prefix minimum of the shifted row."""
+    shifted = np.empty_like(matched_row)
+    shifted[0] = _FAR
+    shifted[1:] = matched_row[:-1] + 1
+    return np.minimum.accumulate(shifted)
+
+
+def _inserted(matched: np.ndarray, inserting: np.ndarray, i: int, k: int) -> list[int]:
+    """Walk the table back from ``(i, k)``: the indices of ``b`` that were inserted
+    (descending). Ties keep an inserted run going, so runs stay whole."""
+    out: list[int] = []
+    in_run = inserting[i, k] <= matched[i, k]
+    while i > 0 or k > 0:
+        if in_run:
+            out.append(i + k - 1)
+            cost = inserting[i, k]
+            k -= 1
+            in_run = inserting[i, k] == cost
+        else:
+            i -= 1
+            in_run = inserting[i, k] < matched[i, k]
+    return out
+
+
+def _runs(b: Sequence[Event], inserted: list[int]) -> Insertions:
+    """Inserted indices of ``b`` -> ``(position in a, run)`` per run of consecutive ones."""
+    bounds: list[list[int]] = []
+    for index in sorted(inserted):
+        if bounds and index == bounds[-1][1] + 1:
+            bounds[-1][1] = index
+        else:
+            bounds.append([index, index])
+    found: Insertions = []
+    before = 0  # events of b inserted before this run
+    for first, last in bounds:
+        found.append((first - before, list(b[first : last + 1])))
+        before += last + 1 - first
+    return found
+
+
+def repeating(
+    a: Sequence[Event], b: Sequence[Event], c: Sequence[Event], rounds: int = 64
+) -> Insertions | None:
+    """Insertions that turn ``a`` into ``b`` once and into ``c`` twice; None if there are
+    none this search finds.
+
+    The fewest runs that turn ``a`` into ``b`` can merge two layers' insertions: with
+    ``a = E E D D`` (two encoder layers' gradients, then two decoder layers') and
+    ``b = E E E D D D``, inserting ``E D`` between the stacks also gives ``b``, but
+    twice it gives ``E E E D E D D D``, not ``c``. Where ``pumped(a, ins, 2)`` first
+    differs from ``c``, the run there is split into ``X`` (kept in place) and ``Y`` moved
+    to the end of the repeats of ``Y`` that follow it in ``a`` (which leaves ``b``
+    unchanged); a split that makes the two agree further on is kept."""
+    found = insertions(a, b)
+    if found is None:
+        return None
+    for _ in range(rounds):
+        agree = _agreement(pumped(a, found, 2), c)
+        if agree is None:
+            return found
+        better = None
+        for candidate in _splits(a, found, _run_at(found, agree)):
+            reach = _agreement(pumped(a, candidate, 2), c)
+            if reach is None:
+                return candidate
+            if reach > agree and (better is None or reach > better[0]):
+                better = (reach, candidate)
+        if better is None:
+            return None
+        found = better[1]
+    return None
+
+
+def _agreement(out: list[Event], c: Sequence[Event]) -> int | None:
+    """Index of the first difference of ``out`` and ``c``; None when they are equal."""
+    if len(out) == len(c) and out == c:
+        return None
+    for index, (x, y) in enumerate(zip(out, c, strict=False)):
+        if x != y:
+            return index
+    return min(len(out), len(c))
+
+
+def _run_at(found: Insertions, index: int) -> int:
+    """The last insertion whose two copies start at or before ``index`` of the output."""
+    run, inserted = 0, 0
+    for j, (position, segment) in enumerate(found):
+        if position + inserted > index:
+            break
+        run = j
+        inserted += 2 * len(segment)
+    return run
+
+
+def _splits(a: Sequence[Event], found: Insertions, j: int) -> list[Insertions]:
+    """``found`` with run ``j`` split as ``_splits`` in ``repeating`` describes."""
+    position, segment = found[j]
+    limit = found[j + 1][0] if j + 1 < len(found) else len(a)
+    out = []
+    for cut in range(1, len(segment)):
+        tail = segment[cut:]
+        end = position
+        while end + len(tail) <= limit and list(a[end : end + len(tail)]) == tail:
+            end += len(tail)
+        if end == position:
+            continue
+        split = [*found[:j], (position, segment[:cut]), (end, tail), *found[j + 1 :]]
+        out.append(split)
+    return out
+
+
+def pumped(a: Sequence[Event], inserted: Insertions, copies: int) -> list[Event]:
+    """``a`` with each segment inserted ``copies`` times at its position."""
+    out: list[Event] = []
+    start = 0
+    for position, segment in inserted:
+        out.extend(a[start:position])
+        for _ in range(copies):
+            out.extend(segment)
+        start = position
+    out.extend(a[start:])
+    return out
