@@ -1,0 +1,150 @@
+"""A deep model's timeline from shallow traces: exact insertions, and the same profile as a
+full-depth trace for every family (T5, BART, Llama, Gemma-2 with its period of 2)."""
+
+from __future__ import annotations
+
+import pytest
+from transformers import BartConfig, Gemma2Config, LlamaConfig, T5Config
+
+from dialsum.trace import depth, reuse
+from dialsum.trace.generation_trace import simulate_generate
+from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
+from dialsum.trace.step_trace import simulate_train
+
+# -- the alignment, on letters ----------------------------------------------------------
+
+
+def test_insertions_are_the_fewest_runs_that_turn_a_into_b() -> None:
+    a = list("xEEyDDz")
+    b = list("xEEEyDDDz")
+    assert depth.insertions(a, b) == [(1, ["E"]), (4, ["D"])] or depth.insertions(a, b) == [
+        (3, ["E"]),
+        (6, ["D"]),
+    ]
+    assert depth.insertions(a, a) == []
+    assert depth.insertions(list("abc"), list("ab")) is None  # shorter
+    assert depth.insertions(list("abc"), list("abd")) is None  # not an insertion
+
+
+def test_pumped_repeats_each_segment_at_its_position() -> None:
+    a = list("ab")
+    assert depth.pumped(a, [(1, ["x", "y"])], 3) == list("axyxyxyb")
+    assert depth.pumped(a, [(0, ["s"]), (2, ["e"])], 2) == list("ssabee")
+    assert depth.pumped(a, [(1, ["x"])], 0) == a
+
+
+def test_repeating_splits_a_run_that_merged_two_stacks() -> None:
+    # Two encoder layers' work, then two decoder layers'. One more layer of each could be
+    # read as "E D" inserted between the stacks (one run, fewest), but repeated twice that
+    # gives E E E D E D D D: the split must move D to the end of the decoder's layers.
+    a, b, c = list("EEDD"), list("EEEDDD"), list("EEEEDDDD")
+    found = depth.repeating(a, b, c)
+    assert found is not None
+    assert depth.pumped(a, found, 1) == b
+    assert depth.pumped(a, found, 2) == c
+    assert depth.pumped(a, found, 5) == list("E" * 7 + "D" * 7)
+
+
+def test_repeating_refuses_what_does_not_repeat() -> None:
+    # The third trace is not the first with the same layer added twice.
+    assert depth.repeating(list("ab"), list("axb"), list("axyb")) is None
+
+
+# -- shallow traces repeated == the full-depth trace ------------------------------------
+
+T5 = T5Config(
+    vocab_size=300,
+    d_model=32,
+    d_ff=64,
+    d_kv=8,
+    num_layers=6,  # T5's block 0 differs (position bias): repeats start at 2 layers
+    num_decoder_layers=5,
+    num_heads=4,
+    tie_word_embeddings=False,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+)
+BART = BartConfig(
+    vocab_size=300,
+    d_model=32,
+    encoder_layers=4,
+    decoder_layers=5,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    max_position_embeddings=128,
+)
+LLAMA = LlamaConfig(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=6,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+)
+GEMMA2 = Gemma2Config(
+    vocab_size=300,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=10,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=8,
+    max_position_embeddings=256,
+    sliding_window=16,
+)
+
+
+@pytest.fixture
+def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Stacks of 4+ layers are repeated from shallow traces (8+ in production: these
+    models are small); records how often ``_deep`` answered, to prove it was used."""
+    monkeypatch.setattr(reuse, "MIN_LAYERS", 4)
+    monkeypatch.setattr(reuse, "_TIMELINES", {})
+    answered: list[int] = []
+    original = reuse._deep
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        answered.append(out is not None)
+        return out
+
+    monkeypatch.setattr(reuse, "_deep", spy)
+    return answered
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "batches"),
+    [
+        (T5, TrainOptions(), (1, 5)),
+        (T5, TrainOptions(precision="bf16", gradient_checkpointing=True), (5,)),
+        (BART, TrainOptions(precision="fp16", optimizer="adafactor", micro_batches=2), (5,)),
+        (LLAMA, TrainOptions(lora=True, gradient_checkpointing=True, precision="bf16"), (5,)),
+        (GEMMA2, TrainOptions(precision="bf16"), (5,)),
+    ],
+    ids=["t5", "t5-bf16-ckpt", "bart-fp16-adafactor-micro2", "llama-lora-ckpt", "gemma2-bf16"],
+)
+def test_train_profile_repeated_from_shallow_traces_equals_the_full_trace(
+    config, options, batches, shallow
+) -> None:
+    # Batch 1 is repeated from shallow traces at batch 1; batch 5 is replayed from
+    # recordings at 2 and 3 rows, each repeated from shallow traces.
+    for batch in batches:
+        shape = TrainShape(batch, 32, 8)
+        full = simulate_train(config, shape, options, use_cache=False, replay_batches=False)
+        repeated = simulate_train(config, shape, options, use_cache=False)
+        assert repeated == full, batch
+    assert shallow and all(shallow)
+
+
+@pytest.mark.parametrize("config", [T5, BART, LLAMA, GEMMA2], ids=["t5", "bart", "llama", "gemma2"])
+def test_generation_profile_repeated_from_shallow_traces_equals_the_full_trace(
+    config, shallow
+) -> None:
+    shape = GenerateShape(5, 32, 6, num_beams=3)
+    full = simulate_generate(config, shape, "bf16", use_cache=False, replay_batches=False)
+    repeated = simulate_generate(config, shape, "bf16", use_cache=False)
+    assert repeated == full
+    assert shallow and all(shallow)
