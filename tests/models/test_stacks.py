@@ -10,7 +10,9 @@ from dialsum.models.stacks import Stacks, stacks_of, without_layers
 
 def test_each_family_names_its_stacks() -> None:
     t5 = T5Config(num_layers=12, num_decoder_layers=10)
-    assert stacks_of(t5) == Stacks(("num_layers", "num_decoder_layers"), 10, 1)
+    assert stacks_of(t5) == Stacks(("num_layers", "num_decoder_layers"), 10, 1, first=1)
+    # Block 0's position bias only differs in the backward: generation repeats from 1.
+    assert stacks_of(t5, backward=False).first == 0
     bart = BartConfig(encoder_layers=6, decoder_layers=6)
     assert stacks_of(bart) == Stacks(("encoder_layers", "decoder_layers"), 6, 1)
     llama = LlamaConfig(num_hidden_layers=48)

@@ -29,11 +29,19 @@ _STACK_FIELDS: tuple[tuple[str, ...], ...] = (
 @dataclass(frozen=True)
 class Stacks:
     """``fields`` name each stack's layer count in the config; ``layers`` is the fewest
-    layers of any stack; ``period`` is how many layers one repeat spans."""
+    layers of any stack; ``period`` is how many layers one repeat spans; the first
+    ``first`` layers differ from the repeat."""
 
     fields: tuple[str, ...]
     layers: int
     period: int
+    first: int = 0
+
+
+# T5's block 0 computes the relative position bias every later block reuses, so in the
+# backward of a one-layer stack no gradient adds into it: a training step's repeats start
+# at layer 2 (generation has no backward: they start at layer 1).
+_FIRST_IN_BACKWARD = {("num_layers", "num_decoder_layers"): 1}
 
 
 def _period(layer_types: list | None) -> int:
@@ -46,13 +54,16 @@ def _period(layer_types: list | None) -> int:
     return len(layer_types)
 
 
-def stacks_of(config: PretrainedConfig) -> Stacks | None:
-    """The repeated stacks of ``config``; None when it names none we know."""
+def stacks_of(config: PretrainedConfig, backward: bool = True) -> Stacks | None:
+    """The repeated stacks of ``config`` (in a step with a ``backward`` or without); None
+    when it names none we know."""
     own = config.to_dict()
     for fields in _STACK_FIELDS:
         counts = [own.get(name) for name in fields]
         if all(isinstance(n, int) and n > 0 for n in counts):
-            return Stacks(fields, min(counts), _period(own.get("layer_types")))
+            period = _period(own.get("layer_types"))
+            first = _FIRST_IN_BACKWARD.get(fields, 0) if backward else 0
+            return Stacks(fields, min(counts), period, first)
     return None
 
 

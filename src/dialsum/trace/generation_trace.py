@@ -253,5 +253,5 @@ def simulate_generate(
         cache_dir=cache_dir,
         use_cache=use_cache,
         replay_batches=replay_batches,
-        stacks=stacks_of(config),
+        stacks=stacks_of(config, backward=False),
     )

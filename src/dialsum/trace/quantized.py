@@ -31,6 +31,7 @@ kernel is emulated in ``trace.cuda_emulation`` (``cuda_gemm_4bit``).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -131,11 +132,10 @@ def fake_4bit_weight(
 
 
 def is_4bit_linear(module: nn.Module) -> bool:
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        return False
-    return isinstance(module, bnb.nn.Linear4bit)
+    # A model holds 4-bit layers only if bitsandbytes built them, i.e. was imported:
+    # importing it just to ask costs seconds (its ops compile through torch.compile).
+    bnb = sys.modules.get("bitsandbytes")
+    return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
 
 
 def quant_state_tensors(state) -> list[torch.Tensor]:
