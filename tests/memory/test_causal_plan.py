@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from dialsum.core.errors import ConfigError
+from dialsum.memory.fit import plan_train_options
 from dialsum.memory.ladder import ladder_steps, method_of
 from dialsum.memory.overheads import Overheads
 from dialsum.memory.plan import make_plan
@@ -86,6 +87,18 @@ def test_plan_picks_the_least_change_that_fits(gib: int, method: str, micro: int
     assert plan.micro_batch_size == micro  # largest divisor of 16 that fits
     assert plan.micro_batch_size * plan.gradient_accumulation_steps == 16
     assert plan.to_json_dict()["method"] == method
+
+
+@pytest.mark.parametrize(("gib", "method"), [(200, "full"), (24, "lora"), (12, "qlora")])
+def test_plan_train_options_are_the_method_the_ladder_chose(gib: int, method: str) -> None:
+    # What the guide traces for a plan's time side: its method, not the request's "auto".
+    request = _request(lora_rank=16)
+    plan = make_plan(request, _gpu(gib), ZERO, FAKE)
+    options = plan_train_options(request, plan)
+    assert method_of(options) == method == plan.method
+    assert (options.precision, options.optimizer) == (plan.precision, plan.optimizer)
+    assert options.gradient_checkpointing is plan.gradient_checkpointing
+    assert options.lora_rank == 16
 
 
 def test_named_qlora_is_planned_as_qlora_and_not_for_seq2seq() -> None:

@@ -124,3 +124,45 @@ def test_old_settings_side_by_side(guide) -> None:
     # Fewer optimizer steps and fewer kernels per row with larger micro-batches: faster.
     assert float(v100[6].rstrip("x")) >= 1.0
     assert "rtx3080-10gb (RTX 3080/4090)" in markdown
+
+
+def test_published_hand_set_batch_next_to_the_plan_with_the_plans_method(tmp_path) -> None:
+    # The 2025 winners' SOLAR QLoRA batch 2, on each GPU at the section's effective
+    # batch 16 (accumulation 8), traced as the plan runs: QLoRA, not a full fine-tune.
+    simulator = CostingSimulator()
+    result = build_guide(
+        CONFIG,
+        sections=["solar_qlora"],
+        gpus=["rtx3090-24gb", "a100-40gb"],
+        out=tmp_path / "guide.md",
+        simulator=simulator.as_simulator(),
+        progress=False,
+    )
+    markdown = result.markdown_path.read_text()
+    assert "Hand-set by a team on this task: micro-batch 2" in markdown
+    assert "1st place" in markdown
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in markdown.splitlines()
+        if line.startswith("| rtx3090-24gb (GeForce RTX 3090 24GB) | 2 x 8 |")
+    ]
+    assert len(rows) == 1
+    plan = result.plans["solar_qlora"]["rtx3090-24gb"]
+    assert rows[0][4] == f"{plan.micro_batch_size} x {plan.gradient_accumulation_steps}"
+    # Every training step the guide traced for this section (plans, curves, the time
+    # side and the published row) is QLoRA with the section's rank.
+    assert simulator.train_calls
+    assert all(
+        options.quantization == "nf4" and options.lora and options.lora_rank == 8
+        for _, _, options in simulator.train_calls
+    )
+    published = [
+        shape
+        for _, shape, _ in simulator.train_calls
+        if shape.batch == 2 and shape.source_len == 896
+    ]
+    assert published
+
+
+def test_no_published_setting_no_table(guide) -> None:
+    assert "Hand-set by a team" not in guide.markdown_path.read_text()

@@ -249,6 +249,20 @@ def requested_options(request: PlanRequest, precision: str) -> TrainOptions:
     )
 
 
+def plan_train_options(request: PlanRequest, plan) -> TrainOptions:
+    """The training options ``plan`` (a ``memory.plan.Plan`` for ``request``) runs its
+    step with, before the micro-batch split: its precision, optimizer, checkpointing and
+    method (the ladder may have switched a causal LM to LoRA or QLoRA)."""
+    options = requested_options(request, plan.precision)
+    return replace(
+        options,
+        optimizer=plan.optimizer,
+        gradient_checkpointing=plan.gradient_checkpointing,
+        lora=options.lora or plan.method in ("lora", "qlora"),
+        quantization=request.quant_type if plan.method == "qlora" else None,
+    )
+
+
 # --------------------------------------------------------------------------------------
 # The training decisions, each a step over one mutable state
 

@@ -78,7 +78,7 @@ def _compute_section(
     simulator: Simulator,
     advance: Callable[[], None],
 ) -> SectionGuide:
-    from dialsum.memory.fit import requested_options
+    from dialsum.memory.fit import plan_train_options, requested_options
     from dialsum.memory.section import (
         gpu_overheads,
         plan_for_section,
@@ -116,7 +116,14 @@ def _compute_section(
                 breakdowns[precision] = profile
             points.append((micro, required_bytes(profile.peak_bytes, overheads)))
         curves[precision] = points
-    times = section_times(cfg.model.name, model_config, plans, memo.train, overheads)
+    times = section_times(
+        cfg.model.name,
+        model_config,
+        plans,
+        memo.train,
+        overheads,
+        lambda plan: plan_train_options(request, plan),
+    )
     advance()
     return SectionGuide(
         name, cfg, facts, overheads, plans, errors, list(gpus), curves, breakdowns, times

@@ -22,7 +22,13 @@ from dialsum.report.formats import PRECISION_LABELS, TRAIN_CATEGORIES, gib, gib_
 from dialsum.report.plots import time_plot_path
 from dialsum.report.seed_guide import effective_batches_text, param_claims
 from dialsum.report.snippets import settings_snippet, yaml_text
-from dialsum.report.time_side import GUIDE_EPOCH_DIALOGUES, SectionTimes, SeedRow, plan_epoch
+from dialsum.report.time_side import (
+    GUIDE_EPOCH_DIALOGUES,
+    PublishedRow,
+    SectionTimes,
+    SeedRow,
+    plan_epoch,
+)
 from dialsum.speed.step_time import format_duration
 
 if TYPE_CHECKING:
@@ -165,7 +171,9 @@ def time_markdown(times: SectionTimes | None, memory_plot_name: str) -> list[str
         name = time_plot_path(Path(memory_plot_name)).name
         lines += [f"![estimated epoch time vs micro-batch]({name})", ""]
     lines += seed_markdown(times.seeds)
-    return lines + ([""] if times.seeds else [])
+    lines += [""] if times.seeds else []
+    lines += published_markdown(times.published)
+    return lines + ([""] if times.published else [])
 
 
 def seed_markdown(rows: Sequence[SeedRow]) -> list[str]:
@@ -191,6 +199,33 @@ def seed_markdown(rows: Sequence[SeedRow]) -> list[str]:
             f"| ~{format_duration(r.plan_epoch.seconds if r.plan_epoch else None)} "
             f"| {speedup} |"
         )
+    return lines
+
+
+def published_markdown(rows: Sequence[PublishedRow]) -> list[str]:
+    """Published hand-set micro-batches next to the plan (empty when none is known)."""
+    lines: list[str] = []
+    for setting in dict.fromkeys(r.setting for r in rows):
+        lines += [
+            f"Hand-set by a team on this task: micro-batch {setting.micro} ({setting.source}; "
+            f"{setting.recipe}). On each GPU at this section's effective batch (accumulation "
+            "fills it up), same method, precision and optimizer as the plan, estimated epoch "
+            f"time for {GUIDE_EPOCH_DIALOGUES:,} dialogues:",
+            "",
+            "| GPU | hand-set micro-batch x accum. | fits | epoch "
+            "| planned micro-batch x accum. | planned epoch | speed-up (estimated) |",
+            "|---|---|---|---:|---|---:|---:|",
+        ]
+        for r in (p.row for p in rows if p.setting == setting):
+            speedup = f"{r.speedup:.2f}x" if r.speedup is not None else "-"
+            lines.append(
+                f"| {r.slug} ({r.gpu_label}) | {r.micro} x {r.accumulation} "
+                f"| {'yes' if r.fits else 'no'} "
+                f"| ~{format_duration(r.seed_epoch.seconds if r.seed_epoch else None)} "
+                f"| {r.plan_micro} x {r.plan_accumulation} "
+                f"| ~{format_duration(r.plan_epoch.seconds if r.plan_epoch else None)} "
+                f"| {speedup} |"
+            )
     return lines
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
+from dialsum.report.published import PublishedSetting, published_for
 from dialsum.report.seed_guide import seed_settings
 from dialsum.speed.device_specs import spec_for
 from dialsum.speed.epoch_time import EpochTime, epoch_time, uniform_lengths
@@ -83,22 +84,28 @@ class TimeCurve:
     points: list[tuple[int, float]] = field(default_factory=list)
 
 
-def _options(plan, checkpointing: bool, micro: int) -> TrainOptions:
+OptionsFn = Callable[[Any], TrainOptions]
+"""A plan -> the training options its step runs with (``memory.fit.plan_train_options``:
+precision, optimizer, checkpointing and method - LoRA/QLoRA for an LLM)."""
+
+
+def _options(options: TrainOptions, checkpointing: bool, micro: int, per_rank: int):
     # As the planner runs the step: a second micro-batch when accumulating.
-    options = TrainOptions(
-        precision=plan.precision,
-        optimizer=plan.optimizer,
-        gradient_checkpointing=checkpointing,
+    accumulating = per_rank // micro > 1
+    return replace(
+        options, gradient_checkpointing=checkpointing, micro_batches=2 if accumulating else 1
     )
-    accumulating = plan.geometry.per_rank_rows // micro > 1
-    return replace(options, micro_batches=2 if accumulating else 1)
 
 
 def time_curves(
-    model_config, plans: dict[str, Any], train: TrainFn, overheads: Overheads
+    model_config,
+    plans: dict[str, Any],
+    train: TrainFn,
+    overheads: Overheads,
+    options_of: OptionsFn,
 ) -> list[TimeCurve]:
-    """Per GPU (its planned precision and optimizer), checkpointing off and on: the epoch
-    time at every micro-batch that divides the per-GPU batch and fits in memory."""
+    """Per GPU (its planned precision, optimizer and method), checkpointing off and on:
+    the epoch time at every micro-batch that divides the per-GPU batch and fits."""
     curves = []
     for slug, plan in plans.items():
         if spec_for(plan.gpu) is None or plan.timing is None or plan.world_size != 1:
@@ -109,7 +116,10 @@ def time_curves(
             curve = TimeCurve(slug, checkpointing)
             for micro in divisors(plan.geometry.per_rank_rows):
                 shape = TrainShape(micro, *lengths)
-                profile = train(model_config, shape, _options(plan, checkpointing, micro))
+                options = _options(
+                    options_of(plan), checkpointing, micro, plan.geometry.per_rank_rows
+                )
+                profile = train(model_config, shape, options)
                 if required_bytes(profile.peak_bytes, overheads) > usable:
                     break  # memory grows with the micro-batch: larger ones do not fit either
                 epoch = _epoch_at(
@@ -146,7 +156,12 @@ class SeedRow:
 
 
 def seed_rows(
-    model_id: str, model_config, plans: dict[str, Any], train: TrainFn, overheads: Overheads
+    model_id: str,
+    model_config,
+    plans: dict[str, Any],
+    train: TrainFn,
+    overheads: Overheads,
+    options_of: OptionsFn,
 ) -> list[SeedRow]:
     """The old guide's settings for ``model_id`` on each of its GPUs that has a plan: the
     same precision and optimizer as the plan there, its micro-batch and accumulation."""
@@ -160,9 +175,9 @@ def seed_rows(
             if plan is None or plan.world_size != 1:
                 continue
             lengths = (plan.source_len, plan.target_len)
-            options = TrainOptions(
-                precision=plan.precision,
-                optimizer=plan.optimizer,
+            options = replace(
+                options_of(plan),
+                gradient_checkpointing=False,
                 micro_batches=2 if accumulation > 1 else 1,
             )
             profile = train(model_config, TrainShape(micro, *lengths), options)
@@ -188,6 +203,58 @@ def seed_rows(
     return rows
 
 
+# -- settings teams published ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedRow:
+    """A published hand-set micro-batch on one GPU, at the section's effective batch,
+    next to the plan there."""
+
+    setting: PublishedSetting
+    row: SeedRow
+
+
+def published_rows(
+    model_id: str,
+    model_config,
+    plans: dict[str, Any],
+    train: TrainFn,
+    overheads: Overheads,
+    options_of: OptionsFn,
+) -> list[PublishedRow]:
+    """Each published setting for ``model_id`` on every single-GPU plan: the plan's
+    options (method, precision, checkpointing) with the published micro-batch and the
+    accumulation that keeps the plan's effective batch (they did not all say theirs)."""
+    rows = []
+    for setting in published_for(model_id):
+        for slug, plan in plans.items():
+            per_rank = plan.geometry.per_rank_rows
+            if plan.world_size != 1 or per_rank % setting.micro:
+                continue
+            lengths = (plan.source_len, plan.target_len)
+            accumulation = per_rank // setting.micro
+            options = replace(options_of(plan), micro_batches=2 if accumulation > 1 else 1)
+            profile = train(model_config, TrainShape(setting.micro, *lengths), options)
+            fits = required_bytes(profile.peak_bytes, overheads) <= usable_bytes(
+                plan.gpu, overheads
+            )
+            epoch = _epoch_at(profile, plan.gpu, plan.precision, setting.micro, per_rank, lengths)
+            row = SeedRow(
+                plan.gpu.name,
+                slug,
+                setting.micro,
+                accumulation,
+                fits,
+                epoch,
+                plan.micro_batch_size,
+                plan.gradient_accumulation_steps,
+                plan_epoch(plan),
+            )
+            rows.append(PublishedRow(setting, row))
+    return rows
+
+
 # -- what a section carries ---------------------------------------------------------------
 
 
@@ -195,12 +262,19 @@ def seed_rows(
 class SectionTimes:
     curves: list[TimeCurve]
     seeds: list[SeedRow]
+    published: list[PublishedRow] = field(default_factory=list)
 
 
 def section_times(
-    model_id: str, model_config, plans: dict[str, Any], train: TrainFn, overheads: Overheads
+    model_id: str,
+    model_config,
+    plans: dict[str, Any],
+    train: TrainFn,
+    overheads: Overheads,
+    options_of: OptionsFn,
 ) -> SectionTimes:
     return SectionTimes(
-        time_curves(model_config, plans, train, overheads),
-        seed_rows(model_id, model_config, plans, train, overheads),
+        time_curves(model_config, plans, train, overheads, options_of),
+        seed_rows(model_id, model_config, plans, train, overheads, options_of),
+        published_rows(model_id, model_config, plans, train, overheads, options_of),
     )
