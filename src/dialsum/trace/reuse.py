@@ -225,11 +225,17 @@ def _traced(
     round_fn: RoundFn,
     finish_costs: FinishCosts = _same,
     known: Repeat | None = None,
+    shallow: bool = True,
 ) -> tuple[Traced, Repeat | None]:
     """The profile (and with ``record`` the timeline) at ``batch``: repeated from shallow
-    traces where the model allows it (``_deep``), else one trace of the whole model; and
-    the repeat found, for the next batch size (``known``)."""
-    deep = _deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs, known)
+    traces where the model allows it (``_deep``; not tried when ``shallow`` is False),
+    else one trace of the whole model; and the repeat found, for the next batch size
+    (``known``)."""
+    deep = (
+        _deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs, known)
+        if shallow
+        else None
+    )
     if deep is not None:
         (profile, events), repeat = deep
         return (profile, events if record else None), repeat
@@ -256,9 +262,12 @@ def _replayed(
             (lo, e_lo), repeat = _traced(
                 trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs
             )
+            # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
+            # optimizer work the alignment does not cut per layer): not at HI either.
             (hi, e_hi), _ = _traced(
-                trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs, repeat
-            )
+                trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
+                known=repeat, shallow=repeat is not None,
+            )  # fmt: skip
             stored = (lo, hi, e_lo, e_hi)
             _store_timelines(cache_dir, key, stored)
         _TIMELINES[key] = stored
