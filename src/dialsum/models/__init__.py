@@ -1,4 +1,5 @@
-"""Model architectures (shipped ``config.json`` files), loading, the tiny model, LoRA, and
+"""Model architectures (shipped ``config.json`` files), ``stacks`` (their repeated layers),
+loading, the tiny model, LoRA, and
 ``setup`` (the model and tokenizer a section names).
 
 May import: ``data``, ``core``.
