@@ -9,9 +9,10 @@ exact); FLOPs, bytes moved and kernels are interpolated the same way
 The recordings are kept on disk too (``timelines/`` in the cache folder, same key): the
 next process - a plan for another GPU, the guide's main pass - replays instead of tracing.
 
-A model with deep stacks of repeated layers is not traced at full depth: its recording
-is built from traces with one, two and three layers per stack (``trace.depth``: the
-repetition is verified event for event, else the full model is traced).
+A model with deep stacks of repeated layers (``MIN_LAYERS``) is not traced at full depth:
+its recording is built from traces with a few layers per stack (``trace.depth``: the
+repetition is verified event for event, else the full model is traced); the second
+recording reuses where the first found a layer's events.
 """
 
 from __future__ import annotations
