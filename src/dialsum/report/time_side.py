@@ -155,6 +155,35 @@ class SeedRow:
         return self.seed_epoch.seconds / self.plan_epoch.seconds
 
 
+def _side_row(
+    label: str,
+    plan,
+    micro: int,
+    accumulation: int,
+    options: TrainOptions,
+    model_config,
+    train: TrainFn,
+    overheads: Overheads,
+) -> SeedRow:
+    """A hand-set ``micro`` x ``accumulation`` traced with ``options`` on ``plan``'s GPU
+    and lengths: whether it fits and its epoch, next to the plan's."""
+    lengths = (plan.source_len, plan.target_len)
+    profile = train(model_config, TrainShape(micro, *lengths), options)
+    fits = required_bytes(profile.peak_bytes, overheads) <= usable_bytes(plan.gpu, overheads)
+    epoch = _epoch_at(profile, plan.gpu, plan.precision, micro, micro * accumulation, lengths)
+    return SeedRow(
+        label,
+        plan.gpu.slug,
+        micro,
+        accumulation,
+        fits,
+        epoch,
+        plan.micro_batch_size,
+        plan.gradient_accumulation_steps,
+        plan_epoch(plan),
+    )
+
+
 def seed_rows(
     model_id: str,
     model_config,
@@ -169,35 +198,25 @@ def seed_rows(
     for setting in seed_settings():
         if setting.model != model_id:
             continue
-        label, micro, accumulation = setting.gpu_label, setting.micro, setting.accumulation
         for slug in setting.slugs:
             plan = plans.get(slug)
             if plan is None or plan.world_size != 1:
                 continue
-            lengths = (plan.source_len, plan.target_len)
             options = replace(
                 options_of(plan),
                 gradient_checkpointing=False,
-                micro_batches=2 if accumulation > 1 else 1,
-            )
-            profile = train(model_config, TrainShape(micro, *lengths), options)
-            fits = required_bytes(profile.peak_bytes, overheads) <= usable_bytes(
-                plan.gpu, overheads
-            )
-            seed = _epoch_at(
-                profile, plan.gpu, plan.precision, micro, micro * accumulation, lengths
+                micro_batches=2 if setting.accumulation > 1 else 1,
             )
             rows.append(
-                SeedRow(
-                    label,
-                    slug,
-                    micro,
-                    accumulation,
-                    fits,
-                    seed,
-                    plan.micro_batch_size,
-                    plan.gradient_accumulation_steps,
-                    plan_epoch(plan),
+                _side_row(
+                    setting.gpu_label,
+                    plan,
+                    setting.micro,
+                    setting.accumulation,
+                    options,
+                    model_config,
+                    train,
+                    overheads,
                 )
             )
     return rows
@@ -228,28 +247,21 @@ def published_rows(
     accumulation that keeps the plan's effective batch (they did not all say theirs)."""
     rows = []
     for setting in published_for(model_id):
-        for slug, plan in plans.items():
+        for plan in plans.values():
             per_rank = plan.geometry.per_rank_rows
             if plan.world_size != 1 or per_rank % setting.micro:
                 continue
-            lengths = (plan.source_len, plan.target_len)
             accumulation = per_rank // setting.micro
             options = replace(options_of(plan), micro_batches=2 if accumulation > 1 else 1)
-            profile = train(model_config, TrainShape(setting.micro, *lengths), options)
-            fits = required_bytes(profile.peak_bytes, overheads) <= usable_bytes(
-                plan.gpu, overheads
-            )
-            epoch = _epoch_at(profile, plan.gpu, plan.precision, setting.micro, per_rank, lengths)
-            row = SeedRow(
+            row = _side_row(
                 plan.gpu.name,
-                slug,
+                plan,
                 setting.micro,
                 accumulation,
-                fits,
-                epoch,
-                plan.micro_batch_size,
-                plan.gradient_accumulation_steps,
-                plan_epoch(plan),
+                options,
+                model_config,
+                train,
+                overheads,
             )
             rows.append(PublishedRow(setting, row))
     return rows
