@@ -286,14 +286,14 @@ def simulate_train(
     each further batch size costs a replay (~0.1 s) instead of a trace (~10 s for T5-base).
     ``replay_batches=False`` traces directly at full depth.
 
-    A model whose stacks have at least ``reuse.MIN_LAYERS`` layers is traced with one,
-    two and three periods of each stack instead: the difference between the recordings
-    is the event block one more layer adds, and the full-depth timeline is those blocks
-    repeated, then replayed like any other recording (``dialsum.trace.depth``). Nothing is
-    extrapolated from peaks: the whole event sequence is checked to repeat exactly, else
-    the full depth is traced. (Extrapolating *peaks* from 1-2 layer copies was tried
-    before and was wrong on real models: 6.96 GiB against 5.77 GiB on eenzeenee at batch
-    4, 512/64, because the moment of the backward peak moves with depth.)
+    A model whose stacks have at least ``reuse.MIN_LAYERS`` layers is traced with a few
+    layers per stack instead (T5: 2, 3 and 4; see ``models.stacks``): the difference between
+    the recordings is the event block one more layer adds, and the full-depth timeline is
+    those blocks repeated, then replayed like any other recording (``dialsum.trace.depth``).
+    Nothing is extrapolated from peaks: the whole event sequence is checked to repeat
+    exactly, else the full depth is traced. (Extrapolating *peaks* from 1-2 layer copies was
+    tried before and was wrong on real models: 6.96 GiB against 5.77 GiB on eenzeenee at
+    batch 4, 512/64, because the moment of the backward peak moves with depth.)
     """
 
     round_fn = round_fn or default_round_fn(options.device)
