@@ -23,6 +23,7 @@ from transformers import T5Config
 
 import dialsum.step.train_step as step_mod
 from dialsum.core.errors import ConfigError
+from dialsum.memory.fit import ddp_resident_bytes
 from dialsum.memory.generation_batches import EVAL_BATCH_CAP, GENERATION_BATCH_CAP
 from dialsum.memory.ladder import ladder_steps
 from dialsum.memory.overheads import Overheads, required_bytes, usable_bytes
@@ -235,6 +236,20 @@ def test_ddp_buckets_are_counted_at_a_peak_with_no_gradients_yet() -> None:
     assert plan.required_bytes == required_bytes(
         plan.predicted_peak_bytes + DDP_RESIDENT, Overheads()
     )
+
+
+def test_ddp_staging_buffer_is_at_most_the_trainable_gradients() -> None:
+    """The guarded trainer's staging buffer is its largest bucket of several gradients
+    (``training.distributed.reduce_staging``): all of them when they fit one 25 MiB bucket
+    (the tiny model's 259,200 parameters, measured by bench/bench_plan_vs_run_ddp.py:
+    0.99 MiB of buckets + 0.99 MiB of staging), 25 MiB at most otherwise."""
+
+    def profile(trainable: int) -> MemoryProfile:
+        return MemoryProfile(params=trainable, trainable_params=trainable, peak_bytes=0,
+                             peak_phase="forward")  # fmt: skip
+
+    assert ddp_resident_bytes(profile(259_200)) == 2 * 259_200 * 4
+    assert ddp_resident_bytes(profile(PARAMS)) == DDP_RESIDENT
 
 
 def test_effective_batch_not_divisible_by_world_size() -> None:

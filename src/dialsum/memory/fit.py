@@ -72,8 +72,8 @@ class Need:
 
 
 DDP_STAGING_BYTES = 25 * 2**20
-"""The guarded trainer's all-reduce staging buffer (``training.distributed.BUCKET_BYTES``,
-one flat bucket per dtype, made before the first forward and kept)."""
+"""The guarded trainer's all-reduce staging buffer at most (``training.distributed.
+BUCKET_BYTES``): one flat buffer per dtype, made before the first forward and kept."""
 
 DDP_BUCKET_BYTES_PER_PARAM = 4
 """DDP's reducer buckets hold one gradient per trainable parameter in the parameter's dtype:
@@ -87,9 +87,14 @@ def ddp_resident_bytes(profile: MemoryProfile) -> int:
     parameter-sized unless ``gradient_as_bucket_view=True``, which accelerate does not set)
     and keeps them for the whole run: at accumulation 1 the step's peak, reached before any
     ``.grad`` exists, has them too, and so does evaluation. The guarded trainer reduces
-    through its own staging bucket on top (``DDP_STAGING_BYTES``).
+    through its own staging buffer on top (``training.distributed.reduce_staging``): as
+    large as its largest bucket of several gradients, so all the trainable gradients when
+    they fit one 25 MiB bucket (a small model, LoRA adapters) and at most 25 MiB otherwise
+    (24.0 MiB for a t5-small layout; the CPU bench ``bench/bench_plan_vs_run_ddp.py``
+    measures both).
     """
-    return profile.trainable_params * DDP_BUCKET_BYTES_PER_PARAM + DDP_STAGING_BYTES
+    gradient_bytes = profile.trainable_params * DDP_BUCKET_BYTES_PER_PARAM
+    return gradient_bytes + min(DDP_STAGING_BYTES, gradient_bytes)
 
 
 class Planner:
