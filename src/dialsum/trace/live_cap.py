@@ -13,6 +13,12 @@ tensors beyond the cap raises the same way, like loading a model onto a small de
 The message reads like the CUDA allocator's, and the type is what
 ``dialsum.training.oom_guard.is_oom`` recognises, so retry code is exercised end to end.
 
+Entering the cap also enters ``grad_accumulation.InPlaceAccumulation`` above it: any
+dispatch mode makes the autograd engine sum a multi-use tensor's gradients out of place,
+where a run without the cap sums them in place (one gradient-sized tensor more at the
+backward peak: 244 MiB for a 250k x 256 shared embedding). With it, the capped run holds
+what the uncapped run holds.
+
 Where it works: forward, autograd backward (CPU backward runs on the calling thread, which
 carries the dispatch mode; the OOM reaches the caller of ``backward()`` as the very same
 ``torch.OutOfMemoryError`` object, not wrapped), ``optimizer.step()`` and
@@ -42,6 +48,7 @@ import torch
 from torch.utils._pytree import tree_leaves
 
 from dialsum.trace.allocator import exact_bytes
+from dialsum.trace.grad_accumulation import InPlaceAccumulation
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 # ``torch.tensor(data)`` / ``torch.as_tensor`` build the tensor below the dispatcher and
@@ -78,6 +85,18 @@ class LiveBytesCap(LiveStorageTracker):
         super().__init__(round_fn=round_fn)
         self.cap_bytes = cap_bytes
         self.oom_count = 0
+        self.accumulation = InPlaceAccumulation()
+
+    def __enter__(self):
+        super().__enter__()
+        self.accumulation.__enter__()  # on top: it must see the engine's sums first
+        return self
+
+    def __exit__(self, *exc_info):
+        try:
+            self.accumulation.__exit__(*exc_info)
+        finally:
+            super().__exit__(*exc_info)
 
     @property
     def peak_bytes(self) -> int:

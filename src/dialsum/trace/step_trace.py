@@ -42,6 +42,7 @@ from dialsum.trace.fake_model import (
     unique_params,
 )
 from dialsum.trace.flops import CostMeter
+from dialsum.trace.grad_accumulation import InPlaceAccumulation
 from dialsum.trace.model_run import (
     amp_dtype,
     emulation_on,
@@ -200,7 +201,14 @@ def _trace_train(
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
     rows = shape.batch * options.micro_batches
     try:
-        with mode, meter, tracker, emulation_on(emulation, options.device):
+        # The engine's in-place gradient sums, which any dispatch mode turns off, on top.
+        with (
+            mode,
+            meter,
+            tracker,
+            emulation_on(emulation, options.device),
+            InPlaceAccumulation(),
+        ):
             track_model(tracker, rig.model)
             for _ in range(2):
                 meter.reset()  # the costs kept are the second (steady) step's
