@@ -45,7 +45,14 @@ Limits:
 - Bytes are the requested sizes (``storage.nbytes()``), not the allocator's aligned block
   sizes; a CUDA caching allocator would round each to 512 bytes.
 - Phase windows are wall-clock intervals: an allocation on another thread during a
-  phase counts in that phase. Nested phases both see the inner allocations.
+  phase counts in that phase. Nested phases both see the inner allocations. Threads the
+  profiler does not follow are not seen at all: gloo's worker threads sometimes free
+  DDP's start-up broadcast buffer (one flat copy of the weights), and that free is lost
+  (``bench/bench_plan_vs_run_ddp.py`` corrects for it).
+- Any ``TorchDispatchMode`` active during the run changes what it allocates: the autograd
+  engine then sums a multi-use tensor's gradients out of place (see
+  ``dialsum.trace.grad_accumulation``). Measure runs with no mode, or with
+  ``InPlaceAccumulation`` on top.
 """
 
 from __future__ import annotations

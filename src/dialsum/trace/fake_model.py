@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, in_kernel_invocation_manager
 from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal, model_from_config
@@ -27,20 +27,35 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 
 
-def fresh_fake_mode() -> FakeTensorMode:
-    """A ``FakeTensorMode`` whose dispatch cache starts empty, so a trace's sizes do not
-    depend on what ran before it in the process.
+class SizedCacheFakeTensorMode(FakeTensorMode):
+    """``FakeTensorMode`` whose cached outputs hold the storage the kernel allocated.
 
-    FakeTensor caches each op's output metadata in one dict shared by every mode of the
-    process. A cached output is rebuilt with ``empty_strided`` at its minimal storage,
-    while a computed one keeps what the meta kernel allocated: memory-efficient
-    attention's padded bias gradient ``[2, 4, 24, 24]`` with strides ``(3072, 768, 32, 1)``
-    holds 6,144 elements when computed, 6,136 when cached. With the cache cleared, every
-    trace sees each op signature computed once, then cached: the first layer of a stack
-    may differ from the rest, and every later layer is the same (``trace.depth`` relies
-    on it)."""
+    FakeTensor caches each op's output metadata (shape, strides, *and* the storage's
+    bytes) in one dict shared by every mode of the process, and rebuilds a cached output
+    with ``empty_strided``: minimal storage for its strides. A computed output keeps what
+    the meta kernel allocated, sometimes more: memory-efficient attention's padded bias
+    gradient ``[2, 4, 24, 24]`` with strides ``(3072, 768, 32, 1)`` holds 6,144 elements
+    when computed, 6,136 when rebuilt. Here a rebuilt output's storage is resized to the
+    bytes the cache recorded, so a cache hit and a miss allocate the same and a step
+    traced twice records the same events twice (``step_trace`` relies on it)."""
+
+    def _get_output_tensor_from_cache_entry(self, state, entry, key, args):
+        out = super()._get_output_tensor_from_cache_entry(state, entry, key, args)
+        metadata = entry.metadata
+        fresh = entry.inplace_idx is None and entry.view_idx is None
+        if out is not None and fresh and isinstance(metadata.storage_bytes, int):
+            storage = out.untyped_storage()
+            if storage.nbytes() != metadata.storage_bytes:
+                with in_kernel_invocation_manager(self):
+                    storage.resize_(metadata.storage_bytes)
+        return out
+
+
+def fresh_fake_mode() -> FakeTensorMode:
+    """A ``SizedCacheFakeTensorMode`` whose dispatch cache starts empty, so nothing a
+    trace sees depends on what ran before it in the process."""
     FakeTensorMode.cache_clear()
-    return FakeTensorMode()
+    return SizedCacheFakeTensorMode()
 
 
 def _fake_like(tensor: torch.Tensor, mode: FakeTensorMode) -> torch.Tensor:

@@ -56,6 +56,7 @@ from dialsum.trace.model_run import (
 from dialsum.trace.optimizers import AdamW8bitModel, state_tensors
 from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
 from dialsum.trace.reuse import Traced, default_round_fn, reused_or_traced, set_costs
+from dialsum.trace.timeline import replay
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 
 TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
@@ -130,14 +131,20 @@ def _unpacked_4bit_values(model: nn.Module) -> int:
 
 def _train_step(
     rig: _TrainRig,
-    batch: dict,
+    batch: dict | None,
     tracker: LiveStorageTracker,
     emulation: CudaEmulationMode,
     options: TrainOptions,
     micro: int,
-) -> None:
+    grads_like: list[nn.Parameter] = (),  # type: ignore[assignment]
+) -> tuple[list[nn.Parameter], bool]:
     """One optimizer step as the guarded trainer runs it: ``step.train_step.step_forward_backward``
-    over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``."""
+    over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``.
+
+    ``batch=None``: no forward/backward; ``grads_like`` get zero gradients (what a backward
+    leaves: one per parameter it reached, laid out like the parameter) and only the
+    optimizer phase runs. Returns the parameters that had a gradient at the optimizer and
+    whether zero gradients would have been allocated the same (``_zeros_like_grads``)."""
 
     def forward_phase(_chunk: dict) -> None:
         tracker.set_phase("forward", default_category="activations")
@@ -148,20 +155,28 @@ def _train_step(
             loss = loss * GRAD_SCALER_INIT_SCALE  # GradScaler.scale
         loss.backward()
 
-    model = prepared_model(rig.model, emulation, options.precision, options.device)
-    step_forward_backward(
-        model,
-        batch,
-        micro,
-        1.0,  # the normaliser is a Python float in the trainer too: no tensor
-        backward=backward,
-        before_micro_batch=forward_phase,
-        trim=False,  # fake tensors hold no values; the simulated rows are unpadded
-        causal=is_causal(rig.model.config),
-    )
+    if batch is None:
+        tracker.set_phase("backward")
+        for param in grads_like:
+            param.grad = torch.zeros_like(param)
+            tracker.track(param.grad, "gradients")  # as the accumulate-grad hook retags
+    else:
+        model = prepared_model(rig.model, emulation, options.precision, options.device)
+        step_forward_backward(
+            model,
+            batch,
+            micro,
+            1.0,  # the normaliser is a Python float in the trainer too: no tensor
+            backward=backward,
+            before_micro_batch=forward_phase,
+            trim=False,  # fake tensors hold no values; the simulated rows are unpadded
+            causal=is_causal(rig.model.config),
+        )
 
     tracker.set_phase("optimizer")
-    grads = [p.grad for p in trainable_params(rig.model) if p.grad is not None]
+    with_grads = [p for p in trainable_params(rig.model) if p.grad is not None]
+    same_as_zeros = _zeros_like_grads(with_grads)
+    grads = [p.grad for p in with_grads]
     if options.precision == "fp16" and grads:
         # GradScaler.unscale_: in-place on the grads, plus a one-element found_inf flag.
         torch.zeros(1)
@@ -170,6 +185,25 @@ def _train_step(
     rig.optimizer.step()
     tracker.track_all(state_tensors(rig.optimizer), "optimizer_state")
     rig.optimizer.zero_grad(set_to_none=True)
+    return with_grads, same_as_zeros
+
+
+def _zeros_like_grads(params: list[nn.Parameter]) -> bool:
+    """True when ``zeros_like(p)`` allocates what the backward left in ``p.grad`` (its
+    dtype, strides and bytes), so a step's optimizer phase can run on zero gradients."""
+    for param in params:
+        grad = param.grad
+        minimal = (
+            sum((n - 1) * st for n, st in zip(param.shape, param.stride(), strict=True)) + 1
+        ) * param.element_size()
+        if (
+            grad.dtype != param.dtype
+            or grad.stride() != param.stride()
+            or grad.storage_offset() != 0
+            or grad.untyped_storage().nbytes() != minimal
+        ):
+            return False
+    return True
 
 
 def _grad_hooks(tracker: LiveStorageTracker, params: list[nn.Parameter]) -> list:
@@ -193,7 +227,7 @@ def _trace_train(
     config = copy.deepcopy(config)  # building unties heads on the config; keep the caller's
     mode = fresh_fake_mode()
     rig = _build_train_rig(config, options, mode)
-    tracker = LiveStorageTracker(round_fn, record=record)
+    tracker = LiveStorageTracker(round_fn, record=True)  # step 2 is built from the events
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
     # Below the tracker on the dispatch stack: FLOPs, bytes moved and kernels of the step.
@@ -210,23 +244,53 @@ def _trace_train(
             InPlaceAccumulation(),
         ):
             track_model(tracker, rig.model)
-            for _ in range(2):
-                meter.reset()  # the costs kept are the second (steady) step's
-                tracker.reset_peaks()
+            events = tracker.events
+            # Step 1: forward/backward, and the optimizer step that creates its state.
+            meter.reset()
+            tracker.reset_peaks()
+            first = len(events)
+            tracker.set_phase("data")
+            batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
+            with_grads, same_as_zeros = _train_step(
+                rig, batch, tracker, emulation, options, shape.batch
+            )
+            del batch
+            events.append(("step",))
+            step_peaks.append((tracker.peak, dict(tracker.phase_records)))
+            first_costs = meter.phases(_TRAIN_COST_PHASES)
+            # Step 2 (steady: the state exists). Its forward/backward records exactly the
+            # events of step 1's (same ops, cache hits sized as computed), so only its
+            # optimizer phase is traced, on zero gradients shaped as the backward left
+            # them; its peaks come from replaying step 1's forward/backward in its place.
+            meter.reset()
+            tracker.reset_peaks()
+            second = len(events)
+            if same_as_zeros:
+                _train_step(rig, None, tracker, emulation, options, shape.batch, with_grads)
+                events.append(("step",))
+                optimizer_at = events.index(("p", "optimizer"), second)
+                forward_backward = events[first : events.index(("p", "optimizer"), first)]
+                events[second:optimizer_at] = forward_backward
+                step_peaks[:] = replay(events, events, 1, 2, 1, round_fn)
+                costs = meter.phases(_TRAIN_COST_PHASES)
+                costs = {
+                    cost: {**first_costs[cost], "optimizer": by_phase.get("optimizer", 0)}
+                    for cost, by_phase in costs.items()
+                }
+            else:  # a gradient laid out unlike its parameter: trace step 2 whole
                 tracker.set_phase("data")
                 batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
                 _train_step(rig, batch, tracker, emulation, options, shape.batch)
                 del batch
-                if tracker.events is not None:
-                    tracker.events.append(("step",))
+                events.append(("step",))
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
+                costs = meter.phases(_TRAIN_COST_PHASES)
     finally:
         for hook in hooks:
             hook.remove()
     profile = _train_profile(rig.params, rig.trainable, step_peaks)
-    costs = meter.phases(_TRAIN_COST_PHASES)
     set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
-    return profile, tracker.events
+    return profile, tracker.events if record else None
 
 
 _TRAIN_COST_PHASES = ("forward", "backward", "optimizer")
