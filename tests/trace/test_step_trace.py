@@ -278,3 +278,49 @@ def test_evaluation_adds_the_eval_loss_forward() -> None:
     assert "eval_loss" in with_loss.phase_peaks and "eval_loss" not in plain.phase_peaks
     # The loss forward holds [4, 64, 1000] fp32 logits (1,024,000 bytes) and more.
     assert with_loss.phase_peaks["eval_loss"] > weights_bytes(small_t5()) + 4 * 64 * 1000 * 4
+
+
+# -- step 2 reused from step 1 ---------------------------------------------------------------
+
+
+def _segments(events: list) -> list[list]:
+    """The step's events from its data phase to (not including) its optimizer phase."""
+    steps, current = [], []
+    for event in events:
+        current.append(event)
+        if event == ("step",):
+            steps.append(current[current.index(("p", "data")) : current.index(("p", "optimizer"))])
+            current = []
+    return steps
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        # CUDA emulation: memory-efficient attention's padded bias gradient (a cache hit
+        # used to be rebuilt 16 bytes smaller in step 2), checkpointing, two micro-batches.
+        TrainOptions(precision="bf16", gradient_checkpointing=True, micro_batches=2),
+        TrainOptions(precision="fp16", optimizer="adafactor", micro_batches=1),
+    ],
+    ids=["bf16-ckpt-mb2", "fp16-adafactor"],
+)
+def test_step_two_reused_equals_step_two_traced(monkeypatch, options: TrainOptions) -> None:
+    import dialsum.trace.step_trace as step_trace
+
+    config = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                      decoder_start_token_id=0)  # fmt: skip
+    shape = TrainShape(3, 24, 8)
+    reused, events = step_trace._trace_train(config, shape, options, round_allocation_bytes, True)
+    monkeypatch.setattr(step_trace, "_zeros_like_grads", lambda _params: False)
+    traced, traced_events = step_trace._trace_train(
+        config, shape, options, round_allocation_bytes, True
+    )
+    assert reused == traced  # peaks, breakdowns, costs: every field
+
+    def through_last_step(timeline: list) -> list:
+        # Frees after it (the rig dying whenever the garbage collector runs) replay nothing.
+        return timeline[: len(timeline) - timeline[::-1].index(("step",))]
+
+    assert through_last_step(events) == through_last_step(traced_events)
+    first, second = _segments(traced_events)
+    assert first == second  # what makes the reuse exact: a cache hit sized as computed

@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+from torch.utils.data import SequentialSampler
 from transformers import TrainerCallback
 
 from dialsum.checks.measure import PhaseRecorder
@@ -103,6 +104,16 @@ def fixed_rows(
     return rows
 
 
+class InOrderTrainer(GuardedSeq2SeqTrainer):
+    """The guarded trainer taking rows in order: with ``fixed_rows`` (lengths alternating
+    full and one shorter) every micro-batch is padded, as the plan assumes. A
+    length-grouped or random order would put equal lengths together (no padding, no
+    ``[batch, heads, L, L]`` mask) and measure a lighter step than the plan's."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+
 class PhaseMarks(TrainerCallback):
     """Marks the trainer's phases for the profiler: the step's forward/backward over its
     micro-batches, then the optimizer step."""
@@ -141,6 +152,7 @@ def make_trainer(
             save_strategy="no",
             report_to=["none"],
             logging_steps=1000,
+            group_by_length=False,
             effective_batch_size=rows,
             micro_batch_size=setup.micro,
             eval_batch_size=setup.eval_batch,
@@ -165,7 +177,7 @@ def make_trainer(
     args = training_arguments(cfg.training, settings, new_run(out, cfg.name), gen_config)
     vocab = min(model.config.vocab_size, len(tokenizer))
     causal = is_causal(model)
-    return GuardedSeq2SeqTrainer(
+    return InOrderTrainer(
         model=model,
         args=args,
         train_dataset=ListDataset(

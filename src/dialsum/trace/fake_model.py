@@ -52,9 +52,9 @@ class SizedCacheFakeTensorMode(FakeTensorMode):
 
 
 def fresh_fake_mode() -> FakeTensorMode:
-    """A ``SizedCacheFakeTensorMode`` whose dispatch cache starts empty, so nothing a
-    trace sees depends on what ran before it in the process."""
-    FakeTensorMode.cache_clear()
+    """A ``SizedCacheFakeTensorMode``. Its dispatch cache is the process's (shared by every
+    mode): what earlier traces cached is reused, and since a cache hit allocates what the
+    kernel did, nothing a trace records depends on what ran before it in the process."""
     return SizedCacheFakeTensorMode()
 
 

@@ -188,6 +188,30 @@ def _train_step(
     return with_grads, same_as_zeros
 
 
+def _traced_step(
+    config: PretrainedConfig,
+    rig: _TrainRig,
+    tracker: LiveStorageTracker,
+    emulation: CudaEmulationMode,
+    options: TrainOptions,
+    shape: TrainShape,
+) -> tuple[list[nn.Parameter], bool]:
+    """A whole step on a fresh batch, ending with ``("step",)``; the batch is freed in a
+    ``data`` phase of its own (after the optimizer), so a reused step can free it too."""
+    tracker.set_phase("data")
+    rows = shape.batch * options.micro_batches
+    batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
+    result = _train_step(rig, batch, tracker, emulation, options, shape.batch)
+    tracker.set_phase("data")
+    del batch
+    tracker.events.append(("step",))
+    return result
+
+
+def _last_index(events: list, event: tuple, before: int) -> int:
+    return before - 1 - events[before - 1 :: -1].index(event)
+
+
 def _zeros_like_grads(params: list[nn.Parameter]) -> bool:
     """True when ``zeros_like(p)`` allocates what the backward left in ``p.grad`` (its
     dtype, strides and bytes), so a step's optimizer phase can run on zero gradients."""
@@ -233,7 +257,6 @@ def _trace_train(
     # Below the tracker on the dispatch stack: FLOPs, bytes moved and kernels of the step.
     meter = CostMeter(lambda: tracker.phase)
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
-    rows = shape.batch * options.micro_batches
     try:
         # The engine's in-place gradient sums, which any dispatch mode turns off, on top.
         with (
@@ -249,15 +272,12 @@ def _trace_train(
             meter.reset()
             tracker.reset_peaks()
             first = len(events)
-            tracker.set_phase("data")
-            batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
-            with_grads, same_as_zeros = _train_step(
-                rig, batch, tracker, emulation, options, shape.batch
+            with_grads, same_as_zeros = _traced_step(
+                config, rig, tracker, emulation, options, shape
             )
-            del batch
-            events.append(("step",))
             step_peaks.append((tracker.peak, dict(tracker.phase_records)))
             first_costs = meter.phases(_TRAIN_COST_PHASES)
+            first_end = len(events) - 1  # its ("step",)
             # Step 2 (steady: the state exists). Its forward/backward records exactly the
             # events of step 1's (same ops, cache hits sized as computed), so only its
             # optimizer phase is traced, on zero gradients shaped as the backward left
@@ -266,23 +286,20 @@ def _trace_train(
             tracker.reset_peaks()
             second = len(events)
             if same_as_zeros:
+                batch_freed = events[_last_index(events, ("p", "data"), first_end) : first_end]
                 _train_step(rig, None, tracker, emulation, options, shape.batch, with_grads)
-                events.append(("step",))
+                events.extend([*batch_freed, ("step",)])
                 optimizer_at = events.index(("p", "optimizer"), second)
-                forward_backward = events[first : events.index(("p", "optimizer"), first)]
-                events[second:optimizer_at] = forward_backward
+                events[second:optimizer_at] = events[
+                    first : events.index(("p", "optimizer"), first)
+                ]
                 step_peaks[:] = replay(events, events, 1, 2, 1, round_fn)
-                costs = meter.phases(_TRAIN_COST_PHASES)
                 costs = {
                     cost: {**first_costs[cost], "optimizer": by_phase.get("optimizer", 0)}
-                    for cost, by_phase in costs.items()
+                    for cost, by_phase in meter.phases(_TRAIN_COST_PHASES).items()
                 }
             else:  # a gradient laid out unlike its parameter: trace step 2 whole
-                tracker.set_phase("data")
-                batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
-                _train_step(rig, batch, tracker, emulation, options, shape.batch)
-                del batch
-                events.append(("step",))
+                _traced_step(config, rig, tracker, emulation, options, shape)
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
                 costs = meter.phases(_TRAIN_COST_PHASES)
     finally:
