@@ -7,10 +7,16 @@ allocator rounds them, and records the peak per phase. ``CudaEmulationMode`` mak
 CPU trace allocate what CUDA would (fused dropout, memory-efficient attention, CUDA's
 autocast op lists).
 
-Training (``simulate_train``) runs two full steps - forward with labels, backward,
+Training (``simulate_train``) runs two steps - forward with labels, backward,
 ``optimizer.step()``, ``zero_grad(set_to_none=True)`` - so the second step sees the
 optimizer state the first created. The result is the higher of the two steps (the second
-in practice). Phases: ``forward``, ``backward``, ``optimizer``. Breakdown categories:
+in practice). The second step's forward/backward records exactly the first's events (a
+fake-cache hit allocates what the kernel did: ``fake_model.SizedCacheFakeTensorMode``), so
+only its optimizer phase is traced, on zero gradients laid out as the backward left them,
+and its peaks are replayed with the first step's forward/backward in place (about 45 % of
+a trace saved; ``tests/trace/test_step_trace.py`` checks it against tracing it whole).
+
+Phases: ``forward``, ``backward``, ``optimizer``. Breakdown categories:
 ``weights`` (parameters and buffers), ``gradients`` (``.grad``), ``optimizer_state``,
 ``activations`` (storages created during forward: what autograd saved, plus forward's
 own short-lived tensors while forward runs), ``temporaries`` (everything else).
