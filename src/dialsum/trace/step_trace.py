@@ -263,15 +263,11 @@ def _trace_train(
     # Below the tracker on the dispatch stack: FLOPs, bytes moved and kernels of the step.
     meter = CostMeter(lambda: tracker.phase)
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
+    # The engine's in-place gradient sums, which any dispatch mode turns off, on top. Made
+    # before the modes are entered: its first construction probes the engine without them.
+    accumulation = InPlaceAccumulation()
     try:
-        # The engine's in-place gradient sums, which any dispatch mode turns off, on top.
-        with (
-            mode,
-            meter,
-            tracker,
-            emulation_on(emulation, options.device),
-            InPlaceAccumulation(),
-        ):
+        with mode, meter, tracker, emulation_on(emulation, options.device), accumulation:
             track_model(tracker, rig.model)
             events = tracker.events
             # Step 1: forward/backward, and the optimizer step that creates its state.
