@@ -110,3 +110,22 @@ def test_probe_and_graph_walk() -> None:
     names = sorted(type(node).__name__ for node in graph_nodes([loss.grad_fn]))
     assert names == ["AccumulateGrad", "AddBackward0", "MulBackward0", "MulBackward0",
                      "SumBackward0", "SumBackward0"]  # fmt: skip
+
+
+def test_autograd_grad_is_armed_too_and_the_values_are_the_engines() -> None:
+    # Real tensors: the in-place sum must give the very gradient the engine gives alone.
+    torch.manual_seed(0)
+    weight = torch.randn(VOCAB, WIDTH, requires_grad=True)
+    ids = torch.randint(0, VOCAB, (8,))
+
+    def loss():
+        return (torch.nn.functional.embedding(ids, weight) ** 2).sum() + (
+            3 * torch.nn.functional.embedding(ids, weight)
+        ).sum()
+
+    (reference,) = torch.autograd.grad(outputs=loss(), inputs=[weight])
+    accumulation = InPlaceAccumulation()
+    with Passthrough(), accumulation:
+        (grad,) = torch.autograd.grad(outputs=loss(), inputs=[weight])
+    assert (accumulation.in_place, accumulation.out_of_place) == (1, 0)
+    assert torch.equal(grad, reference)

@@ -18,11 +18,12 @@ the backward peak (tracker 2,782.9 MiB vs the allocator's 2,538.9 MiB, measured 
 ``InPlaceAccumulation`` puts the engine's choice back. It must be the top dispatch mode
 (entered last) and does two things:
 
-- around every ``Tensor.backward`` / ``torch.autograd.backward`` (seen by a torch-function
-  mode) it hooks every node of the graph: a pre-hook marks "inside a node", a post-hook
-  "between nodes". The engine accumulates between a node's post-hooks and the next node's
-  pre-hooks, so an ``aten.add.Tensor(old, new)`` seen between nodes, without grad mode, is
-  the engine's accumulation and never a backward formula's add;
+- around every ``Tensor.backward`` / ``torch.autograd.backward`` / ``torch.autograd.grad``
+  (seen by a torch-function mode) it hooks every node of the graph: a pre-hook marks
+  "inside a node", a post-hook "between nodes". The engine accumulates between a node's
+  post-hooks and the next node's pre-hooks, so an ``aten.add.Tensor(old, new)`` seen
+  between nodes, without grad mode, is the engine's accumulation and never a backward
+  formula's add;
 - such an add becomes ``old.add_(new)`` exactly when the engine would have done it in
   place: ``old`` dense, not ``new`` itself, and held only by the buffer. "Held only by the
   buffer" is read from the reference counts (``Tensor._use_count`` and the storage's),
@@ -49,7 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 _ADD = torch.ops.aten.add.Tensor
 _ADD_ = torch.ops.aten.add_.Tensor
-_BACKWARDS = (torch.Tensor.backward, torch.autograd.backward)
+_BACKWARDS = (torch.Tensor.backward, torch.autograd.backward, torch.autograd.grad)
 
 
 def graph_nodes(roots) -> list:
@@ -133,7 +134,12 @@ class _ArmOnBackward(TorchFunctionMode):
         kwargs = kwargs or {}
         if func not in _BACKWARDS:
             return func(*args, **kwargs)
-        first = args[0] if args else kwargs.get("tensors", kwargs.get("self"))
+        # The tensors the engine starts from: ``self`` / ``tensors`` / ``outputs``.
+        first = (
+            args[0]
+            if args
+            else next(kwargs[name] for name in ("self", "tensors", "outputs") if name in kwargs)
+        )
         outputs = [first] if isinstance(first, torch.Tensor) else list(first)
         handles = self.hooks.arm([t.grad_fn for t in outputs])
         try:

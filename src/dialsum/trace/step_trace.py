@@ -28,6 +28,7 @@ Generation is traced in ``trace.generation_trace``; what both traces share is in
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def _train_step(
     emulation: CudaEmulationMode,
     options: TrainOptions,
     micro: int,
-    grads_like: list[nn.Parameter] = (),  # type: ignore[assignment]
+    grads_like: Sequence[nn.Parameter] = (),
 ) -> tuple[list[nn.Parameter], bool]:
     """One optimizer step as the guarded trainer runs it: ``step.train_step.step_forward_backward``
     over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``.
