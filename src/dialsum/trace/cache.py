@@ -87,6 +87,10 @@ def fill_in_processes(
     import concurrent.futures as futures
     import multiprocessing
 
+    from dialsum.trace.parallel import mark_worker
+
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(min(workers, len(calls)), mp_context=context) as pool:
+    with futures.ProcessPoolExecutor(
+        min(workers, len(calls)), mp_context=context, initializer=mark_worker
+    ) as pool:
         yield from futures.as_completed([pool.submit(worker, *call) for call in calls])

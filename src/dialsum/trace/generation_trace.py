@@ -10,6 +10,7 @@ labels, the Trainer's eval-loss forward after it.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -206,6 +207,21 @@ def _decode_token(
     return start
 
 
+def _generate_at(
+    trace: Callable,
+    config: PretrainedConfig,
+    shape: GenerateShape,
+    options: GenerateOptions,
+    round_fn: RoundFn,
+    batch: int,
+    record: bool,
+    removed: int,
+) -> Traced:
+    """``simulate_generate``'s trace at ``batch`` with ``removed`` layers fewer per stack."""
+    shallow = without_layers(config, removed) if removed else config
+    return trace(shallow, replace(shape, batch=batch), options, round_fn, record)
+
+
 def simulate_generate(
     config: PretrainedConfig,
     shape: GenerateShape,
@@ -234,9 +250,8 @@ def simulate_generate(
     # A decoder-only LLM generates from its prompt alone (``trace.causal_generation``).
     trace = trace_causal_generate if is_causal(config) else _trace_generate
 
-    def trace_at(batch: int, record: bool, removed: int) -> Traced:
-        shallow = without_layers(config, removed) if removed else config
-        return trace(shallow, replace(shape, batch=batch), options, round_fn, record)
+    # Picklable (a module-level function, arguments bound): see ``trace.parallel``.
+    trace_at = functools.partial(_generate_at, trace, config, shape, options, round_fn)
 
     def timeline_key() -> str:
         return trace_cache.cache_key(

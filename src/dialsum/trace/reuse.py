@@ -20,12 +20,13 @@ from __future__ import annotations
 import pickle
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from dialsum.models.stacks import Stacks
 from dialsum.trace import cache as trace_cache
-from dialsum.trace import depth, timeline
+from dialsum.trace import depth, parallel, timeline
 from dialsum.trace.allocator import exact_bytes, round_allocation_bytes
 from dialsum.trace.flops import COSTS, interpolate_costs
 from dialsum.trace.profile import MemoryProfile
@@ -150,10 +151,24 @@ def _deep(
         return None
     step = stacks.period
     traces: dict[int, Traced] = {}
+    pending: dict[int, Future] = {}
+
+    def ahead(layers: int) -> None:
+        """Start the trace at ``layers`` in the helper process (``trace.parallel``)."""
+        if layers not in traces and layers not in pending:
+            future = parallel.submit(trace_at, batch, True, stacks.layers - layers)
+            if future is not None:
+                pending[layers] = future
 
     def at(layers: int) -> Traced:
         if layers not in traces:
-            traces[layers] = trace_at(batch, True, stacks.layers - layers)
+            future = pending.pop(layers, None)
+            try:
+                traces[layers] = future.result() if future is not None else None
+            except Exception:  # noqa: BLE001 - a failed helper only costs time
+                traces[layers] = None
+            if traces[layers] is None:
+                traces[layers] = trace_at(batch, True, stacks.layers - layers)
         return traces[layers]
 
     def repeated(start: int, inserted: depth.Insertions) -> tuple[Traced, Repeat] | None:
@@ -172,6 +187,7 @@ def _deep(
         )
 
     if known is not None:
+        ahead(known.start + step)  # the deeper one there, the shallower one here
         (_, e_first), (_, e_second) = at(known.start), at(known.start + step)
         inserted = known.segments(e_second)
         if depth.pumped(e_first, inserted, 1) == e_second:
@@ -181,6 +197,7 @@ def _deep(
     for start in (stacks.first + step, stacks.first + 2 * step):
         if start + 2 * step >= stacks.layers or (stacks.layers - start) % step:
             break  # as deep as the model itself (nothing saved), or not whole periods
+        ahead(start + 2 * step)  # the deepest there, the two shallower ones here
         (first, e_first), (second, e_second), (third, e_third) = (
             at(start + i * step) for i in range(3)
         )

@@ -28,6 +28,7 @@ Generation is traced in ``trace.generation_trace``; what both traces share is in
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -316,6 +317,21 @@ def _trace_train(
 _TRAIN_COST_PHASES = ("forward", "backward", "optimizer")
 
 
+def _train_at(
+    config: PretrainedConfig,
+    shape: TrainShape,
+    options: TrainOptions,
+    round_fn: RoundFn,
+    batch: int,
+    record: bool,
+    removed: int,
+) -> Traced:
+    """``simulate_train``'s trace at ``batch`` with ``removed`` layers fewer per stack."""
+    shallow = without_layers(config, removed) if removed else config
+    at = replace(shape, batch=batch)
+    return _trace_train(shallow, at, options, round_fn, record, per_micro_batch=not removed)
+
+
 def _per_micro_batch(costs: dict[str, dict[str, int]], micro_batches: int) -> dict:
     """Forward/backward per micro-batch (the step ran ``micro_batches`` of them; a second
     one adds into existing gradients, so this is their mean); the optimizer once."""
@@ -390,10 +406,9 @@ def simulate_train(
 
     round_fn = round_fn or default_round_fn(options.device)
 
-    def trace_at(batch: int, record: bool, removed: int) -> Traced:
-        shallow = without_layers(config, removed) if removed else config
-        at = replace(shape, batch=batch)
-        return _trace_train(shallow, at, options, round_fn, record, per_micro_batch=not removed)
+    # A module-level function with its arguments bound: picklable, so a shallow trace can
+    # run in the helper process (``trace.parallel``).
+    trace_at = functools.partial(_train_at, config, shape, options, round_fn)
 
     def timeline_key() -> str:
         return trace_cache.cache_key(
