@@ -52,12 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_plan_vs_run_cpu import build  # noqa: E402 - the sibling bench's model shapes
 
-from dialsum.checks.cpu_loop import (  # noqa: E402
-    GENERATION_TOLERANCE,
-    TRAIN_TOLERANCE,
-    Setup,
-    predict,
-)
+from dialsum.checks.cpu_loop import Setup, compare, predict  # noqa: E402
 from dialsum.memory.fit import ddp_resident_bytes  # noqa: E402
 from dialsum.trace.profile import TrainOptions, TrainShape  # noqa: E402
 from dialsum.trace.step_trace import simulate_train  # noqa: E402
@@ -99,23 +94,6 @@ def launch(spec: dict, folder: Path, ranks: int, timeout_s: int) -> list[dict]:
     if code != 0:
         sys.exit(f"worker failed ({code}):\n" + "".join(log.read_text().splitlines(True)[-30:]))
     return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(ranks)]
-
-
-def phase_rows(predicted: dict[str, int], measured: dict[str, int]) -> dict[str, dict]:
-    """Per phase measured here: predicted, measured, ratio, inside ``checks.cpu_loop``'s
-    targets (as its ``compare``, which also wants the predict phase)."""
-    rows = {}
-    for phase in PHASES:
-        ratio = predicted[phase] / measured[phase]
-        tolerance = TRAIN_TOLERANCE if phase in ("train", "optimizer") else GENERATION_TOLERANCE
-        rows[phase] = {
-            "predicted_bytes": predicted[phase],
-            "measured_bytes": measured[phase],
-            "ratio": round(ratio, 4),
-            "tolerance": tolerance,
-            "inside": abs(ratio - 1) <= tolerance,
-        }
-    return rows
 
 
 def print_rows(rows: dict[str, dict], single: dict[str, int] | None = None) -> None:
@@ -164,7 +142,7 @@ def run_shape(name: str, args: argparse.Namespace, folder: Path) -> dict:
     )
     resident = ddp_resident_bytes(profile)
     single_pred = predict(config, setup, single["optimizer_state_bytes"])
-    single_rows = phase_rows(single_pred, single["peaks"])
+    single_rows = compare(single_pred, single["peaks"], PHASES)
     print("  one process (no DDP):")
     print_rows(single_rows)
     print(
@@ -180,7 +158,7 @@ def run_shape(name: str, args: argparse.Namespace, folder: Path) -> dict:
     }
     for result in ranks:
         predicted = predict(config, setup, result["optimizer_state_bytes"])
-        rows = phase_rows({p: predicted[p] + resident for p in PHASES}, result["peaks"])
+        rows = compare({p: predicted[p] + resident for p in PHASES}, result["peaks"], PHASES)
         ddp = result.get("ddp", {})
         print(
             f"  rank {result['rank']} ({result['wrapper']}, buckets {ddp.get('bucket_sizes')} "

@@ -275,10 +275,13 @@ def predict(config, setup: Setup, state_bytes: int) -> dict[str, int]:
     }
 
 
-def compare(predicted: dict[str, int], measured: dict[str, int]) -> dict[str, dict]:
-    """Per phase: predicted, measured, their ratio and whether it is inside the target."""
+def compare(
+    predicted: dict[str, int], measured: dict[str, int], phases: tuple[str, ...] = PHASES
+) -> dict[str, dict]:
+    """Per phase of ``phases``: predicted, measured, their ratio and whether it is inside
+    the target."""
     rows = {}
-    for phase in PHASES:
+    for phase in phases:
         ratio = predicted[phase] / measured[phase]
         tolerance = TRAIN_TOLERANCE if phase in ("train", "optimizer") else GENERATION_TOLERANCE
         rows[phase] = {
