@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,31 @@ def test_a_decoder_only_model_counts_its_layers_too() -> None:
     assert guide_mod._tracing_cost(CONFIG, "solar_qlora") > guide_mod._tracing_cost(
         CONFIG, "xlsum_mt5"
     )
+
+
+def test_a_warm_guide_imports_neither_torch_nor_transformers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compute = guide_mod._compute_section
+
+    def with_fake(name, config_path, gpus, simulator, advance):
+        return compute(name, config_path, gpus, FakeSimulator().as_simulator(), advance)
+
+    monkeypatch.setattr(guide_mod, "_compute_section", with_fake)
+    monkeypatch.setattr(guide_mod, "_prefill_trace_cache", lambda *args: None)
+    kwargs = dict(sections=["kobart"], gpus=["t4-16gb", "a100-40gb"], progress=False)
+    guide_mod.build_guide(CONFIG, out=tmp_path / "a" / "guide.md", **kwargs)
+    # The same guide in a fresh process (the cache folder is inherited): read back whole,
+    # rendered, written, with neither library imported (seconds of a warm guide).
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from dialsum.report.guide import build_guide\n"
+        f"build_guide({str(CONFIG)!r}, out=Path({str(tmp_path / 'b' / 'guide.md')!r}), "
+        f"**{kwargs!r})\n"
+        "heavy = sorted({'torch', 'transformers'} & set(sys.modules))\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")

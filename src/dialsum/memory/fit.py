@@ -36,7 +36,6 @@ from dialsum.memory.zero import (
     sharded_profile_peak_bytes,
     zero_state_bytes,
 )
-from dialsum.models.architectures import model_from_config
 from dialsum.speed.gpus import GPU
 from dialsum.step.geometry import BatchGeometry, divisors
 from dialsum.trace.profile import (
@@ -118,6 +117,8 @@ class Planner:
 
     def largest_layer(self) -> int:
         if self._largest_layer is None:
+            from dialsum.models.architectures import model_from_config  # torch: only here
+
             meta = model_from_config(self.request.model_config, device="meta")
             self._largest_layer = largest_layer_params(meta)
         return self._largest_layer

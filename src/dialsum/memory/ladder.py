@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from dialsum.memory.request import PlanRequest, truncation_note
-from dialsum.models.architectures import is_causal
+from dialsum.models.kinds import is_causal
 from dialsum.speed.gpus import GPU
 from dialsum.trace.profile import TrainOptions
 

@@ -47,7 +47,7 @@ from dialsum.memory.precision import PREDICT_PRECISION, eval_generate_options
 from dialsum.memory.request import PlanRequest, max_source_positions, truncated_fraction
 from dialsum.memory.simulator import Simulator
 from dialsum.memory.zero import ZeroStateBytes
-from dialsum.models.architectures import CAUSAL_FAMILIES, architecture_facts
+from dialsum.models.kinds import CAUSAL_FAMILIES
 from dialsum.speed.device_specs import spec_for
 from dialsum.speed.gpus import GPU
 from dialsum.speed.plan_cost import PlanTiming, plan_timing
@@ -299,9 +299,16 @@ def _plan_of(
         eval_required_bytes=eval_need.required_bytes,
         generate_required_bytes=generation.need.required_bytes,
         alternatives=alternatives,
-        architecture=architecture_facts(request.model_config),
+        architecture=_architecture(request),
         timing=timing,
     )
+
+
+def _architecture(request: PlanRequest) -> dict[str, Any]:
+    # Imported here: reading a cached plan or guide back must not import torch.
+    from dialsum.models.architectures import architecture_facts
+
+    return architecture_facts(request.model_config)
 
 
 def _estimate_time(

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from dialsum.core.errors import ConfigError
-from dialsum.models.architectures import is_t5_like
+from dialsum.models.kinds import is_t5_like
 from dialsum.speed.gpus import GPU
 from dialsum.trace.profile import GenerateOptions, TrainOptions
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from dialsum.core.errors import ConfigError
 from dialsum.memory.zero import ZERO_STAGES
-from dialsum.models.architectures import is_causal, is_t5_like, model_family
+from dialsum.models.kinds import is_causal, is_t5_like, model_family
 from dialsum.step.geometry import BatchGeometry
 from dialsum.trace.profile import OPTIMIZERS, PRECISIONS
 

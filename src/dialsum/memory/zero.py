@@ -39,10 +39,12 @@ this module follows the estimator (an OOM costs more than a smaller batch):
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from dialsum.trace.profile import MemoryProfile
+
+if TYPE_CHECKING:  # a guide read from the answer cache never imports torch
+    from torch import nn
 
 ZERO_STAGES: tuple[int, ...] = (0, 1, 2, 3)
 

@@ -9,14 +9,17 @@ arithmetic here is units, the generation need with overheads and each plan's epo
 from __future__ import annotations
 
 import platform
+import re
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 from dialsum.memory.overheads import Overheads, required_bytes
 from dialsum.memory.plan import Plan
 from dialsum.memory.request import resolve_optimizer
-from dialsum.models.architectures import is_causal, known_config
+from dialsum.models.kinds import KNOWN_PARAM_COUNTS, is_causal, shipped_config_fields
 from dialsum.report.facts import WEIGHT_DTYPE_BYTES, ModelFacts
 from dialsum.report.formats import PRECISION_LABELS, TRAIN_CATEGORIES, gib, gib_text, yes_no
 from dialsum.report.plots import time_plot_path
@@ -55,8 +58,8 @@ TIME_METHOD = (
 
 def _facts_markdown(facts: ModelFacts) -> list[str]:
     lines = [f"- Model: `{facts.model_id}`", f"- Parameters: **{facts.params:,}**"]
-    config = known_config(facts.model_id)
-    if facts.untied_head_params and config is not None and is_causal(config):
+    fields = shipped_config_fields(facts.model_id)
+    if facts.untied_head_params and fields is not None and is_causal(SimpleNamespace(**fields)):
         # A causal LM's head follows tie_word_embeddings as published: nothing to warn.
         lines.append(f"  (includes an untied `lm_head` of {facts.untied_head_params:,})")
     elif facts.untied_head_params:
@@ -257,15 +260,28 @@ def section_markdown(section: SectionGuide, plot_name: str) -> str:
     return "\n".join(lines)
 
 
-def _library_versions() -> str:
+def _torch_version() -> str:
+    """``torch.__version__`` (with its build tag, ``2.15.0+cu132``, which the package
+    metadata lacks), read from torch's ``version.py`` so that a guide read back from the
+    answer cache does not import torch (seconds)."""
+    try:
+        text = Path(str(metadata.distribution("torch").locate_file("torch/version.py")))
+        found = re.search(r"^__version__ = '([^']+)'", text.read_text(), re.MULTILINE)
+    except (metadata.PackageNotFoundError, OSError):
+        found = None
+    if found is not None:
+        return found.group(1)
     import torch
-    import transformers
 
+    return torch.__version__
+
+
+def _library_versions() -> str:
     from dialsum import __version__
 
     return (
-        f"dialsum {__version__}, torch {torch.__version__}, transformers "
-        f"{transformers.__version__}, Python {platform.python_version()}"
+        f"dialsum {__version__}, torch {_torch_version()}, transformers "
+        f"{metadata.version('transformers')}, Python {platform.python_version()}"
     )
 
 
@@ -284,8 +300,6 @@ def _overheads_markdown(overheads: Overheads) -> str:
 
 
 def _corrections_markdown(sections: Sequence[SectionGuide]) -> list[str]:
-    from dialsum.models.architectures import KNOWN_PARAM_COUNTS
-
     measured = {s.facts.model_id: s.facts.params for s in sections}
     lines = ["### Corrections to the old hand-written guide", ""]
     for model_id, claim in param_claims().items():

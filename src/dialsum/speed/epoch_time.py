@@ -42,10 +42,10 @@ def epoch_order(
 ) -> list[int]:
     """Row order of one epoch as the Trainer's sampler draws it: length-grouped
     (transformers' ``get_length_grouped_indices``, by source length) or shuffled."""
-    import torch
-
     if len({pair for pair in lengths}) <= 1:
         return list(range(len(lengths)))  # all alike: the order changes nothing
+    import torch  # here: a guide's epochs (all rows alike) never need it
+
     generator = torch.Generator().manual_seed(seed)
     if group_by_length:
         from transformers.trainer_pt_utils import get_length_grouped_indices
