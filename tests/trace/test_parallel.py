@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import pytest
 from transformers import T5Config
 
 import dialsum.trace.reuse as reuse
-from dialsum.trace import parallel
+from dialsum.trace import parallel, step_trace
 from dialsum.trace.profile import TrainOptions, TrainShape
 from dialsum.trace.step_trace import simulate_train
 
@@ -50,3 +51,75 @@ def test_nothing_is_sent_that_cannot_be_pickled_or_from_a_worker(monkeypatch) ->
     assert parallel.submit(lambda: 1) is None  # a closure: traced here
     monkeypatch.setenv("DIALSUM_IN_TRACE_WORKER", "1")
     assert parallel.submit(max, 1, 2) is None
+
+
+needs_two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no helper")
+
+
+@pytest.fixture
+def helper(monkeypatch):
+    """A helper process of this test's own, ended after it."""
+    monkeypatch.setenv(parallel.WORKERS_ENV, "1")
+    parallel.stop()
+    yield
+    parallel.stop()
+
+
+def _wait_idle(timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while parallel._running or parallel._queued:
+        assert time.monotonic() < deadline, "the helper did not finish"
+        time.sleep(0.05)
+
+
+@needs_two_cores
+def test_traces_sent_ahead_are_taken_not_traced_again(helper, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("DIALSUM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(reuse, "_TIMELINES", {})
+    shape, options = TrainShape(5, 24, 8), TrainOptions(precision="bf16")
+    step_trace.speculate_train(DEEP_T5, shape, options)
+    _wait_idle()
+    here: list[tuple] = []
+    real = step_trace._train_at
+
+    def counted(*args):
+        here.append(args[-3:])  # (batch, record, removed)
+        return real(*args)
+
+    monkeypatch.setattr(step_trace, "_train_at", counted)
+    ahead = simulate_train(DEEP_T5, shape, options, use_cache=False)
+    assert here == []  # all five shallow traces came from the helper
+    monkeypatch.setattr(reuse, "_TIMELINES", {})
+    assert simulate_train(DEEP_T5, shape, options, use_cache=False) == ahead
+    assert len(here) == 5  # 2, 3, 4 layers at batch 2; 2, 3 at batch 3
+
+
+@needs_two_cores
+def test_a_guess_not_yet_started_is_withdrawn_one_running_is_waited_for(helper) -> None:
+    assert parallel.speculate("running", time.sleep, 0.5)
+    assert parallel.speculate("queued", max, 1, 2)
+    assert parallel.claim("queued") is None  # not started: the caller computes it
+    future = parallel.claim("running")
+    assert future is not None and future.result(timeout=120) is None
+    assert parallel.claim("running") is None  # taken once
+    _wait_idle()
+    assert not parallel._sent  # the withdrawn guess was never sent
+
+
+@needs_two_cores
+def test_stop_ends_the_helper_without_waiting_for_a_guess(helper) -> None:
+    assert parallel.speculate("long", time.sleep, 600)
+    processes = list(parallel._pool._processes.values())
+    started = time.monotonic()
+    parallel.stop()
+    for process in processes:
+        process.join(timeout=30)
+        assert not process.is_alive()
+    assert time.monotonic() - started < 30
+    assert parallel.claim("long") is None and parallel._pool is None
+
+
+def test_no_guess_is_queued_without_a_helper(monkeypatch) -> None:
+    monkeypatch.setenv(parallel.WORKERS_ENV, "0")
+    assert not parallel.speculate("x", max, 1, 2)
+    assert parallel.claim("x") is None

@@ -179,7 +179,15 @@ def plan_command(
     if isinstance(cached, PlanResult):
         cached.cfg, cached._replan = cfg, replan
         return cached
-    out = replan()
+    from dialsum.trace import parallel
+
+    # The helper process starts now: its imports run on the other core while this one
+    # imports, reads the model and the data; it ends with the plan, guesses and all.
+    parallel.start()
+    try:
+        out = replan()
+    finally:
+        parallel.stop()
     plan_cache.store("plans", key, out)
     return out
 

@@ -27,7 +27,7 @@ from dialsum.memory.request import (
     resolve_optimizer,
     validate_request,
 )
-from dialsum.memory.simulator import SimulationMemo, Simulator
+from dialsum.memory.simulator import SimulationMemo, Simulator, tracing_simulator
 from dialsum.memory.zero import (
     ZeroStateBytes,
     communication_bytes,
@@ -141,6 +141,15 @@ class Planner:
         accumulates = self.request.per_rank_batch // micro > 1 and self.request.zero_stage == 0
         return replace(options, micro_batches=2 if accumulates else 1, device=self.device)
 
+    def ask_ahead(
+        self, shape: TrainShape | GenerateShape, options: TrainOptions | GenerateOptions
+    ) -> None:
+        """Tell the simulator of a question this plan will probably ask later (``Simulator.
+        ahead``): the real one starts its traces on another core meanwhile."""
+        if self.simulator.ahead is not None:
+            options = replace(options, device=self.device)
+            self.simulator.ahead(self.request.model_config, shape, options)
+
     def train_need(
         self, micro: int, options: TrainOptions, source_len: int, target_len: int | None = None
     ) -> Need:
@@ -229,7 +238,7 @@ def set_up_plan(
 ) -> PlanSetup:
     """Validate ``request`` and choose its precision (``ConfigError`` if the GPU can't)."""
     validate_request(request)
-    planner = Planner(request, gpu, overheads or Overheads(), simulator or Simulator())
+    planner = Planner(request, gpu, overheads or Overheads(), simulator or tracing_simulator())
     family = request_family(request)
     precision, reasons, warnings = choose_precision(request, gpu, family)
     options = requested_options(request, precision)

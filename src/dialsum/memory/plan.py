@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from dialsum.memory.ahead import ask_ahead
 from dialsum.memory.alternatives import suggest_alternatives
 from dialsum.memory.fit import (
     Need,
@@ -210,6 +211,7 @@ def make_plan(
     state = PlanState(setup.options, request.source_len, setup.reasons, setup.warnings)
     fixed_micro = request.micro_batch_size if request.micro_batch_size != "auto" else None
 
+    ask_ahead(planner, state)
     climb_ladder(planner, state, smallest=fixed_micro or 1, search=fixed_micro is None)
     fits = state.need is not None and state.need.fits
     choose_micro_batch(planner, state, fixed_micro)

@@ -43,16 +43,45 @@ def _real_generate(
     return simulate_generate(config, shape, options)
 
 
+def _real_ahead(
+    config: PretrainedConfig,
+    shape: TrainShape | GenerateShape,
+    options: TrainOptions | GenerateOptions,
+) -> None:
+    if isinstance(shape, TrainShape):
+        from dialsum.trace.step_trace import speculate_train
+
+        speculate_train(config, shape, options)  # type: ignore[arg-type]
+    else:
+        from dialsum.trace.generation_trace import speculate_generate
+
+        speculate_generate(config, shape, options)  # type: ignore[arg-type]
+
+
 TrainSimulation = Callable[["PretrainedConfig", TrainShape, TrainOptions], MemoryProfile]
 GenerateSimulation = Callable[["PretrainedConfig", GenerateShape, GenerateOptions], MemoryProfile]
+Ahead = Callable[
+    ["PretrainedConfig", TrainShape | GenerateShape, TrainOptions | GenerateOptions], None
+]
 
 
 @dataclass(frozen=True)
 class Simulator:
-    """The two memory simulations the planner needs; defaults are the real (tracing) ones."""
+    """The two memory simulations the planner needs; defaults are the real (tracing) ones.
+
+    ``ahead`` is told, early, of a simulation the plan will probably ask for later (the
+    real one starts its traces in a helper process: ``trace.parallel``); None (the
+    default: a test's fake, the guide, which has its own worker processes) starts nothing.
+    """
 
     train: TrainSimulation = _real_train
     generate: GenerateSimulation = _real_generate
+    ahead: Ahead | None = None
+
+
+def tracing_simulator() -> Simulator:
+    """The real simulator with its traces started ahead (what a plan uses by default)."""
+    return Simulator(ahead=_real_ahead)
 
 
 class SimulationMemo:
@@ -84,4 +113,4 @@ class SimulationMemo:
         return self._generate[key]
 
     def as_simulator(self) -> Simulator:
-        return Simulator(train=self.train, generate=self.generate)
+        return Simulator(train=self.train, generate=self.generate, ahead=self._simulator.ahead)

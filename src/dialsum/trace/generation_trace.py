@@ -43,7 +43,14 @@ from dialsum.trace.model_run import (
     track_model,
 )
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile, Precision
-from dialsum.trace.reuse import Traced, default_round_fn, reused_or_traced, set_costs
+from dialsum.trace.reuse import (
+    TraceAt,
+    Traced,
+    default_round_fn,
+    reused_or_traced,
+    set_costs,
+    speculate,
+)
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 
@@ -222,6 +229,34 @@ def _generate_at(
     return trace(shallow, replace(shape, batch=batch), options, round_fn, record)
 
 
+def _generate_work(
+    config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions, round_fn: RoundFn
+) -> tuple[TraceAt, Callable[[], str]]:
+    """``trace_at`` (picklable: a module-level function, arguments bound; see
+    ``trace.parallel``) and the timeline key of ``simulate_generate``'s question."""
+    # A decoder-only LLM generates from its prompt alone (``trace.causal_generation``).
+    trace = trace_causal_generate if is_causal(config) else _trace_generate
+    trace_at = functools.partial(_generate_at, trace, config, shape, options, round_fn)
+
+    def timeline_key() -> str:
+        return trace_cache.cache_key(
+            "generate-timeline", config, replace(shape, batch=0), options, round_fn.__name__
+        )
+
+    return trace_at, timeline_key
+
+
+def speculate_generate(
+    config: PretrainedConfig, shape: GenerateShape, options: GenerateOptions
+) -> None:
+    """Start ``simulate_generate(config, shape, options)``'s first traces in the helper
+    process's idle time (``reuse.speculate``)."""
+    trace_at, timeline_key = _generate_work(
+        config, shape, options, default_round_fn(options.device)
+    )
+    speculate(timeline_key(), trace_at, stacks_of(config, backward=False))
+
+
 def simulate_generate(
     config: PretrainedConfig,
     shape: GenerateShape,
@@ -246,18 +281,7 @@ def simulate_generate(
     if isinstance(options, str):
         options = GenerateOptions(precision=options)
     round_fn = round_fn or default_round_fn(options.device)
-
-    # A decoder-only LLM generates from its prompt alone (``trace.causal_generation``).
-    trace = trace_causal_generate if is_causal(config) else _trace_generate
-
-    # Picklable (a module-level function, arguments bound): see ``trace.parallel``.
-    trace_at = functools.partial(_generate_at, trace, config, shape, options, round_fn)
-
-    def timeline_key() -> str:
-        return trace_cache.cache_key(
-            "generate-timeline", config, replace(shape, batch=0), options, round_fn.__name__
-        )
-
+    trace_at, timeline_key = _generate_work(config, shape, options, round_fn)
     return reused_or_traced(
         trace_cache.cache_key("generate", config, shape, options, round_fn.__name__),
         timeline_key,

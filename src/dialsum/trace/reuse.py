@@ -123,6 +123,19 @@ class Repeat:
         return out
 
 
+def _starts(stacks: Stacks | None) -> list[int]:
+    """Layers per stack at which ``_deep`` tries a repeat (a first period may differ from
+    the rest: then one period deeper); none for a model traced whole."""
+    if stacks is None or stacks.layers < MIN_LAYERS or stacks.layers % stacks.period:
+        return []
+    step, out = stacks.period, []
+    for start in (stacks.first + step, stacks.first + 2 * step):
+        if start + 2 * step >= stacks.layers or (stacks.layers - start) % step:
+            break  # as deep as the model itself (nothing saved), or not whole periods
+        out.append(start)
+    return out
+
+
 def _deep(
     trace_at: TraceAt,
     stacks: Stacks | None,
@@ -131,6 +144,7 @@ def _deep(
     round_fn: RoundFn,
     finish_costs: FinishCosts = _same,
     known: Repeat | None = None,
+    name: str | None = None,
 ) -> tuple[Traced, Repeat] | None:
     """The full-depth profile and timeline at ``batch`` from shallow traces, and where the
     layers repeat; None when the model is shallow or not exactly periodic (the caller
@@ -146,23 +160,39 @@ def _deep(
     ``known``: the repeat verified at another batch size. The ops, so the events and where
     a layer's go, do not depend on the rows (only sizes do), so two traces suffice: the
     second must be the first with the known layout's segments inserted, event for event.
+
+    ``name`` (the timeline key) names the traces, so that one sent ahead (``speculate``)
+    is taken from the helper instead of traced again.
     """
-    if stacks is None or stacks.layers < MIN_LAYERS or stacks.layers % stacks.period:
+    starts = _starts(stacks)
+    if not starts:
         return None
+    assert stacks is not None
     step = stacks.period
     traces: dict[int, Traced] = {}
     pending: dict[int, Future] = {}
 
-    def ahead(layers: int) -> None:
-        """Start the trace at ``layers`` in the helper process (``trace.parallel``)."""
-        if layers not in traces and layers not in pending:
-            future = parallel.submit(trace_at, batch, True, stacks.layers - layers)
-            if future is not None:
+    def sent_ahead(layers: int) -> Future | None:
+        if name is None:
+            return None
+        return parallel.claim(_trace_name(name, batch, stacks.layers - layers))
+
+    def ahead(*depths: int) -> None:
+        """Take this round's traces the helper process has (``speculate``); if it has none,
+        start the deepest there (``trace.parallel``) while this process traces the rest."""
+        todo = [layers for layers in depths if layers not in traces and layers not in pending]
+        for layers in todo:
+            if (future := sent_ahead(layers)) is not None:
                 pending[layers] = future
+        deepest = depths[-1]
+        if todo and not any(layers in pending for layers in todo) and deepest in todo:
+            future = parallel.submit(trace_at, batch, True, stacks.layers - deepest)
+            if future is not None:
+                pending[deepest] = future
 
     def at(layers: int) -> Traced:
         if layers not in traces:
-            future = pending.pop(layers, None)
+            future = pending.pop(layers, None) or sent_ahead(layers)
             try:
                 traces[layers] = future.result() if future is not None else None
             except Exception:  # noqa: BLE001 - a failed helper only costs time
@@ -187,17 +217,15 @@ def _deep(
         )
 
     if known is not None:
-        ahead(known.start + step)  # the deeper one there, the shallower one here
+        ahead(known.start, known.start + step)
         (_, e_first), (_, e_second) = at(known.start), at(known.start + step)
         inserted = known.segments(e_second)
         if depth.pumped(e_first, inserted, 1) == e_second:
             found = repeated(known.start, inserted)
             if found is not None:
                 return found
-    for start in (stacks.first + step, stacks.first + 2 * step):
-        if start + 2 * step >= stacks.layers or (stacks.layers - start) % step:
-            break  # as deep as the model itself (nothing saved), or not whole periods
-        ahead(start + 2 * step)  # the deepest there, the two shallower ones here
+    for start in starts:
+        ahead(start, start + step, start + 2 * step)
         (first, e_first), (second, e_second), (third, e_third) = (
             at(start + i * step) for i in range(3)
         )
@@ -244,20 +272,32 @@ def _traced(
     finish_costs: FinishCosts = _same,
     known: Repeat | None = None,
     shallow: bool = True,
+    name: str | None = None,
 ) -> tuple[Traced, Repeat | None]:
     """The profile (and with ``record`` the timeline) at ``batch``: repeated from shallow
     traces where the model allows it (``_deep``; not tried when ``shallow`` is False),
     else one trace of the whole model; and the repeat found, for the next batch size
     (``known``)."""
     deep = (
-        _deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs, known)
+        _deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs, known, name)
         if shallow
         else None
     )
     if deep is not None:
         (profile, events), repeat = deep
         return (profile, events if record else None), repeat
-    return trace_at(batch, record, 0), None
+    future = parallel.claim(_trace_name(name, batch, 0)) if name is not None else None
+    return _result_or(future, lambda: trace_at(batch, record, 0)), None
+
+
+def _result_or(future: Future | None, here: Callable[[], Traced]) -> Traced:
+    """The helper's result, else (none, or the helper failed: only time is lost) ``here()``."""
+    if future is not None:
+        try:
+            return future.result()
+        except Exception:  # noqa: BLE001
+            pass
+    return here()
 
 
 def _replayed(
@@ -277,15 +317,25 @@ def _replayed(
     if key not in _TIMELINES:
         stored = _stored_timelines(cache_dir, key)
         if stored is None:
+            # A model too shallow to repeat is traced whole at both batches: independent
+            # traces, so HI starts in the helper process while this one traces LO.
+            whole_hi = None
+            if not _starts(stacks):
+                whole_hi = parallel.claim(_trace_name(key, REPLAY_HI, 0)) or parallel.submit(
+                    trace_at, REPLAY_HI, True, 0
+                )
             (lo, e_lo), repeat = _traced(
-                trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs
+                trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs, name=key
             )
             # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
             # optimizer work the alignment does not cut per layer): not at HI either.
-            (hi, e_hi), _ = _traced(
-                trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
-                known=repeat, shallow=repeat is not None,
-            )  # fmt: skip
+            if whole_hi is not None:
+                hi, e_hi = _result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
+            else:
+                (hi, e_hi), _ = _traced(
+                    trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
+                    known=repeat, shallow=repeat is not None, name=key,
+                )  # fmt: skip
             stored = (lo, hi, e_lo, e_hi)
             _store_timelines(cache_dir, key, stored)
         _TIMELINES[key] = stored
@@ -368,3 +418,30 @@ def reused_or_traced(
         )
 
     return _cached(key, cache_dir, use_cache, round_fn, compute)
+
+
+def _trace_name(key: str, batch: int, removed: int) -> tuple[str, int, int]:
+    return (key, batch, removed)
+
+
+def speculate(
+    key: str, trace_at: TraceAt, stacks: Stacks | None, cache_dir: str | Path | None = None
+) -> None:
+    """Send the first traces ``_replayed`` will make for ``key`` to the helper process's
+    idle time (``trace.parallel.speculate``), unless its recordings exist: at REPLAY_LO
+    the three depths of the first repeat ``_deep`` tries, at REPLAY_HI the two it then
+    needs (the whole model at both when it is not traced shallow). Traces are taken by
+    name when the plan asks (``_deep``), so a right guess is not traced twice and a wrong
+    one only used the other core."""
+    if key in _TIMELINES or _timeline_path(_cache_path(cache_dir), key).is_file():
+        return
+    starts = _starts(stacks)
+    if stacks is None or not starts:
+        depths = [(REPLAY_LO, 0), (REPLAY_HI, 0)]
+    else:
+        start, step, layers = starts[0], stacks.period, stacks.layers
+        depths = [(REPLAY_LO, layers - start - i * step) for i in range(3)]
+        depths += [(REPLAY_HI, layers - start - i * step) for i in range(2)]
+    for batch, removed in depths:
+        if not parallel.speculate(_trace_name(key, batch, removed), trace_at, batch, True, removed):
+            return

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,7 +63,14 @@ from dialsum.trace.model_run import (
 )
 from dialsum.trace.optimizers import AdamW8bitModel, state_tensors
 from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.trace.reuse import Traced, default_round_fn, reused_or_traced, set_costs
+from dialsum.trace.reuse import (
+    TraceAt,
+    Traced,
+    default_round_fn,
+    reused_or_traced,
+    set_costs,
+    speculate,
+)
 from dialsum.trace.timeline import replay
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 
@@ -373,6 +380,29 @@ def _train_profile(
     )
 
 
+def _train_work(
+    config: PretrainedConfig, shape: TrainShape, options: TrainOptions, round_fn: RoundFn
+) -> tuple[TraceAt, Callable[[], str]]:
+    """``trace_at`` and the timeline key of ``simulate_train``'s question. ``trace_at`` is a
+    module-level function with its arguments bound: picklable, so a trace can run in the
+    helper process (``trace.parallel``)."""
+    trace_at = functools.partial(_train_at, config, shape, options, round_fn)
+
+    def timeline_key() -> str:
+        return trace_cache.cache_key(
+            "timeline", config, shape.source_len, shape.target_len, options, round_fn.__name__
+        )
+
+    return trace_at, timeline_key
+
+
+def speculate_train(config: PretrainedConfig, shape: TrainShape, options: TrainOptions) -> None:
+    """Start ``simulate_train(config, shape, options)``'s first traces in the helper
+    process's idle time (``reuse.speculate``): a plan that asks later finds them done."""
+    trace_at, timeline_key = _train_work(config, shape, options, default_round_fn(options.device))
+    speculate(timeline_key(), trace_at, stacks_of(config))
+
+
 def simulate_train(
     config: PretrainedConfig,
     shape: TrainShape,
@@ -405,16 +435,7 @@ def simulate_train(
     """
 
     round_fn = round_fn or default_round_fn(options.device)
-
-    # A module-level function with its arguments bound: picklable, so a shallow trace can
-    # run in the helper process (``trace.parallel``).
-    trace_at = functools.partial(_train_at, config, shape, options, round_fn)
-
-    def timeline_key() -> str:
-        return trace_cache.cache_key(
-            "timeline", config, shape.source_len, shape.target_len, options, round_fn.__name__
-        )
-
+    trace_at, timeline_key = _train_work(config, shape, options, round_fn)
     return reused_or_traced(
         trace_cache.cache_key("train", config, shape, options, round_fn.__name__),
         timeline_key,
