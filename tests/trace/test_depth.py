@@ -4,7 +4,7 @@ full-depth trace for every family (T5, BART, Llama, Gemma-2 with its period of 2
 from __future__ import annotations
 
 import pytest
-from transformers import BartConfig, Gemma2Config, LlamaConfig, T5Config
+from transformers import BartConfig, Gemma2Config, LlamaConfig, MT5Config, T5Config
 
 from dialsum.trace import depth, reuse
 from dialsum.trace.generation_trace import simulate_generate
@@ -59,6 +59,21 @@ T5 = T5Config(
     num_layers=6,  # T5's block 0 differs (position bias): repeats start at 2 layers
     num_decoder_layers=5,
     num_heads=4,
+    tie_word_embeddings=False,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+)
+# mT5's shape (gated-GELU FFN, untied head) with Adafactor: per-parameter updates whose
+# ops and sizes repeat across parameters, so only parameter names cut them per layer.
+MT5 = MT5Config(
+    vocab_size=300,
+    d_model=32,
+    d_ff=48,
+    d_kv=8,
+    num_layers=6,
+    num_decoder_layers=6,
+    num_heads=4,
+    feed_forward_proj="gated-gelu",
     tie_word_embeddings=False,
     decoder_start_token_id=0,
     pad_token_id=0,
@@ -120,10 +135,18 @@ def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         (T5, TrainOptions(), (1, 5)),
         (T5, TrainOptions(precision="bf16", gradient_checkpointing=True), (5,)),
         (BART, TrainOptions(precision="fp16", optimizer="adafactor", micro_batches=2), (5,)),
+        (MT5, TrainOptions(precision="bf16", optimizer="adafactor"), (5,)),
         (LLAMA, TrainOptions(lora=True, gradient_checkpointing=True, precision="bf16"), (5,)),
         (GEMMA2, TrainOptions(precision="bf16"), (5,)),
     ],
-    ids=["t5", "t5-bf16-ckpt", "bart-fp16-adafactor-micro2", "llama-lora-ckpt", "gemma2-bf16"],
+    ids=[
+        "t5",
+        "t5-bf16-ckpt",
+        "bart-fp16-adafactor-micro2",
+        "mt5-bf16-adafactor",
+        "llama-lora-ckpt",
+        "gemma2-bf16",
+    ],
 )
 def test_train_profile_repeated_from_shallow_traces_equals_the_full_trace(
     config, options, batches, shallow

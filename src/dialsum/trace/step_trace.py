@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,6 +190,7 @@ def _train_step(
         )
 
     tracker.set_phase("optimizer")
+    tracker.name_parameters(_parameter_names(rig.model))
     with_grads = [p for p in trainable_params(rig.model) if p.grad is not None]
     same_as_zeros = _zeros_like_grads(with_grads)
     grads = [p.grad for p in with_grads]
@@ -198,9 +200,27 @@ def _train_step(
         torch._foreach_mul_(grads, 1.0 / GRAD_SCALER_INIT_SCALE)
     del grads
     rig.optimizer.step()
+    tracker.name_parameters(None)
     tracker.track_all(state_tensors(rig.optimizer), "optimizer_state")
     rig.optimizer.zero_grad(set_to_none=True)
     return with_grads, same_as_zeros
+
+
+_LAYER_INDEX = re.compile(r"\.\d+\.")
+
+
+def _parameter_names(model: nn.Module) -> dict[int, str]:
+    """``id(storage)`` of every trainable parameter and its gradient -> its name with the
+    layer index taken out (``encoder.block.*.layer.0.SelfAttention.q.weight``: the first
+    number in a name is the stack's layer), for ``LiveStorageTracker.name_parameters``."""
+    names: dict[int, str] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            local = _LAYER_INDEX.sub(".*.", name, count=1)
+            names[id(param.untyped_storage())] = local
+            if param.grad is not None:
+                names[id(param.grad.untyped_storage())] = local
+    return names
 
 
 def _traced_step(

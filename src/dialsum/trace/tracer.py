@@ -58,8 +58,11 @@ class LiveStorageTracker(TorchDispatchMode):
         # ``timeline`` and ``depth``). Every event carries the sizes it needs, never a
         # reference to an earlier one: ``("a", raw, category)`` allocates,
         # ``("f", raw, category)`` frees, ``("r", raw, old, new)`` retags, ``("p", phase)``,
-        # ``("reset",)`` and ``("step",)`` mark the step.
+        # ``("reset",)`` and ``("step",)`` mark the step, ``("param", name)`` where work
+        # on another parameter starts (``name_parameters``).
         self.events: list[tuple] | None = [] if record else None
+        self._param_names: dict[int, str] | None = None
+        self._last_param: str | None = None
         self._by_category: dict[str, int] = {}
         self.current_bytes = 0
         self.phase = "setup"
@@ -128,6 +131,29 @@ class LiveStorageTracker(TorchDispatchMode):
         if self.events is not None:
             self.events.append(("p", phase))
 
+    def name_parameters(self, names: dict[int, str] | None) -> None:
+        """From now on (until None), record ``("param", name)`` when an op first touches a
+        storage of ``names`` (``id(storage)`` -> name) other than the last one touched.
+
+        An optimizer updates its parameters one by one, and the same layer's parameters
+        do the same ops on the same sizes: without names, where one layer's updates end
+        and the next one's start is ambiguous to ``depth``'s alignment (Adafactor on mT5);
+        with the layer index taken out of the name, every layer still records the same
+        events, and the names cut them per parameter."""
+        self._param_names = names
+        self._last_param = None
+
+    def _mark_parameter(self, args: tuple) -> None:
+        names = self._param_names
+        for leaf in tree_leaves(args):
+            if isinstance(leaf, torch.Tensor):
+                name = names.get(id(leaf.untyped_storage()))  # type: ignore[union-attr]
+                if name is not None:
+                    if name != self._last_param:
+                        self._last_param = name
+                        self.events.append(("param", name))  # type: ignore[union-attr]
+                    return
+
     def reset_peaks(self) -> None:
         """Forget peaks so far (e.g. after a warm-up step); live storages stay counted."""
         if self.events is not None:
@@ -139,6 +165,8 @@ class LiveStorageTracker(TorchDispatchMode):
     # -- dispatch ----------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self._param_names is not None and self.events is not None:
+            self._mark_parameter(args)
         out = func(*args, **(kwargs or {}))
         # QLoRA: a 4-bit weight dequantized for a matmul is its own category.
         category = _DEQUANTIZED if getattr(func, "namespace", "") == "bitsandbytes" else None
