@@ -39,18 +39,30 @@ def test_shallow_traces_in_the_helper_give_the_same_profile(monkeypatch) -> None
 
     monkeypatch.setattr(parallel, "submit", counting)
     monkeypatch.setenv(parallel.WORKERS_ENV, "1")
-    with_helper = plan()
+    parallel.start()
+    try:
+        with_helper = plan()
+    finally:
+        parallel.stop()
     assert sent and all(sent)  # the deepest shallow trace of each batch size went there
-    monkeypatch.setenv(parallel.WORKERS_ENV, "0")
     sent.clear()
-    assert plan() == with_helper
+    assert plan() == with_helper  # no helper started: all traced here
     assert sent and not any(sent)
 
 
 def test_nothing_is_sent_that_cannot_be_pickled_or_from_a_worker(monkeypatch) -> None:
     assert parallel.submit(lambda: 1) is None  # a closure: traced here
     monkeypatch.setenv("DIALSUM_IN_TRACE_WORKER", "1")
+    parallel.start()  # not in a worker
+    assert parallel._pool is None and parallel.submit(max, 1, 2) is None
+
+
+def test_no_helper_unless_a_command_starts_one(monkeypatch) -> None:
+    monkeypatch.setenv(parallel.WORKERS_ENV, "1")
+    parallel.stop()
     assert parallel.submit(max, 1, 2) is None
+    assert not parallel.speculate("x", max, 1, 2)
+    assert parallel._pool is None
 
 
 needs_two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: no helper")
@@ -61,6 +73,8 @@ def helper(monkeypatch):
     """A helper process of this test's own, ended after it."""
     monkeypatch.setenv(parallel.WORKERS_ENV, "1")
     parallel.stop()
+    parallel.start()
+    _wait_idle()  # its start-up done: what the test sends next starts at once
     yield
     parallel.stop()
 

@@ -13,10 +13,13 @@ Two kinds of work go to it:
   the other core.
 
 The helper is one spawned process (never forked: a fork after torch started its threads
-can hang), kept for the life of this process; ``start`` makes it early, so that its
-start-up (importing torch and transformers, a few seconds) runs on the other core while
-this process reads its config and data. ``stop`` ends it without waiting for a guess in
-flight.
+can hang). It exists only between ``start`` and ``stop``, which ``dialsum plan`` calls
+around a plan: started first, its start-up (importing torch and transformers, seconds) runs
+on the other core while this process reads its config and data; ended with the plan,
+without waiting for a guess in flight. Anywhere else (``train`` and ``predict`` planning
+before a run, the guide's worker processes, tests of other modules) everything is traced
+in the calling process: a helper's start-up would cost more than tiny models' traces, and
+a run must not have one beside it.
 
 Results are the same as tracing here: a trace depends only on its arguments (the fake
 cache's hits are sized as computed, ``fake_model.SizedCacheFakeTensorMode``). Nothing is
@@ -54,21 +57,17 @@ def mark_worker() -> None:
     os.environ[_IN_WORKER_ENV] = "1"
 
 
-def _helper() -> ProcessPoolExecutor | None:
-    global _pool
-    if (
+def _allowed() -> bool:
+    return not (
         os.environ.get(_IN_WORKER_ENV)
         or os.environ.get(WORKERS_ENV) == "0"
         or (os.cpu_count() or 1) < 2
-    ):
-        return None
-    if _pool is None:
-        import multiprocessing
+    )
 
-        context = multiprocessing.get_context("spawn")
-        _pool = ProcessPoolExecutor(1, mp_context=context, initializer=mark_worker)
-        atexit.register(_pool.shutdown, wait=False, cancel_futures=True)
-    return _pool
+
+def _helper() -> ProcessPoolExecutor | None:
+    """The helper, if ``start`` made one and it may be used here."""
+    return _pool if _pool is not None and _allowed() else None
 
 
 def _picklable(fn: Callable, args: tuple) -> bool:
@@ -88,11 +87,17 @@ def _warm() -> None:
 
 
 def start() -> None:
-    """Make the helper now (if it will be used), so its start-up overlaps this process's."""
-    pool = _helper()
-    if pool is not None:
-        with contextlib.suppress(RuntimeError):  # a broken pool: traces run here
-            _track(pool.submit(_warm))
+    """Make the helper (where allowed), its start-up overlapping this process's work."""
+    global _pool
+    if _pool is not None or not _allowed():
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    _pool = ProcessPoolExecutor(1, mp_context=context, initializer=mark_worker)
+    atexit.register(_pool.shutdown, wait=False, cancel_futures=True)
+    with contextlib.suppress(RuntimeError):  # a broken pool: traces run here
+        _track(_pool.submit(_warm))
 
 
 def stop() -> None:

@@ -255,20 +255,15 @@ def _planned_settings(
     cap = memory_cap_bytes(cfg)
     gpu = cpu_device(cap) if cap is not None else None
     predict = purpose == "predict"
-    try:
-        plan = plan_for_section(
-            cfg,
-            model_config,
-            report=report,
-            world=world,
-            gpu=gpu,
-            generation_only=predict,
-            eval_report=eval_report if evaluates(cfg) else None,
-        )
-    finally:
-        from dialsum.trace import parallel
-
-        parallel.stop()  # the helper process that traced beside the plan; not beside the run
+    plan = plan_for_section(
+        cfg,
+        model_config,
+        report=report,
+        world=world,
+        gpu=gpu,
+        generation_only=predict,
+        eval_report=eval_report if evaluates(cfg) else None,
+    )
     if predict and not plan.fits:
         raise UserError(generation_not_fitting_message(plan, cfg))
     if not plan.fits:
