@@ -254,7 +254,7 @@ def speculate_generate(
     trace_at, timeline_key = _generate_work(
         config, shape, options, default_round_fn(options.device)
     )
-    speculate(timeline_key(), trace_at, stacks_of(config, backward=False))
+    speculate(timeline_key, trace_at, stacks_of(config, backward=False))
 
 
 def simulate_generate(

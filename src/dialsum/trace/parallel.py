@@ -70,6 +70,11 @@ def _helper() -> ProcessPoolExecutor | None:
     return _pool if _pool is not None and _allowed() else None
 
 
+def active() -> bool:
+    """Whether work can go to a helper now (cheap: checked before naming any work)."""
+    return _helper() is not None
+
+
 def _picklable(fn: Callable, args: tuple) -> bool:
     try:
         pickle.dumps((fn, args))
@@ -119,7 +124,7 @@ def stop() -> None:
 def speculate(name: Hashable, fn: Callable, *args) -> bool:
     """Queue ``fn(*args)`` for the helper's idle time under ``name`` (``claim`` takes it);
     False when there is no helper or the work cannot be pickled."""
-    if not _picklable(fn, args) or _helper() is None:
+    if _helper() is None or not _picklable(fn, args):
         return False
     with _lock:
         if name not in _sent and all(job[0] != name for job in _queued):
@@ -170,11 +175,11 @@ def claim(name: Hashable) -> Future | None:
 def submit(fn: Callable, *args) -> Future | None:
     """``fn(*args)`` started in the helper process, or None (then call it here): also when
     the helper already has more than one job (this one would wait too long)."""
-    if not _picklable(fn, args):
-        return None
     pool = _helper()
+    if pool is None or not _picklable(fn, args):
+        return None
     with _lock:
-        if pool is None or len(_running) > 1:
+        if len(_running) > 1:
             return None
         try:
             return _track(pool.submit(fn, *args))

@@ -425,14 +425,20 @@ def _trace_name(key: str, batch: int, removed: int) -> tuple[str, int, int]:
 
 
 def speculate(
-    key: str, trace_at: TraceAt, stacks: Stacks | None, cache_dir: str | Path | None = None
+    timeline_key: Callable[[], str],
+    trace_at: TraceAt,
+    stacks: Stacks | None,
+    cache_dir: str | Path | None = None,
 ) -> None:
-    """Send the first traces ``_replayed`` will make for ``key`` to the helper process's
-    idle time (``trace.parallel.speculate``), unless its recordings exist: at REPLAY_LO
-    the three depths of the first repeat ``_deep`` tries, at REPLAY_HI the two it then
-    needs (the whole model at both when it is not traced shallow). Traces are taken by
-    name when the plan asks (``_deep``), so a right guess is not traced twice and a wrong
-    one only used the other core."""
+    """Send the first traces ``_replayed`` will make for ``timeline_key()`` to the helper
+    process's idle time (``trace.parallel.speculate``), unless there is no helper or the
+    recordings exist: at REPLAY_LO the three depths of the first repeat ``_deep`` tries,
+    at REPLAY_HI the two it then needs (the whole model at both when it is not traced
+    shallow). Traces are taken by name when the plan asks (``_deep``), so a right guess is
+    not traced twice and a wrong one only used the other core."""
+    if not parallel.active():
+        return
+    key = timeline_key()
     if key in _TIMELINES or _timeline_path(_cache_path(cache_dir), key).is_file():
         return
     starts = _starts(stacks)

@@ -420,7 +420,7 @@ def speculate_train(config: PretrainedConfig, shape: TrainShape, options: TrainO
     """Start ``simulate_train(config, shape, options)``'s first traces in the helper
     process's idle time (``reuse.speculate``): a plan that asks later finds them done."""
     trace_at, timeline_key = _train_work(config, shape, options, default_round_fn(options.device))
-    speculate(timeline_key(), trace_at, stacks_of(config))
+    speculate(timeline_key, trace_at, stacks_of(config))
 
 
 def simulate_train(
