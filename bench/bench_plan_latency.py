@@ -256,13 +256,14 @@ def main() -> None:
         bench_guide(args, pycache, report)
     print(f"\nload average at the end {os.getloadavg()}")
     if args.out:
-        for group in report.values():
-            if isinstance(group, dict):
-                for runs in group.values():
-                    for run in runs.values() if isinstance(runs, dict) else []:
-                        if isinstance(run, dict):
-                            run.pop("stdout", None)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        args.out.write_text(json.dumps(_without_stdout(report), indent=2) + "\n")
+
+
+def _without_stdout(value):
+    """``value`` with every run's printed output left out (temp paths, long text)."""
+    if isinstance(value, dict):
+        return {k: _without_stdout(v) for k, v in value.items() if k != "stdout"}
+    return value
 
 
 if __name__ == "__main__":
