@@ -4,6 +4,10 @@ One JSON file per result under ``~/.cache/dialsum/traces`` (``DIALSUM_CACHE_DIR`
 explicit argument overrides it), named by the sha256 of everything the result depends on:
 the config JSON, the shape, the options, the torch and transformers versions and
 ``SIMULATOR_VERSION`` (bump it whenever the simulator's accounting changes).
+
+Next to them, ``timelines/`` keeps the recordings other batch sizes are replayed from
+(``trace.reuse``), so a plan for another GPU or the guide's main pass replays instead of
+tracing again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
@@ -71,6 +76,40 @@ def store(cache_dir: Path, key: str, profile: MemoryProfile) -> None:
         tmp.replace(cache_dir / f"{key}.json")
     except OSError:
         # A read-only or full cache dir must never break a prediction.
+        return
+
+
+def timeline_path(cache_dir: Path, key: str) -> Path:
+    """Where the two recordings a key's other batch sizes are replayed from are kept
+    (``trace.reuse``), one pickle per key."""
+    return cache_dir / "timelines" / f"{key}.pkl"
+
+
+def load_timelines(cache_dir: Path | None, key: str) -> tuple | None:
+    """Recordings another process made for ``key`` (the guide's workers, a plan for
+    another GPU: the GPU changes the budget, not the trace); None when absent."""
+    if cache_dir is None:
+        return None
+    try:
+        with open(timeline_path(cache_dir, key), "rb") as fh:
+            stored = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
+        return None
+    return stored if isinstance(stored, tuple) and len(stored) == 4 else None
+
+
+def store_timelines(cache_dir: Path | None, key: str, recorded: tuple) -> None:
+    """Atomically (temp file + rename); a read-only or full cache folder is no error."""
+    if cache_dir is None:
+        return
+    target = timeline_path(cache_dir, key)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False) as fh:
+            pickle.dump(recorded, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            tmp = Path(fh.name)
+        tmp.replace(target)
+    except OSError:
         return
 
 

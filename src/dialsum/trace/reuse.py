@@ -17,8 +17,6 @@ recording reuses where the first found a layer's events.
 
 from __future__ import annotations
 
-import pickle
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -68,38 +66,6 @@ training step (bf16, batch 2, 512/64): one micro-batch 2.3 / 2.8 / 3.3 s at 2 / 
 layers against 7.2-8.2 s for all 12 (about even), two micro-batches 2.5 / 3.5 / 4.4 s
 against 16-18 s, generation 0.6 / 0.8 / 1.0 s at 1 / 2 / 3 layers against 2.1-3.6 s; at
 48 layers (SOLAR) the three traces are several times cheaper than one full trace."""
-
-
-def _timeline_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / "timelines" / f"{key}.pkl"
-
-
-def _stored_timelines(cache_dir: Path | None, key: str) -> tuple | None:
-    """Recordings another process made for ``key`` (the guide's workers, a plan for
-    another GPU: the GPU changes the budget, not the trace); None when absent."""
-    if cache_dir is None:
-        return None
-    try:
-        with open(_timeline_path(cache_dir, key), "rb") as fh:
-            stored = pickle.load(fh)
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
-        return None
-    return stored if isinstance(stored, tuple) and len(stored) == 4 else None
-
-
-def _store_timelines(cache_dir: Path | None, key: str, recorded: tuple) -> None:
-    """Atomically (temp file + rename); a read-only or full cache folder is no error."""
-    if cache_dir is None:
-        return
-    target = _timeline_path(cache_dir, key)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("wb", dir=target.parent, delete=False) as fh:
-            pickle.dump(recorded, fh, protocol=pickle.HIGHEST_PROTOCOL)
-            tmp = Path(fh.name)
-        tmp.replace(target)
-    except OSError:
-        return
 
 
 @dataclass(frozen=True)
@@ -315,7 +281,7 @@ def _replayed(
     ``trace_at(batch, record, removed)`` traces, ``profile_of(base, steps)`` builds the
     profile."""
     if key not in _TIMELINES:
-        stored = _stored_timelines(cache_dir, key)
+        stored = trace_cache.load_timelines(cache_dir, key)
         if stored is None:
             # A model too shallow to repeat is traced whole at both batches: independent
             # traces, so HI starts in the helper process while this one traces LO.
@@ -337,7 +303,7 @@ def _replayed(
                     known=repeat, shallow=repeat is not None, name=key,
                 )  # fmt: skip
             stored = (lo, hi, e_lo, e_hi)
-            _store_timelines(cache_dir, key, stored)
+            trace_cache.store_timelines(cache_dir, key, stored)
         _TIMELINES[key] = stored
         if batch in (REPLAY_LO, REPLAY_HI):
             lo, hi = stored[0], stored[1]
@@ -439,7 +405,7 @@ def speculate(
     if not parallel.active():
         return
     key = timeline_key()
-    if key in _TIMELINES or _timeline_path(_cache_path(cache_dir), key).is_file():
+    if key in _TIMELINES or trace_cache.timeline_path(_cache_path(cache_dir), key).is_file():
         return
     starts = _starts(stacks)
     if stacks is None or not starts:

@@ -31,38 +31,32 @@ import copy
 import functools
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
 from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal
 from dialsum.models.stacks import stacks_of, without_layers
-from dialsum.step.train_step import build_optimizer, step_forward_backward
+from dialsum.step.train_step import step_forward_backward
 from dialsum.trace import cache as trace_cache
-from dialsum.trace.cuda_emulation import CudaEmulationMode, checkpoint_context_fn
+from dialsum.trace.cuda_emulation import CudaEmulationMode
 from dialsum.trace.fake_model import (
-    fake_model_from_config,
     fresh_fake_mode,
     trainable_params,
-    unique_params,
 )
 from dialsum.trace.flops import CostMeter
 from dialsum.trace.grad_accumulation import InPlaceAccumulation
 from dialsum.trace.model_run import (
-    amp_dtype,
     emulation_on,
     full_breakdown,
     labelled_batch,
     prepared_model,
-    quantization_of,
     track_model,
-    weights_dtype,
 )
-from dialsum.trace.optimizers import AdamW8bitModel, state_tensors
+from dialsum.trace.optimizers import state_tensors
 from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
 from dialsum.trace.reuse import (
     TraceAt,
@@ -74,6 +68,7 @@ from dialsum.trace.reuse import (
 )
 from dialsum.trace.timeline import replay
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
+from dialsum.trace.train_rig import TrainRig, build_train_rig
 
 TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
 
@@ -81,72 +76,8 @@ TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "t
 GRAD_SCALER_INIT_SCALE = 2.0**16
 
 
-@dataclass
-class _TrainRig:
-    """Everything one simulated training run needs, built on fake tensors."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    params: int
-    trainable: int
-
-
-def _build_train_rig(
-    config: PretrainedConfig, options: TrainOptions, mode: FakeTensorMode
-) -> _TrainRig:
-    lora_rank = options.lora_rank if options.lora else None
-    model = fake_model_from_config(
-        config, mode, weights_dtype(options.precision), lora_rank, quantization_of(options)
-    )
-    if options.gradient_checkpointing:
-        amp = amp_dtype(options.precision) if options.device == "cuda" else None
-        context_fn = checkpoint_context_fn(amp) if options.device == "cuda" else None
-        checkpoint_kwargs = {"use_reentrant": False}
-        if context_fn is not None:
-            checkpoint_kwargs["context_fn"] = context_fn
-        # transformers renames this to activation_checkpointing_enable (old name deprecated).
-        if hasattr(model, "activation_checkpointing_enable"):
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpoint_kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs)
-        if options.lora:
-            # What HF/peft do so checkpointed blocks of a frozen base still get gradients.
-            with mode:
-                model.enable_input_require_grads()
-    model.train()
-    trainable = trainable_params(model)
-    with mode:
-        if options.optimizer in ("adamw8bit", "paged_adamw8bit"):
-            # Paged: the same states in CUDA unified memory; counted on the GPU, where they
-            # live until the driver pages them out under pressure (an upper bound).
-            # bitsandbytes runs on CUDA only: its state is modelled (see ``trace.optimizers``).
-            optimizer = AdamW8bitModel(trainable)
-        else:
-            # The trainer's own optimizer construction (parameter groups, fused AdamW).
-            optimizer = build_optimizer(model, options.optimizer, lr=1e-4, weight_decay=0.01)
-    total = sum(p.numel() for p in unique_params(model))
-    trainable_count = sum(p.numel() for p in trainable)
-    # ``params`` is the base model; with LoRA the adapters are the trainable part on top.
-    # A 4-bit weight's parameter holds packed bytes: count its values from the layer.
-    total += _unpacked_4bit_values(model)
-    base = total - trainable_count if options.lora else total
-    return _TrainRig(model, optimizer, base, trainable_count)
-
-
-def _unpacked_4bit_values(model: nn.Module) -> int:
-    """Values of the 4-bit weights beyond their packed parameters (``numel`` of a packed
-    weight is half its ``out x in`` values), so ``params`` counts the model's parameters."""
-    from dialsum.trace.quantized import is_4bit_linear
-
-    extra = 0
-    for module in model.modules():
-        if is_4bit_linear(module):
-            extra += module.out_features * module.in_features - module.weight.numel()
-    return extra
-
-
 def _train_step(
-    rig: _TrainRig,
+    rig: TrainRig,
     batch: dict | None,
     tracker: LiveStorageTracker,
     emulation: CudaEmulationMode,
@@ -225,7 +156,7 @@ def _parameter_names(model: nn.Module) -> dict[int, str]:
 
 def _traced_step(
     config: PretrainedConfig,
-    rig: _TrainRig,
+    rig: TrainRig,
     tracker: LiveStorageTracker,
     emulation: CudaEmulationMode,
     options: TrainOptions,
@@ -285,7 +216,7 @@ def _trace_train(
     integer division is exact to do)."""
     config = copy.deepcopy(config)  # building unties heads on the config; keep the caller's
     mode = fresh_fake_mode()
-    rig = _build_train_rig(config, options, mode)
+    rig = build_train_rig(config, options, mode)
     tracker = LiveStorageTracker(round_fn, record=True)  # step 2 is built from the events
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
