@@ -13,6 +13,7 @@ import pytest
 
 import dialsum.step.train_step as step
 import dialsum.trace.step_trace as simulate
+import dialsum.trace.train_rig as simulated_rig
 import dialsum.training.guarded_trainer as guarded_trainer
 from dialsum.checks.cpu_loop import Setup, compare, measure, predict
 from dialsum.core.config_load import load_section
@@ -47,7 +48,7 @@ def test_trainer_and_simulator_run_the_same_step_function(monkeypatch) -> None:
     assert guarded_trainer.step_forward_backward is step.step_forward_backward
     assert simulate.step_forward_backward is step.step_forward_backward
     assert guarded_trainer.build_optimizer is step.build_optimizer
-    assert simulate.build_optimizer is step.build_optimizer
+    assert simulated_rig.build_optimizer is step.build_optimizer  # the simulator's optimizer
     calls: list[int] = []
     real = step.step_forward_backward
 
