@@ -114,18 +114,22 @@ GEMMA2 = Gemma2Config(
 @pytest.fixture
 def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Stacks of 4+ layers are repeated from shallow traces (8+ in production: these
-    models are small); records how often ``_deep`` answered, to prove it was used."""
+    models are small); records how often ``_deep`` (one batch size) and ``_deep_pair``
+    (the two recorded for replay) answered, to prove they were used."""
     monkeypatch.setattr(reuse, "MIN_LAYERS", 4)
     monkeypatch.setattr(reuse, "_TIMELINES", {})
     answered: list[int] = []
-    original = reuse._deep
 
-    def spy(*args, **kwargs):
-        out = original(*args, **kwargs)
-        answered.append(out is not None)
-        return out
+    def spy(original):
+        def spied(*args, **kwargs):
+            out = original(*args, **kwargs)
+            answered.append(out is not None)
+            return out
 
-    monkeypatch.setattr(reuse, "_deep", spy)
+        return spied
+
+    monkeypatch.setattr(reuse, "_deep", spy(reuse._deep))
+    monkeypatch.setattr(reuse, "_deep_pair", spy(reuse._deep_pair))
     return answered
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from test_step_trace import small_t5, tiny_t5
+from transformers import LlamaConfig
 
 from dialsum.trace import flops as flops_mod
+from dialsum.trace.allocator import round_allocation_bytes
+from dialsum.trace.causal_generation import trace_causal_generate
 from dialsum.trace.flops import (
+    COSTS,
     DECODE_TOKEN_PHASES,
     CostMeter,
     decode_total,
@@ -17,9 +21,11 @@ from dialsum.trace.flops import (
     runs_kernel,
     short_cache_len,
 )
-from dialsum.trace.generation_trace import simulate_generate
+from dialsum.trace.generation_parts import GENERATE_COST_PHASES
+from dialsum.trace.generation_trace import _trace_generate, simulate_generate
 from dialsum.trace.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
-from dialsum.trace.step_trace import simulate_train
+from dialsum.trace.step_trace import _trace_train, simulate_train
+from dialsum.trace.timeline import cost_events
 
 
 @pytest.fixture(autouse=True)
@@ -160,6 +166,52 @@ def test_meter_leaves_memory_unchanged(monkeypatch) -> None:
     monkeypatch.setattr(CostMeter, "__enter__", lambda self: self)
     monkeypatch.setattr(CostMeter, "__exit__", lambda self, *exc: None)
     assert profiles() == metered
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        TrainOptions(),
+        TrainOptions(precision="bf16", gradient_checkpointing=True, micro_batches=2),
+        TrainOptions(precision="fp16", optimizer="adafactor"),
+    ],
+    ids=["fp32", "bf16-ckpt-micro2", "fp16-adafactor"],
+)
+def test_a_recorded_training_step_carries_its_costs(options: TrainOptions) -> None:
+    # The timeline's cost events (what a layer repeated from shallow traces carries) sum to
+    # the step's forward and backward costs; the optimizer's stay out of it.
+    profile, events = _trace_train(
+        small_t5(), TrainShape(2, 32, 8), options, round_allocation_bytes, True, False
+    )
+    summed = cost_events(events, ("forward", "backward", "optimizer"))
+    for cost in COSTS:
+        by_phase = getattr(profile, cost)
+        assert summed[cost]["forward"] == by_phase["forward"] > 0
+        assert summed[cost]["backward"] == by_phase["backward"] > 0
+        assert summed[cost]["optimizer"] == 0
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["t5", "llama"])
+def test_a_recorded_generation_carries_its_costs(causal: bool) -> None:
+    config = LlamaConfig(**_TINY_LLAMA) if causal else small_t5()
+    trace = trace_causal_generate if causal else _trace_generate
+    shape = GenerateShape(2, 16, 6, 2, label_len=4)
+    profile, events = trace(config, shape, GenerateOptions("bf16"), round_allocation_bytes, True)
+    summed = cost_events(events, GENERATE_COST_PHASES)
+    for cost in COSTS:
+        assert summed[cost] == getattr(profile, cost)
+    assert summed["flops"]["decode_short"] > 0  # traced after the step, still carried
+
+
+_TINY_LLAMA = dict(
+    vocab_size=128,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
 
 
 # -- pure parts ---------------------------------------------------------------------------

@@ -102,10 +102,12 @@ def test_traces_sent_ahead_are_taken_not_traced_again(helper, monkeypatch, tmp_p
 
     monkeypatch.setattr(step_trace, "_train_at", counted)
     ahead = simulate_train(DEEP_T5, shape, options, use_cache=False)
-    assert here == []  # all five shallow traces came from the helper
+    assert here == []  # all three shallow traces came from the helper
     monkeypatch.setattr(reuse, "_TIMELINES", {})
     assert simulate_train(DEEP_T5, shape, options, use_cache=False) == ahead
-    assert len(here) == 5  # 2, 3, 4 layers at batch 2; 2, 3 at batch 3
+    # 2 and 3 layers at batch 2, 4 at batch 3 (the counting function cannot be pickled,
+    # so none went to the helper)
+    assert sorted(here) == [(2, True, 5), (2, True, 6), (3, True, 4)]
 
 
 @needs_two_cores

@@ -167,7 +167,7 @@ def trace_causal_generate(
     rows = shape.batch * shape.num_beams
     prompt, new = shape.source_len, shape.max_new_tokens
     amp_precision = options.precision if options.amp else "fp32"
-    meter = CostMeter(lambda: _COST_PHASE.get(tracker.phase, tracker.phase))
+    meter = CostMeter(lambda: _COST_PHASE.get(tracker.phase, tracker.phase), sink=tracker.events)
     with mode, meter, tracker, emulation_on(emulation, options.device), torch.no_grad():
         track_model(tracker, model)
         decoder = prepared_model(model, emulation, amp_precision, options.device)

@@ -23,7 +23,7 @@ the check and the caller traces the full model.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -108,10 +108,19 @@ def _runs(b: Sequence[Event], inserted: list[int]) -> Insertions:
 
 
 def repeating(
-    a: Sequence[Event], b: Sequence[Event], c: Sequence[Event], rounds: int = 64
+    a: Sequence[Event],
+    b: Sequence[Event],
+    c: Sequence[Event],
+    rounds: int = 64,
+    view: Callable[[Sequence[Event]], list[Event]] | None = None,
 ) -> Insertions | None:
     """Insertions that turn ``a`` into ``b`` once and into ``c`` twice; None if there are
     none this search finds.
+
+    With ``view``, ``c`` is a recording at another batch size (other sizes, same ops):
+    ``view(a twice inserted)`` must equal ``view(c)`` (``timeline.structure``: sizes and
+    costs aside), and in ``c`` the two copies of each insertion must be equal event for
+    event (``split`` then cuts ``c`` at them).
 
     The fewest runs that turn ``a`` into ``b`` can merge two layers' insertions: with
     ``a = E E D D`` (two encoder layers' gradients, then two decoder layers') and
@@ -123,20 +132,48 @@ def repeating(
     found = insertions(a, b)
     if found is None:
         return None
+    if view is None:
+
+        def reach(inserted: Insertions) -> int | None:
+            return _agreement(pumped(a, inserted, 2), c)
+    else:
+        seen_c = view(c)
+
+        def reach(inserted: Insertions) -> int | None:
+            agree = _agreement(view(pumped(a, inserted, 2)), seen_c)
+            unequal = _unequal_copies(c, inserted)
+            return min((i for i in (agree, unequal) if i is not None), default=None)
+
     for _ in range(rounds):
-        agree = _agreement(pumped(a, found, 2), c)
+        agree = reach(found)
         if agree is None:
             return found
         better = None
         for candidate in _splits(a, found, _run_at(found, agree)):
-            reach = _agreement(pumped(a, candidate, 2), c)
-            if reach is None:
+            further = reach(candidate)
+            if further is None:
                 return candidate
-            if reach > agree and (better is None or reach > better[0]):
-                better = (reach, candidate)
+            if further > agree and (better is None or further > better[0]):
+                better = (further, candidate)
         if better is None:
             return None
         found = better[1]
+    return None
+
+
+def _unequal_copies(c: Sequence[Event], inserted: Insertions) -> int | None:
+    """Index in ``c`` (read as ``a`` with each insertion made twice) of the first event of
+    a second copy that differs from the first; None when every two copies are equal."""
+    cursor, before = 0, 0
+    for position, segment in inserted:
+        cursor += position - before
+        length = len(segment)
+        for k in range(length):
+            second = cursor + length + k
+            if second >= len(c) or c[second] != c[cursor + k]:
+                return min(second, len(c))
+        cursor += 2 * length
+        before = position
     return None
 
 
@@ -176,6 +213,37 @@ def _splits(a: Sequence[Event], found: Insertions, j: int) -> list[Insertions]:
         split = [*found[:j], (position, segment[:cut]), (end, tail), *found[j + 1 :]]
         out.append(split)
     return out
+
+
+def split(
+    longer: Sequence[Event], layout: Sequence[tuple[int, int]], copies: int
+) -> tuple[list[Event], Insertions] | None:
+    """``(a, insertions)`` with ``pumped(a, insertions, copies) == longer``, where
+    ``layout`` gives each insertion's position in ``a`` and length (``reuse.Repeat``); None
+    when the ``copies`` of some segment differ (not periodic) or the lengths do not fit."""
+    inserted_total = copies * sum(length for _, length in layout)
+    if len(longer) < inserted_total:
+        return None
+    base: list[Event] = []
+    found: Insertions = []
+    cursor, before = 0, 0  # index in ``longer``; position in ``a`` reached
+    for position, length in layout:
+        if position < before:
+            return None
+        base.extend(longer[cursor : cursor + position - before])
+        cursor += position - before
+        segment = list(longer[cursor : cursor + length])
+        if len(segment) != length:
+            return None
+        for copy in range(1, copies):
+            start = cursor + copy * length
+            if list(longer[start : start + length]) != segment:
+                return None
+        found.append((position, segment))
+        cursor += copies * length
+        before = position
+    base.extend(longer[cursor:])
+    return base, found
 
 
 def pumped(a: Sequence[Event], inserted: Insertions, copies: int) -> list[Event]:

@@ -46,6 +46,7 @@ _NO_KERNEL = frozenset(
 )
 
 COSTS: tuple[str, ...] = ("flops", "bytes_moved", "kernels")
+_COST_INDEX = {name: index for index, name in enumerate(COSTS)}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:
@@ -228,6 +229,7 @@ class _CostMode(TorchDispatchMode):
         if moved is not None:
             self._meter.add("bytes_moved", moved)
             self._meter.add("kernels", 1)
+        self._meter.flush()
         return out
 
 
@@ -236,17 +238,43 @@ class CostMeter:
 
     ``phase_of()`` names the phase of the op being run (the tracer's phase); enter the
     meter *before* the ``LiveStorageTracker`` so the tracker stays on top of the stack.
+
+    With a ``sink`` (the tracker's recorded timeline) each op's costs are also appended to
+    it as one event ``("c", phase, flops, bytes moved, kernels)``, in order with the
+    memory events: a layer's events then carry its costs, so a timeline repeated from
+    shallow traces (``trace.depth``) has the costs of the whole model (``cost_events``).
+    The meter's totals are the sums of its events. Phases in ``unsunk`` stay out of the
+    sink: an optimizer runs ``_foreach`` ops over every parameter at once, one op whose
+    cost grows with the depth, which no repeated layer carries (its cost does not depend
+    on the batch: ``reuse._deep_pair`` extrapolates it in the depth instead).
     """
 
-    def __init__(self, phase_of: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        phase_of: Callable[[], str],
+        sink: list | None = None,
+        unsunk: frozenset[str] = frozenset(),
+    ) -> None:
         self.phase_of = phase_of
         self.costs: dict[str, dict[str, int]] = {name: {} for name in COSTS}
+        self.sink = sink
+        self._unsunk = unsunk
+        self._pending: dict[str, list[int]] = {}
         self._mode = _CostMode(self)
 
     def add(self, cost: str, amount: int) -> None:
         by_phase = self.costs[cost]
         phase = self.phase_of()
         by_phase[phase] = by_phase.get(phase, 0) + amount
+        if self.sink is not None and phase not in self._unsunk:
+            self._pending.setdefault(phase, [0, 0, 0])[_COST_INDEX[cost]] += amount
+
+    def flush(self) -> None:
+        """End of an op: its costs become one event per phase in the sink."""
+        if self._pending:
+            if self.sink is not None:
+                self.sink.extend(("c", phase, *amounts) for phase, amounts in self._pending.items())
+            self._pending = {}
 
     def reset(self) -> None:
         self.costs = {name: {} for name in COSTS}

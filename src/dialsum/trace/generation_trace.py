@@ -112,7 +112,8 @@ def _trace_generate(
         # Under autocast the K/V projections run in the low dtype: the cache is in ``dtype``.
         cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
     amp_precision = options.precision if options.amp else "fp32"
-    meter = CostMeter(lambda: tracker.phase)  # below the tracker: see trace.step_trace
+    # Below the tracker (see trace.step_trace); its cost events go into the timeline.
+    meter = CostMeter(lambda: tracker.phase, sink=tracker.events)
     with mode, meter, tracker, emulation_on(emulation, options.device), torch.no_grad():
         track_model(tracker, model)
         decoder = prepared_model(model, emulation, amp_precision, options.device)

@@ -10,13 +10,16 @@ The recordings are kept on disk too (``timelines/`` in the cache folder, same ke
 next process - a plan for another GPU, the guide's main pass - replays instead of tracing.
 
 A model with deep stacks of repeated layers (``MIN_LAYERS``) is not traced at full depth:
-its recording is built from traces with a few layers per stack (``trace.depth``: the
-repetition is verified event for event, else the full model is traced); the second
-recording reuses where the first found a layer's events.
+both recordings are built from three traces with a few layers per stack (``_deep_pair``:
+two at REPLAY_LO find where a layer's events go, one at REPLAY_HI two layers deeper
+verifies the repetition event for event and gives that batch's sizes; ``trace.depth``).
+If that fails, each batch size is repeated from its own traces (``_deep``), else the full
+model is traced.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -171,7 +174,9 @@ def _deep(
         counts = _repeated(at(start)[0], at(start + step)[0], (stacks.layers - start) // step)
         if counts is None:
             return None
-        events = depth.pumped(at(start)[1], inserted, (stacks.layers - start) // step)
+        events = timeline.without_costs(
+            depth.pumped(at(start)[1], inserted, (stacks.layers - start) // step)
+        )
         params, trainable, costs = counts
         base = MemoryProfile(params, trainable, 0, "")
         # Replaying a timeline at its own batch gives the peaks a trace would record.
@@ -202,6 +207,96 @@ def _deep(
         if found is not None:
             return found
     return None
+
+
+def _pair_depths(stacks: Stacks) -> list[tuple[int, int]]:
+    """``(batch, layers per stack)`` of the three traces ``_deep_pair`` makes."""
+    start, step = _starts(stacks)[0], stacks.period
+    return [(REPLAY_LO, start), (REPLAY_LO, start + step), (REPLAY_HI, start + 2 * step)]
+
+
+def _deep_pair(
+    trace_at: TraceAt,
+    stacks: Stacks | None,
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    finish_costs: FinishCosts = _same,
+    name: str | None = None,
+) -> tuple[Traced, Traced] | None:
+    """The full-depth recordings at REPLAY_LO and REPLAY_HI from three shallow traces;
+    None when the model is shallow or the check fails (the caller then goes batch by
+    batch, ``_traced``).
+
+    With ``d`` the first depth ``_deep`` tries and ``p`` the period: REPLAY_LO at ``d``
+    and ``d + p`` layers per stack give where a layer's events go (``depth.insertions``);
+    REPLAY_HI at ``d + 2p`` must be the shallowest timeline with every insertion made
+    twice, in structure (the same events, sizes aside: ``depth.repeating``) and with the
+    two copies of each insertion equal event for event, sizes and costs included. Cut
+    there (``depth.split``) it gives the REPLAY_HI timeline at ``d`` and one layer's
+    events at REPLAY_HI, so each batch's full timeline is its shallow one with the layers
+    repeated, as ``_deep`` builds it from traces at ``d`` and ``d + p``. Compute costs
+    are the timeline's cost events summed (``timeline.cost_events``): a repeated layer
+    carries its own. One trace fewer per batch pair than ``_deep`` twice (5 -> 3), and
+    the deepest runs in the helper process while this one traces the two others.
+    """
+    if not _starts(stacks):
+        return None
+    assert stacks is not None
+    depths = _pair_depths(stacks)
+    futures: dict[tuple[int, int], Future] = {}
+    for batch, layers in depths:
+        future = parallel.claim(_trace_name(name, batch, stacks.layers - layers)) if name else None
+        if future is not None:
+            futures[(batch, layers)] = future
+    if not futures:
+        batch, layers = depths[-1]
+        future = parallel.submit(trace_at, batch, True, stacks.layers - layers)
+        if future is not None:
+            futures[(batch, layers)] = future
+    (first, e_first), (second, e_second), (third, e_third) = (
+        _result_or(
+            futures.pop(at, None), functools.partial(trace_at, at[0], True, stacks.layers - at[1])
+        )
+        for at in depths
+    )
+    found = depth.repeating(e_first, e_second, e_third, view=timeline.structure)
+    twice = _repeated(first, second, 2)
+    if found is None or twice is None or twice[:2] != _counts(third)[:2]:
+        return None
+    # Phases without cost events (``flops.CostMeter``'s ``unsunk``: the optimizer) cost
+    # the same at every batch; affine in the depth, they are extrapolated from the first
+    # two traces, and the third (other batch, two layers deeper) must agree.
+    sunk = {event[1] for event in e_second if event[0] == "c"}
+    unsunk = [phase for phase in first.flops if phase not in sunk]
+    if any(
+        twice[2][cost][phase] != costs_of(third)[cost][phase] for cost in COSTS for phase in unsunk
+    ):
+        return None
+    start, copies = depths[0][1], (stacks.layers - depths[0][1]) // stacks.period
+    cut = depth.split(e_third, Repeat.of(start, found).layout, 2)
+    if cut is None:
+        return None
+    params, trainable, extrapolated = _repeated(first, second, copies)  # type: ignore[misc]
+    recorded: list[Traced] = []
+    for batch, (shallow, inserted) in ((REPLAY_LO, (e_first, found)), (REPLAY_HI, cut)):
+        events = depth.pumped(shallow, inserted, copies)
+        summed = timeline.cost_events(events, tuple(first.flops))
+        costs = finish_costs(
+            {
+                cost: {
+                    phase: (summed if phase in sunk else extrapolated)[cost][phase]
+                    for phase in by_phase
+                }
+                for cost, by_phase in summed.items()
+            }
+        )
+        events = timeline.without_costs(events)
+        steps = timeline.replay(events, events, batch, batch + 1, batch, round_fn)
+        if not steps:
+            return None
+        base = MemoryProfile(params, trainable, 0, "")
+        recorded.append((set_costs(profile_of(base, steps), costs), events))
+    return recorded[0], recorded[1]
 
 
 def _counts(profile: MemoryProfile) -> tuple:
@@ -290,19 +385,26 @@ def _replayed(
                 whole_hi = parallel.claim(_trace_name(key, REPLAY_HI, 0)) or parallel.submit(
                     trace_at, REPLAY_HI, True, 0
                 )
-            (lo, e_lo), repeat = _traced(
-                trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs, name=key
-            )
-            # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
-            # optimizer work the alignment does not cut per layer): not at HI either.
-            if whole_hi is not None:
-                hi, e_hi = _result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
+            pair = None
+            if whole_hi is None:
+                pair = _deep_pair(trace_at, stacks, profile_of, round_fn, finish_costs, key)
+            if pair is not None:
+                (lo, e_lo), (hi, e_hi) = pair
             else:
-                (hi, e_hi), _ = _traced(
-                    trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
-                    known=repeat, shallow=repeat is not None, name=key,
+                (lo, e_lo), repeat = _traced(
+                    trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs,
+                    shallow=whole_hi is None, name=key,
                 )  # fmt: skip
-            stored = (lo, hi, e_lo, e_hi)
+                # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
+                # optimizer work the alignment does not cut per layer): not at HI either.
+                if whole_hi is not None:
+                    hi, e_hi = _result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
+                else:
+                    (hi, e_hi), _ = _traced(
+                        trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
+                        known=repeat, shallow=repeat is not None, name=key,
+                    )  # fmt: skip
+            stored = (lo, hi, timeline.without_costs(e_lo), timeline.without_costs(e_hi))
             trace_cache.store_timelines(cache_dir, key, stored)
         _TIMELINES[key] = stored
         if batch in (REPLAY_LO, REPLAY_HI):
@@ -398,22 +500,19 @@ def speculate(
 ) -> None:
     """Send the first traces ``_replayed`` will make for ``timeline_key()`` to the helper
     process's idle time (``trace.parallel.speculate``), unless there is no helper or the
-    recordings exist: at REPLAY_LO the three depths of the first repeat ``_deep`` tries,
-    at REPLAY_HI the two it then needs (the whole model at both when it is not traced
-    shallow). Traces are taken by name when the plan asks (``_deep``), so a right guess is
-    not traced twice and a wrong one only used the other core."""
+    recordings exist: the three shallow traces of ``_deep_pair`` (the whole model at both
+    batches when it is not traced shallow). Traces are taken by name when the plan asks
+    (``_deep_pair``, ``_deep``), so a right guess is not traced twice and a wrong one only
+    used the other core."""
     if not parallel.active():
         return
     key = timeline_key()
     if key in _TIMELINES or trace_cache.timeline_path(_cache_path(cache_dir), key).is_file():
         return
-    starts = _starts(stacks)
-    if stacks is None or not starts:
+    if stacks is None or not _starts(stacks):
         depths = [(REPLAY_LO, 0), (REPLAY_HI, 0)]
     else:
-        start, step, layers = starts[0], stacks.period, stacks.layers
-        depths = [(REPLAY_LO, layers - start - i * step) for i in range(3)]
-        depths += [(REPLAY_HI, layers - start - i * step) for i in range(2)]
+        depths = [(batch, stacks.layers - layers) for batch, layers in _pair_depths(stacks)]
     for batch, removed in depths:
         if not parallel.speculate(_trace_name(key, batch, removed), trace_at, batch, True, removed):
             return

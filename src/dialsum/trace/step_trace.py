@@ -66,7 +66,7 @@ from dialsum.trace.reuse import (
     set_costs,
     speculate,
 )
-from dialsum.trace.timeline import replay
+from dialsum.trace.timeline import replay, without_costs
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 from dialsum.trace.train_rig import TrainRig, build_train_rig
 
@@ -221,7 +221,7 @@ def _trace_train(
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
     # Below the tracker on the dispatch stack: FLOPs, bytes moved and kernels of the step.
-    meter = CostMeter(lambda: tracker.phase)
+    meter = CostMeter(lambda: tracker.phase, sink=tracker.events, unsunk=_UNSUNK)
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
     # The engine's in-place gradient sums, which any dispatch mode turns off, on top. Made
     # before the modes are entered: its first construction probes the engine without them.
@@ -264,6 +264,9 @@ def _trace_train(
                 _traced_step(config, rig, tracker, emulation, options, shape)
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
                 costs = meter.phases(_TRAIN_COST_PHASES)
+            # The timeline's cost events are the step's costs (the optimizer's aside): step
+            # 2's (its forward and backward are step 1's, as above); step 1's are dropped.
+            events[:second] = without_costs(events[:second])
     finally:
         for hook in hooks:
             hook.remove()
@@ -273,6 +276,7 @@ def _trace_train(
 
 
 _TRAIN_COST_PHASES = ("forward", "backward", "optimizer")
+_UNSUNK = frozenset({"optimizer"})  # see flops.CostMeter
 
 
 def _train_at(

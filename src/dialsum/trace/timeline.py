@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dialsum.trace.flops import COSTS
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 
 Event = tuple
@@ -30,8 +31,26 @@ StepPeaks = list[tuple[PeakRecord, dict[str, PeakRecord]]]
 
 
 def structure(events: Sequence[Event]) -> list[Event]:
-    """The events without their sizes (what must match between two recordings)."""
-    return [(e[0], *e[2:]) if e[0] in "afr" else e for e in events]
+    """The events without their sizes and costs (what must match between two recordings)."""
+    return [(e[0], *e[2:]) if e[0] in "afr" else e[:2] if e[0] == "c" else e for e in events]
+
+
+def cost_events(events: Sequence[Event], phases: Sequence[str]) -> dict[str, dict[str, int]]:
+    """``{cost: {phase: amount}}`` summed over the timeline's cost events
+    (``("c", phase, flops, bytes moved, kernels)``, see ``flops.CostMeter``) for ``phases``
+    (a phase without any counts 0)."""
+    sums = {phase: [0, 0, 0] for phase in phases}
+    for event in events:
+        if event[0] == "c" and event[1] in sums:
+            totals = sums[event[1]]
+            for index in range(3):
+                totals[index] += event[2 + index]
+    return {cost: {phase: sums[phase][i] for phase in phases} for i, cost in enumerate(COSTS)}
+
+
+def without_costs(events: Sequence[Event]) -> list[Event]:
+    """The memory timeline alone (what ``replay`` reads and the cache stores)."""
+    return [event for event in events if event[0] != "c"]
 
 
 def same_structure(a: Sequence[Event], b: Sequence[Event]) -> bool:
