@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import BartConfig, Gemma2Config, LlamaConfig, MT5Config, T5Config
 
-from dialsum.trace import depth, reuse
+from dialsum.trace import depth, repeat, reuse
 from dialsum.trace.generation_trace import simulate_generate
 from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
 from dialsum.trace.step_trace import simulate_train
@@ -114,9 +114,9 @@ GEMMA2 = Gemma2Config(
 @pytest.fixture
 def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Stacks of 4+ layers are repeated from shallow traces (8+ in production: these
-    models are small); records how often ``_deep`` (one batch size) and ``_deep_pair``
+    models are small); records how often ``repeat.deep`` (one batch size) and ``deep_pair``
     (the two recorded for replay) answered, to prove they were used."""
-    monkeypatch.setattr(reuse, "MIN_LAYERS", 4)
+    monkeypatch.setattr(repeat, "MIN_LAYERS", 4)
     monkeypatch.setattr(reuse, "_TIMELINES", {})
     answered: list[int] = []
 
@@ -128,8 +128,9 @@ def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
         return spied
 
-    monkeypatch.setattr(reuse, "_deep", spy(reuse._deep))
-    monkeypatch.setattr(reuse, "_deep_pair", spy(reuse._deep_pair))
+    # reuse calls them by the names it imported
+    monkeypatch.setattr(reuse, "deep", spy(reuse.deep))
+    monkeypatch.setattr(reuse, "deep_pair", spy(reuse.deep_pair))
     return answered
 
 

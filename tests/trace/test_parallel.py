@@ -15,7 +15,7 @@ from dialsum.trace import parallel, step_trace
 from dialsum.trace.profile import TrainOptions, TrainShape
 from dialsum.trace.step_trace import simulate_train
 
-# 8+8 layers: deep enough to be traced shallow (reuse.MIN_LAYERS).
+# 8+8 layers: deep enough to be traced shallow (repeat.MIN_LAYERS).
 DEEP_T5 = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=8,
                    decoder_start_token_id=0)  # fmt: skip
 

@@ -45,7 +45,7 @@ from dialsum.trace.model_run import (
     track_model,
 )
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile
-from dialsum.trace.reuse import set_costs
+from dialsum.trace.repeat import set_costs
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 # Cost phases: the prompt pass is charged as the seq2seq encoder pass (``flops``).

@@ -219,7 +219,7 @@ def split(
     longer: Sequence[Event], layout: Sequence[tuple[int, int]], copies: int
 ) -> tuple[list[Event], Insertions] | None:
     """``(a, insertions)`` with ``pumped(a, insertions, copies) == longer``, where
-    ``layout`` gives each insertion's position in ``a`` and length (``reuse.Repeat``); None
+    ``layout`` gives each insertion's position in ``a`` and length (``repeat.Repeat``); None
     when the ``copies`` of some segment differ (not periodic) or the lengths do not fit."""
     inserted_total = copies * sum(length for _, length in layout)
     if len(longer) < inserted_total:

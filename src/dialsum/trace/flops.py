@@ -246,7 +246,7 @@ class CostMeter:
     The meter's totals are the sums of its events. Phases in ``unsunk`` stay out of the
     sink: an optimizer runs ``_foreach`` ops over every parameter at once, one op whose
     cost grows with the depth, which no repeated layer carries (its cost does not depend
-    on the batch: ``reuse._deep_pair`` extrapolates it in the depth instead).
+    on the batch: ``repeat.deep_pair`` extrapolates it in the depth instead).
     """
 
     def __init__(

@@ -43,14 +43,8 @@ from dialsum.trace.model_run import (
     track_model,
 )
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile, Precision
-from dialsum.trace.reuse import (
-    TraceAt,
-    Traced,
-    default_round_fn,
-    reused_or_traced,
-    set_costs,
-    speculate,
-)
+from dialsum.trace.repeat import TraceAt, Traced, set_costs
+from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 

@@ -3,7 +3,7 @@
 Two kinds of work go to it:
 
 - **now**: a deep model is planned from two or three shallow traces per batch size
-  (``reuse._deep``), independent computations; the deepest runs in the helper while this
+  (``repeat.deep``), independent computations; the deepest runs in the helper while this
   process traces the others (``submit``), queued behind at most one other job;
 - **ahead**: traces a plan will ask for later (``speculate``; ``reuse.speculate`` names
   them): another training key, the generation keys. They are queued here and sent one at

@@ -9,318 +9,47 @@ exact); FLOPs, bytes moved and kernels are interpolated the same way
 The recordings are kept on disk too (``timelines/`` in the cache folder, same key): the
 next process - a plan for another GPU, the guide's main pass - replays instead of tracing.
 
-A model with deep stacks of repeated layers (``MIN_LAYERS``) is not traced at full depth:
-both recordings are built from three traces with a few layers per stack (``_deep_pair``:
-two at REPLAY_LO find where a layer's events go, one at REPLAY_HI two layers deeper
-verifies the repetition event for event and gives that batch's sizes; ``trace.depth``).
-If that fails, each batch size is repeated from its own traces (``_deep``), else the full
-model is traced.
+A model with deep stacks of repeated layers (``repeat.MIN_LAYERS``) is not traced at full
+depth: both recordings are built from three traces with a few layers per stack
+(``repeat.deep_pair``: two at REPLAY_LO find where a layer's events go, one at REPLAY_HI
+two layers deeper verifies the repetition event for event and gives that batch's sizes).
+If that fails, each batch size is repeated from its own traces (``repeat.deep``), else
+the full model is traced.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 
 from dialsum.models.stacks import Stacks
 from dialsum.trace import cache as trace_cache
-from dialsum.trace import depth, parallel, timeline
+from dialsum.trace import parallel, timeline
 from dialsum.trace.allocator import exact_bytes, round_allocation_bytes
-from dialsum.trace.flops import COSTS, interpolate_costs
+from dialsum.trace.flops import interpolate_costs
 from dialsum.trace.profile import MemoryProfile
+from dialsum.trace.repeat import (
+    REPLAY_HI,
+    REPLAY_LO,
+    FinishCosts,
+    ProfileOf,
+    Repeat,
+    TraceAt,
+    Traced,
+    costs_of,
+    deep,
+    deep_pair,
+    pair_depths,
+    result_or,
+    set_costs,
+    starts,
+    trace_name,
+    unchanged_costs,
+)
 from dialsum.trace.tracer import RoundFn
-
-
-def set_costs(profile: MemoryProfile, costs: dict[str, dict[str, int]]) -> MemoryProfile:
-    profile.flops, profile.bytes_moved, profile.kernels = (dict(costs[c]) for c in COSTS)
-    return profile
-
-
-def costs_of(profile: MemoryProfile) -> dict[str, dict[str, int]]:
-    return {"flops": profile.flops, "bytes_moved": profile.bytes_moved, "kernels": profile.kernels}
-
 
 # Recorded timelines for this process: key -> (profiles at REPLAY_LO and HI, events LO, HI).
 _TIMELINES: dict[str, tuple[MemoryProfile, MemoryProfile, list, list]] = {}
-REPLAY_LO, REPLAY_HI = 2, 3
-
-Traced = tuple[MemoryProfile, list | None]
-TraceAt = Callable[[int, bool, int], Traced]
-"""``trace_at(batch, record, removed)``: trace at ``batch`` rows with ``removed`` layers
-taken from every stack (0: the model as configured); ``record`` keeps the timeline."""
-ProfileOf = Callable[[MemoryProfile, timeline.StepPeaks], MemoryProfile]
-FinishCosts = Callable[[dict[str, dict[str, int]]], dict[str, dict[str, int]]]
-"""Turns the costs a shallow trace reports (``trace_at`` with ``removed > 0``), repeated
-to full depth, into the costs a full trace reports (training: the mean per micro-batch,
-an integer division that is only exact after the repeat)."""
-
-
-def _same(costs: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
-    return costs
-
-
-MIN_LAYERS = 8
-"""Stacks this deep or deeper are traced shallow and repeated (``trace.depth``). A trace
-costs per op whatever the sizes: about ``c0 + c1 x layers``. Measured on T5-base's
-training step (bf16, batch 2, 512/64): one micro-batch 2.3 / 2.8 / 3.3 s at 2 / 3 / 4
-layers against 7.2-8.2 s for all 12 (about even), two micro-batches 2.5 / 3.5 / 4.4 s
-against 16-18 s, generation 0.6 / 0.8 / 1.0 s at 1 / 2 / 3 layers against 2.1-3.6 s; at
-48 layers (SOLAR) the three traces are several times cheaper than one full trace."""
-
-
-@dataclass(frozen=True)
-class Repeat:
-    """Where one more layer's events go: repeats start at ``start`` layers per stack, and
-    a layer adds ``length`` events at each ``position`` of that shallow timeline."""
-
-    start: int
-    layout: tuple[tuple[int, int], ...]
-
-    @staticmethod
-    def of(start: int, inserted: depth.Insertions) -> Repeat:
-        return Repeat(start, tuple((position, len(segment)) for position, segment in inserted))
-
-    def segments(self, longer: list) -> depth.Insertions:
-        """The insertions this layout reads off a timeline one layer deeper."""
-        out, before = [], 0
-        for position, length in self.layout:
-            out.append((position, list(longer[position + before : position + before + length])))
-            before += length
-        return out
-
-
-def _starts(stacks: Stacks | None) -> list[int]:
-    """Layers per stack at which ``_deep`` tries a repeat (a first period may differ from
-    the rest: then one period deeper); none for a model traced whole."""
-    if stacks is None or stacks.layers < MIN_LAYERS or stacks.layers % stacks.period:
-        return []
-    step, out = stacks.period, []
-    for start in (stacks.first + step, stacks.first + 2 * step):
-        if start + 2 * step >= stacks.layers or (stacks.layers - start) % step:
-            break  # as deep as the model itself (nothing saved), or not whole periods
-        out.append(start)
-    return out
-
-
-def _deep(
-    trace_at: TraceAt,
-    stacks: Stacks | None,
-    batch: int,
-    profile_of: ProfileOf,
-    round_fn: RoundFn,
-    finish_costs: FinishCosts = _same,
-    known: Repeat | None = None,
-    name: str | None = None,
-) -> tuple[Traced, Repeat] | None:
-    """The full-depth profile and timeline at ``batch`` from shallow traces, and where the
-    layers repeat; None when the model is shallow or not exactly periodic (the caller
-    traces it whole).
-
-    With ``p`` the period: traces with ``p``, ``2p`` and ``3p`` layers per stack; the
-    third must equal the first with the insertions found between the first two repeated
-    twice (``trace.depth``), and parameter counts and compute costs must be affine in the
-    depth. Stacks whose first layers differ (``stacks.first``) start after them. If the
-    check fails, a first period may still differ from the rest, so it tries again one
-    period deeper with one more trace.
-
-    ``known``: the repeat verified at another batch size. The ops, so the events and where
-    a layer's go, do not depend on the rows (only sizes do), so two traces suffice: the
-    second must be the first with the known layout's segments inserted, event for event.
-
-    ``name`` (the timeline key) names the traces, so that one sent ahead (``speculate``)
-    is taken from the helper instead of traced again.
-    """
-    starts = _starts(stacks)
-    if not starts:
-        return None
-    assert stacks is not None
-    step = stacks.period
-    traces: dict[int, Traced] = {}
-    pending: dict[int, Future] = {}
-
-    def sent_ahead(layers: int) -> Future | None:
-        if name is None:
-            return None
-        return parallel.claim(_trace_name(name, batch, stacks.layers - layers))
-
-    def ahead(*depths: int) -> None:
-        """Take this round's traces the helper process has (``speculate``); if it has none,
-        start the deepest there (``trace.parallel``) while this process traces the rest."""
-        todo = [layers for layers in depths if layers not in traces and layers not in pending]
-        for layers in todo:
-            if (future := sent_ahead(layers)) is not None:
-                pending[layers] = future
-        deepest = depths[-1]
-        if todo and not any(layers in pending for layers in todo) and deepest in todo:
-            future = parallel.submit(trace_at, batch, True, stacks.layers - deepest)
-            if future is not None:
-                pending[deepest] = future
-
-    def at(layers: int) -> Traced:
-        if layers not in traces:
-            future = pending.pop(layers, None) or sent_ahead(layers)
-            try:
-                traces[layers] = future.result() if future is not None else None
-            except Exception:  # noqa: BLE001 - a failed helper only costs time
-                traces[layers] = None
-            if traces[layers] is None:
-                traces[layers] = trace_at(batch, True, stacks.layers - layers)
-        return traces[layers]
-
-    def repeated(start: int, inserted: depth.Insertions) -> tuple[Traced, Repeat] | None:
-        counts = _repeated(at(start)[0], at(start + step)[0], (stacks.layers - start) // step)
-        if counts is None:
-            return None
-        events = timeline.without_costs(
-            depth.pumped(at(start)[1], inserted, (stacks.layers - start) // step)
-        )
-        params, trainable, costs = counts
-        base = MemoryProfile(params, trainable, 0, "")
-        # Replaying a timeline at its own batch gives the peaks a trace would record.
-        steps = timeline.replay(events, events, batch, batch + 1, batch, round_fn)
-        if not steps:
-            return None
-        return (set_costs(profile_of(base, steps), finish_costs(costs)), events), Repeat.of(
-            start, inserted
-        )
-
-    if known is not None:
-        ahead(known.start, known.start + step)
-        (_, e_first), (_, e_second) = at(known.start), at(known.start + step)
-        inserted = known.segments(e_second)
-        if depth.pumped(e_first, inserted, 1) == e_second:
-            found = repeated(known.start, inserted)
-            if found is not None:
-                return found
-    for start in starts:
-        ahead(start, start + step, start + 2 * step)
-        (first, e_first), (second, e_second), (third, e_third) = (
-            at(start + i * step) for i in range(3)
-        )
-        inserted = depth.repeating(e_first, e_second, e_third)
-        if inserted is None or _repeated(first, second, 2) != _counts(third):
-            continue
-        found = repeated(start, inserted)
-        if found is not None:
-            return found
-    return None
-
-
-def _pair_depths(stacks: Stacks) -> list[tuple[int, int]]:
-    """``(batch, layers per stack)`` of the three traces ``_deep_pair`` makes."""
-    start, step = _starts(stacks)[0], stacks.period
-    return [(REPLAY_LO, start), (REPLAY_LO, start + step), (REPLAY_HI, start + 2 * step)]
-
-
-def _deep_pair(
-    trace_at: TraceAt,
-    stacks: Stacks | None,
-    profile_of: ProfileOf,
-    round_fn: RoundFn,
-    finish_costs: FinishCosts = _same,
-    name: str | None = None,
-) -> tuple[Traced, Traced] | None:
-    """The full-depth recordings at REPLAY_LO and REPLAY_HI from three shallow traces;
-    None when the model is shallow or the check fails (the caller then goes batch by
-    batch, ``_traced``).
-
-    With ``d`` the first depth ``_deep`` tries and ``p`` the period: REPLAY_LO at ``d``
-    and ``d + p`` layers per stack give where a layer's events go (``depth.insertions``);
-    REPLAY_HI at ``d + 2p`` must be the shallowest timeline with every insertion made
-    twice, in structure (the same events, sizes aside: ``depth.repeating``) and with the
-    two copies of each insertion equal event for event, sizes and costs included. Cut
-    there (``depth.split``) it gives the REPLAY_HI timeline at ``d`` and one layer's
-    events at REPLAY_HI, so each batch's full timeline is its shallow one with the layers
-    repeated, as ``_deep`` builds it from traces at ``d`` and ``d + p``. Compute costs
-    are the timeline's cost events summed (``timeline.cost_events``): a repeated layer
-    carries its own. One trace fewer per batch pair than ``_deep`` twice (5 -> 3), and
-    the deepest runs in the helper process while this one traces the two others.
-    """
-    if not _starts(stacks):
-        return None
-    assert stacks is not None
-    depths = _pair_depths(stacks)
-    futures: dict[tuple[int, int], Future] = {}
-    for batch, layers in depths:
-        future = parallel.claim(_trace_name(name, batch, stacks.layers - layers)) if name else None
-        if future is not None:
-            futures[(batch, layers)] = future
-    if not futures:
-        batch, layers = depths[-1]
-        future = parallel.submit(trace_at, batch, True, stacks.layers - layers)
-        if future is not None:
-            futures[(batch, layers)] = future
-    (first, e_first), (second, e_second), (third, e_third) = (
-        _result_or(
-            futures.pop(at, None), functools.partial(trace_at, at[0], True, stacks.layers - at[1])
-        )
-        for at in depths
-    )
-    found = depth.repeating(e_first, e_second, e_third, view=timeline.structure)
-    twice = _repeated(first, second, 2)
-    if found is None or twice is None or twice[:2] != _counts(third)[:2]:
-        return None
-    # Phases without cost events (``flops.CostMeter``'s ``unsunk``: the optimizer) cost
-    # the same at every batch; affine in the depth, they are extrapolated from the first
-    # two traces, and the third (other batch, two layers deeper) must agree.
-    sunk = {event[1] for event in e_second if event[0] == "c"}
-    unsunk = [phase for phase in first.flops if phase not in sunk]
-    if any(
-        twice[2][cost][phase] != costs_of(third)[cost][phase] for cost in COSTS for phase in unsunk
-    ):
-        return None
-    start, copies = depths[0][1], (stacks.layers - depths[0][1]) // stacks.period
-    cut = depth.split(e_third, Repeat.of(start, found).layout, 2)
-    if cut is None:
-        return None
-    params, trainable, extrapolated = _repeated(first, second, copies)  # type: ignore[misc]
-    recorded: list[Traced] = []
-    for batch, (shallow, inserted) in ((REPLAY_LO, (e_first, found)), (REPLAY_HI, cut)):
-        events = depth.pumped(shallow, inserted, copies)
-        summed = timeline.cost_events(events, tuple(first.flops))
-        costs = finish_costs(
-            {
-                cost: {
-                    phase: (summed if phase in sunk else extrapolated)[cost][phase]
-                    for phase in by_phase
-                }
-                for cost, by_phase in summed.items()
-            }
-        )
-        events = timeline.without_costs(events)
-        steps = timeline.replay(events, events, batch, batch + 1, batch, round_fn)
-        if not steps:
-            return None
-        base = MemoryProfile(params, trainable, 0, "")
-        recorded.append((set_costs(profile_of(base, steps), costs), events))
-    return recorded[0], recorded[1]
-
-
-def _counts(profile: MemoryProfile) -> tuple:
-    return profile.params, profile.trainable_params, costs_of(profile)
-
-
-def _repeated(first: MemoryProfile, second: MemoryProfile, copies: int) -> tuple | None:
-    """Parameter counts and compute costs with ``copies`` more repeats than ``first``
-    (each repeat adds ``second - first``); None when their phases differ."""
-
-    def extend(lo: int, hi: int) -> int:
-        return lo + copies * (hi - lo)
-
-    costs: dict[str, dict[str, int]] = {}
-    for cost, by_phase in costs_of(first).items():
-        other = costs_of(second)[cost]
-        if other.keys() != by_phase.keys():
-            return None
-        costs[cost] = {phase: extend(value, other[phase]) for phase, value in by_phase.items()}
-    return (
-        extend(first.params, second.params),
-        extend(first.trainable_params, second.trainable_params),
-        costs,
-    )
 
 
 def _traced(
@@ -330,35 +59,25 @@ def _traced(
     record: bool,
     profile_of: ProfileOf,
     round_fn: RoundFn,
-    finish_costs: FinishCosts = _same,
+    finish_costs: FinishCosts = unchanged_costs,
     known: Repeat | None = None,
     shallow: bool = True,
     name: str | None = None,
 ) -> tuple[Traced, Repeat | None]:
     """The profile (and with ``record`` the timeline) at ``batch``: repeated from shallow
-    traces where the model allows it (``_deep``; not tried when ``shallow`` is False),
+    traces where the model allows it (``deep``; not tried when ``shallow`` is False),
     else one trace of the whole model; and the repeat found, for the next batch size
     (``known``)."""
-    deep = (
-        _deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs, known, name)
+    repeated = (
+        deep(trace_at, stacks, batch, profile_of, round_fn, finish_costs, known, name)
         if shallow
         else None
     )
-    if deep is not None:
-        (profile, events), repeat = deep
+    if repeated is not None:
+        (profile, events), repeat = repeated
         return (profile, events if record else None), repeat
-    future = parallel.claim(_trace_name(name, batch, 0)) if name is not None else None
-    return _result_or(future, lambda: trace_at(batch, record, 0)), None
-
-
-def _result_or(future: Future | None, here: Callable[[], Traced]) -> Traced:
-    """The helper's result, else (none, or the helper failed: only time is lost) ``here()``."""
-    if future is not None:
-        try:
-            return future.result()
-        except Exception:  # noqa: BLE001
-            pass
-    return here()
+    future = parallel.claim(trace_name(name, batch, 0)) if name is not None else None
+    return result_or(future, lambda: trace_at(batch, record, 0)), None
 
 
 def _replayed(
@@ -369,7 +88,7 @@ def _replayed(
     round_fn: RoundFn,
     cache_dir: Path | None = None,
     stacks: Stacks | None = None,
-    finish_costs: FinishCosts = _same,
+    finish_costs: FinishCosts = unchanged_costs,
 ) -> MemoryProfile:
     """``batch``'s profile replayed from recordings at REPLAY_LO/HI (traced once per key,
     kept for this process and, with ``cache_dir``, on disk for the next);
@@ -381,13 +100,13 @@ def _replayed(
             # A model too shallow to repeat is traced whole at both batches: independent
             # traces, so HI starts in the helper process while this one traces LO.
             whole_hi = None
-            if not _starts(stacks):
-                whole_hi = parallel.claim(_trace_name(key, REPLAY_HI, 0)) or parallel.submit(
+            if not starts(stacks):
+                whole_hi = parallel.claim(trace_name(key, REPLAY_HI, 0)) or parallel.submit(
                     trace_at, REPLAY_HI, True, 0
                 )
             pair = None
             if whole_hi is None:
-                pair = _deep_pair(trace_at, stacks, profile_of, round_fn, finish_costs, key)
+                pair = deep_pair(trace_at, stacks, profile_of, round_fn, finish_costs, key)
             if pair is not None:
                 (lo, e_lo), (hi, e_hi) = pair
             else:
@@ -398,7 +117,7 @@ def _replayed(
                 # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
                 # optimizer work the alignment does not cut per layer): not at HI either.
                 if whole_hi is not None:
-                    hi, e_hi = _result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
+                    hi, e_hi = result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
                 else:
                     (hi, e_hi), _ = _traced(
                         trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
@@ -459,7 +178,7 @@ def reused_or_traced(
     use_cache: bool,
     replay_batches: bool,
     stacks: Stacks | None = None,
-    finish_costs: FinishCosts = _same,
+    finish_costs: FinishCosts = unchanged_costs,
 ) -> MemoryProfile:
     """The profile at ``batch``: cached on disk under ``key``, else replayed from the
     timelines recorded under ``timeline_key()`` (see ``_replayed``), else traced.
@@ -488,10 +207,6 @@ def reused_or_traced(
     return _cached(key, cache_dir, use_cache, round_fn, compute)
 
 
-def _trace_name(key: str, batch: int, removed: int) -> tuple[str, int, int]:
-    return (key, batch, removed)
-
-
 def speculate(
     timeline_key: Callable[[], str],
     trace_at: TraceAt,
@@ -500,19 +215,19 @@ def speculate(
 ) -> None:
     """Send the first traces ``_replayed`` will make for ``timeline_key()`` to the helper
     process's idle time (``trace.parallel.speculate``), unless there is no helper or the
-    recordings exist: the three shallow traces of ``_deep_pair`` (the whole model at both
+    recordings exist: the three shallow traces of ``deep_pair`` (the whole model at both
     batches when it is not traced shallow). Traces are taken by name when the plan asks
-    (``_deep_pair``, ``_deep``), so a right guess is not traced twice and a wrong one only
+    (``deep_pair``, ``deep``), so a right guess is not traced twice and a wrong one only
     used the other core."""
     if not parallel.active():
         return
     key = timeline_key()
     if key in _TIMELINES or trace_cache.timeline_path(_cache_path(cache_dir), key).is_file():
         return
-    if stacks is None or not _starts(stacks):
+    if stacks is None or not starts(stacks):
         depths = [(REPLAY_LO, 0), (REPLAY_HI, 0)]
     else:
-        depths = [(batch, stacks.layers - layers) for batch, layers in _pair_depths(stacks)]
+        depths = [(batch, stacks.layers - layers) for batch, layers in pair_depths(stacks)]
     for batch, removed in depths:
-        if not parallel.speculate(_trace_name(key, batch, removed), trace_at, batch, True, removed):
+        if not parallel.speculate(trace_name(key, batch, removed), trace_at, batch, True, removed):
             return

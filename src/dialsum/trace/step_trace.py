@@ -58,14 +58,8 @@ from dialsum.trace.model_run import (
 )
 from dialsum.trace.optimizers import state_tensors
 from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.trace.reuse import (
-    TraceAt,
-    Traced,
-    default_round_fn,
-    reused_or_traced,
-    set_costs,
-    speculate,
-)
+from dialsum.trace.repeat import TraceAt, Traced, set_costs
+from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
 from dialsum.trace.timeline import replay, without_costs
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 from dialsum.trace.train_rig import TrainRig, build_train_rig
@@ -379,7 +373,7 @@ def simulate_train(
     each further batch size costs a replay (~0.1 s) instead of a trace (~10 s for T5-base).
     ``replay_batches=False`` traces directly at full depth.
 
-    A model whose stacks have at least ``reuse.MIN_LAYERS`` layers is traced with a few
+    A model whose stacks have at least ``repeat.MIN_LAYERS`` layers is traced with a few
     layers per stack instead (T5: 2, 3 and 4; see ``models.stacks``): the difference between
     the recordings is the event block one more layer adds, and the full-depth timeline is
     those blocks repeated, then replayed like any other recording (``dialsum.trace.depth``).
