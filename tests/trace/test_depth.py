@@ -49,6 +49,51 @@ def test_repeating_refuses_what_does_not_repeat() -> None:
     assert depth.repeating(list("ab"), list("axb"), list("axyb")) is None
 
 
+def _upper(events) -> list:
+    """A view that forgets what a batch size changes (here: the letter's case)."""
+    return [e.upper() for e in events]
+
+
+def test_repeating_across_batches_checks_structure_and_equal_copies() -> None:
+    # c is at another batch size: other sizes (other letters), the same ops. E and D look
+    # alike in structure ("a layer"), so only c's unequal copies reveal the merged run.
+    a, b, c = list("eedd"), list("eeeddd"), list("xxxxyyyy")
+
+    def layer_view(events) -> list:
+        return ["layer"] * len(events)
+
+    found = depth.repeating(a, b, c, view=layer_view)
+    assert found == [(2, ["e"]), (4, ["d"])]
+    assert depth.split(c, repeat.Repeat.of(0, found).layout, 2) == (
+        list("xxyy"),
+        [(2, ["x"]), (4, ["y"])],
+    )
+    # The copies differ at the other batch size: not repeated there.
+    assert depth.repeating(a, b, list("xxxzyyyy"), view=layer_view) is None
+
+
+def test_split_undoes_pumped_and_refuses_unequal_copies() -> None:
+    a, inserted = list("abc"), [(1, ["x", "y"]), (3, ["z"])]
+    longer = depth.pumped(a, inserted, 2)
+    assert depth.split(longer, [(1, 2), (3, 1)], 2) == (a, inserted)
+    longer[3] = "q"  # the second copy of "x y" differs
+    assert depth.split(longer, [(1, 2), (3, 1)], 2) is None
+    assert depth.split(list("ab"), [(1, 2)], 2) is None  # too short for two copies
+
+
+def test_carried_layout_places_copies_that_lost_events() -> None:
+    # At REPLAY_LO a layer is "X z Y"; at batch 1 its copy "z" is skipped in every layer.
+    a, inserted = list("AB"), [(1, list("XZY"))]
+    longer = depth.pumped(a, inserted, 2)  # A XZY XZY B
+    other = list("axyxyb")
+    assert depth.carried_layout(longer, inserted, other, _upper) == [(1, 2)]
+    assert depth.split(other, [(1, 2)], 2) == (list("ab"), [(1, list("xy"))])
+    # One copy lost an event the other kept: no common layout.
+    assert depth.carried_layout(longer, inserted, list("axyxzyb"), _upper) is None
+    # An event the recording at REPLAY_LO does not have: not a subsequence.
+    assert depth.carried_layout(longer, inserted, list("axwyxyb"), _upper) is None
+
+
 # -- shallow traces repeated == the full-depth trace ------------------------------------
 
 T5 = T5Config(
@@ -112,25 +157,28 @@ GEMMA2 = Gemma2Config(
 
 
 @pytest.fixture
-def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def shallow(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     """Stacks of 4+ layers are repeated from shallow traces (8+ in production: these
-    models are small); records how often ``repeat.deep`` (one batch size) and ``deep_pair``
-    (the two recorded for replay) answered, to prove they were used."""
+    models are small); records which of ``repeat.deep`` (one batch size, three traces),
+    ``deep_pair`` (the two recordings for replay) and ``deep_one`` (batch 1, one trace)
+    answered, to prove they were used."""
     monkeypatch.setattr(repeat, "MIN_LAYERS", 4)
     monkeypatch.setattr(reuse, "_TIMELINES", {})
-    answered: list[int] = []
+    answered: list[tuple[str, bool]] = []
 
-    def spy(original):
+    def spy(name: str):
+        original = getattr(reuse, name)
+
         def spied(*args, **kwargs):
             out = original(*args, **kwargs)
-            answered.append(out is not None)
+            answered.append((name, out is not None))
             return out
 
-        return spied
+        # reuse calls it by the name it imported
+        monkeypatch.setattr(reuse, name, spied)
 
-    # reuse calls them by the names it imported
-    monkeypatch.setattr(reuse, "deep", spy(reuse.deep))
-    monkeypatch.setattr(reuse, "deep_pair", spy(reuse.deep_pair))
+    for name in ("deep", "deep_pair", "deep_one"):
+        spy(name)
     return answered
 
 
@@ -138,10 +186,10 @@ def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     ("config", "options", "batches"),
     [
         (T5, TrainOptions(), (1, 5)),
-        (T5, TrainOptions(precision="bf16", gradient_checkpointing=True), (5,)),
-        (BART, TrainOptions(precision="fp16", optimizer="adafactor", micro_batches=2), (5,)),
+        (T5, TrainOptions(precision="bf16", gradient_checkpointing=True), (1, 5)),
+        (BART, TrainOptions(precision="fp16", optimizer="adafactor", micro_batches=2), (1, 5)),
         (MT5, TrainOptions(precision="bf16", optimizer="adafactor"), (5,)),
-        (LLAMA, TrainOptions(lora=True, gradient_checkpointing=True, precision="bf16"), (5,)),
+        (LLAMA, TrainOptions(lora=True, gradient_checkpointing=True, precision="bf16"), (1, 5)),
         (GEMMA2, TrainOptions(precision="bf16"), (5,)),
     ],
     ids=[
@@ -156,14 +204,15 @@ def shallow(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_train_profile_repeated_from_shallow_traces_equals_the_full_trace(
     config, options, batches, shallow
 ) -> None:
-    # Batch 1 is repeated from shallow traces at batch 1; batch 5 is replayed from
-    # recordings at 2 and 3 rows, each repeated from shallow traces.
+    # Batch 1 is repeated from one shallow trace at batch 1, placed by the recordings'
+    # layout; batch 5 is replayed from recordings at 2 and 3 rows, both repeated from
+    # three shallow traces.
     for batch in batches:
         shape = TrainShape(batch, 32, 8)
         full = simulate_train(config, shape, options, use_cache=False, replay_batches=False)
         repeated = simulate_train(config, shape, options, use_cache=False)
         assert repeated == full, batch
-    assert shallow and all(shallow)
+    assert shallow == [("deep_pair", True)] + [("deep_one", True)] * (1 in batches)
 
 
 @pytest.mark.parametrize("config", [T5, BART, LLAMA, GEMMA2], ids=["t5", "bart", "llama", "gemma2"])
@@ -174,4 +223,4 @@ def test_generation_profile_repeated_from_shallow_traces_equals_the_full_trace(
     full = simulate_generate(config, shape, "bf16", use_cache=False, replay_batches=False)
     repeated = simulate_generate(config, shape, "bf16", use_cache=False)
     assert repeated == full
-    assert shallow and all(shallow)
+    assert shallow == [("deep_pair", True)]

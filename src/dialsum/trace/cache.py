@@ -95,7 +95,9 @@ def load_timelines(cache_dir: Path | None, key: str) -> tuple | None:
             stored = pickle.load(fh)
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError):
         return None
-    return stored if isinstance(stored, tuple) and len(stored) == 4 else None
+    if not isinstance(stored, tuple) or len(stored) not in (4, 5):
+        return None
+    return stored if len(stored) == 5 else (*stored, None)  # 4: kept before the layout was
 
 
 def store_timelines(cache_dir: Path | None, key: str, recorded: tuple) -> None:

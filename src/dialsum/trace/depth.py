@@ -23,6 +23,7 @@ the check and the caller traces the full model.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -244,6 +245,46 @@ def split(
         before = position
     base.extend(longer[cursor:])
     return base, found
+
+
+def carried_layout(
+    longer: Sequence[Event],
+    inserted: Insertions,
+    other: Sequence[Event],
+    view: Callable[[Sequence[Event]], list[Event]],
+) -> list[tuple[int, int]] | None:
+    """Where the two copies of each insertion of ``longer`` (``a`` with ``inserted`` made
+    twice) lie in ``other``, the same step at another batch size that leaves some of
+    ``longer``'s events out (in ``view``, e.g. ``timeline.structure``, ``other`` is
+    ``longer`` with events removed): ``(position, length)`` per insertion, in ``split``'s
+    terms; None when ``other`` is not such a subsequence or two copies lose different
+    counts of events (``split`` then checks the copies are equal event for event).
+
+    The events left out are the fewest runs of ``view(longer)`` whose removal gives
+    ``view(other)`` (``insertions``, the other way round)."""
+    missing = insertions(view(other), view(longer))
+    if missing is None:
+        return None
+    dropped: list[int] = []  # indices in ``longer`` of the events ``other`` lacks
+    for position, segment in missing:
+        first = position + len(dropped)
+        dropped.extend(range(first, first + len(segment)))
+
+    def kept_before(index: int) -> int:
+        return index - bisect.bisect_left(dropped, index)
+
+    layout: list[tuple[int, int]] = []
+    inserted_before, kept_inserted = 0, 0  # events of copies before this insertion
+    for position, segment in inserted:
+        start = position + inserted_before
+        bounds = [kept_before(start + k * len(segment)) for k in range(3)]
+        length = bounds[1] - bounds[0]
+        if length <= 0 or bounds[2] - bounds[1] != length:
+            return None
+        layout.append((bounds[0] - kept_inserted, length))
+        inserted_before += 2 * len(segment)
+        kept_inserted += 2 * length
+    return layout
 
 
 def pumped(a: Sequence[Event], inserted: Insertions, copies: int) -> list[Event]:

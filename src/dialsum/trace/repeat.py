@@ -209,10 +209,10 @@ def deep_pair(
     round_fn: RoundFn,
     finish_costs: FinishCosts = unchanged_costs,
     name: str | None = None,
-) -> tuple[Traced, Traced] | None:
-    """The full-depth recordings at REPLAY_LO and REPLAY_HI from three shallow traces;
-    None when the model is shallow or the check fails (the caller then goes batch by
-    batch, ``_traced``).
+) -> tuple[Traced, Traced, Shallow] | None:
+    """The full-depth recordings at REPLAY_LO and REPLAY_HI from three shallow traces,
+    and what the first two found (for ``deep_one``); None when the model is shallow or
+    the check fails (the caller then goes batch by batch, ``_traced``).
 
     With ``d`` the first depth ``deep`` tries and ``p`` the period: REPLAY_LO at ``d``
     and ``d + p`` layers per stack give where a layer's events go (``depth.insertions``);
@@ -264,26 +264,102 @@ def deep_pair(
     if cut is None:
         return None
     params, trainable, extrapolated = _repeated(first, second, copies)  # type: ignore[misc]
+    shallow = Shallow(
+        start,
+        copies,
+        e_first,
+        found,
+        {cost: {phase: extrapolated[cost][phase] for phase in unsunk} for cost in COSTS},
+        tuple(first.flops),
+        _counts(first)[:2] + _counts(second)[:2],
+    )
     recorded: list[Traced] = []
-    for batch, (shallow, inserted) in ((REPLAY_LO, (e_first, found)), (REPLAY_HI, cut)):
-        events = depth.pumped(shallow, inserted, copies)
-        summed = timeline.cost_events(events, tuple(first.flops))
-        costs = finish_costs(
-            {
-                cost: {
-                    phase: (summed if phase in sunk else extrapolated)[cost][phase]
-                    for phase in by_phase
-                }
-                for cost, by_phase in summed.items()
-            }
+    for batch, (events, inserted) in ((REPLAY_LO, (e_first, found)), (REPLAY_HI, cut)):
+        one = shallow.full(events, inserted, batch, profile_of, round_fn, finish_costs)
+        if one is None:
+            return None
+        recorded.append(one)
+    return recorded[0], recorded[1], shallow
+
+
+@dataclass(frozen=True)
+class Shallow:
+    """What ``deep_pair`` found at REPLAY_LO, kept with the recordings: the shallowest
+    timeline (``start`` layers per stack) and where one more layer's events go, cost
+    events included; the full-depth raw costs of the phases without cost events; the
+    parameter counts (total, trainable) at ``start`` and one period deeper. With it another
+    batch size needs one trace (``deep_one``)."""
+
+    start: int
+    copies: int
+    """Periods added to ``start`` to reach the model's depth."""
+    events: list
+    inserted: depth.Insertions
+    unsunk_costs: dict[str, dict[str, int]]
+    phases: tuple[str, ...]
+    params: tuple[int, int, int, int]
+
+    def counts(self, copies: int) -> tuple[int, int]:
+        """(parameters, trainable parameters) with ``copies`` periods added."""
+        total, trainable, total_next, trainable_next = self.params
+        return (
+            total + copies * (total_next - total),
+            trainable + copies * (trainable_next - trainable),
         )
+
+    def full(
+        self,
+        events: list,
+        inserted: depth.Insertions,
+        batch: int,
+        profile_of: ProfileOf,
+        round_fn: RoundFn,
+        finish_costs: FinishCosts,
+    ) -> Traced | None:
+        """The full-depth profile and timeline at ``batch`` from its shallowest timeline
+        and one layer's events (both at ``batch``): the layers repeated, the costs summed
+        from the cost events (the others from ``unsunk_costs``), the peaks replayed."""
+        events = depth.pumped(events, inserted, self.copies)
+        summed = timeline.cost_events(events, self.phases)
+        for cost, by_phase in self.unsunk_costs.items():
+            summed[cost].update(by_phase)
         events = timeline.without_costs(events)
         steps = timeline.replay(events, events, batch, batch + 1, batch, round_fn)
         if not steps:
             return None
-        base = MemoryProfile(params, trainable, 0, "")
-        recorded.append((set_costs(profile_of(base, steps), costs), events))
-    return recorded[0], recorded[1]
+        base = MemoryProfile(*self.counts(self.copies), 0, "")
+        return set_costs(profile_of(base, steps), finish_costs(summed)), events
+
+
+def deep_one(
+    trace_at: TraceAt,
+    stacks: Stacks,
+    batch: int,
+    shallow: Shallow,
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    finish_costs: FinishCosts = unchanged_costs,
+) -> Traced | None:
+    """The full-depth profile and timeline at ``batch`` from one trace two periods deeper
+    than ``shallow.start``, placed by where the layers go at REPLAY_LO (``shallow``);
+    None when that does not fit (the caller goes back to ``deep``'s three traces).
+
+    For batch 1, whose timeline is REPLAY_LO's with some events left out (an op skips a
+    copy when a dimension is 1), not only resized: ``depth.carried_layout`` finds the
+    layers' events in the trace by aligning it with REPLAY_LO's timeline at that depth,
+    and the two copies of each must be equal event for event (``depth.split``), as
+    ``deep_pair`` checks at REPLAY_HI.
+    """
+    layers = shallow.start + 2 * stacks.period
+    profile, events = trace_at(batch, True, stacks.layers - layers)
+    if events is None or (profile.params, profile.trainable_params) != shallow.counts(2):
+        return None
+    at_lo = depth.pumped(shallow.events, shallow.inserted, 2)
+    layout = depth.carried_layout(at_lo, shallow.inserted, events, timeline.structure)
+    cut = depth.split(events, layout, 2) if layout is not None else None
+    if cut is None:
+        return None
+    return shallow.full(*cut, batch, profile_of, round_fn, finish_costs)
 
 
 def _counts(profile: MemoryProfile) -> tuple:

@@ -34,10 +34,12 @@ from dialsum.trace.repeat import (
     FinishCosts,
     ProfileOf,
     Repeat,
+    Shallow,
     TraceAt,
     Traced,
     costs_of,
     deep,
+    deep_one,
     deep_pair,
     pair_depths,
     result_or,
@@ -48,8 +50,10 @@ from dialsum.trace.repeat import (
 )
 from dialsum.trace.tracer import RoundFn
 
-# Recorded timelines for this process: key -> (profiles at REPLAY_LO and HI, events LO, HI).
-_TIMELINES: dict[str, tuple[MemoryProfile, MemoryProfile, list, list]] = {}
+# Recorded timelines for this process: key -> (profiles at REPLAY_LO and HI, events LO,
+# HI, what the shallow traces found or None: ``repeat.Shallow``).
+Recorded = tuple[MemoryProfile, MemoryProfile, list, list, Shallow | None]
+_TIMELINES: dict[str, Recorded] = {}
 
 
 def _traced(
@@ -80,6 +84,54 @@ def _traced(
     return result_or(future, lambda: trace_at(batch, record, 0)), None
 
 
+def _recordings(
+    key: str,
+    trace_at: TraceAt,
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    cache_dir: Path | None = None,
+    stacks: Stacks | None = None,
+    finish_costs: FinishCosts = unchanged_costs,
+) -> Recorded:
+    """``key``'s recordings at REPLAY_LO/HI: traced once per key, kept for this process
+    and, with ``cache_dir``, on disk for the next."""
+    if key in _TIMELINES:
+        return _TIMELINES[key]
+    stored = trace_cache.load_timelines(cache_dir, key)
+    if stored is None:
+        # A model too shallow to repeat is traced whole at both batches: independent
+        # traces, so HI starts in the helper process while this one traces LO.
+        whole_hi = None
+        if not starts(stacks):
+            whole_hi = parallel.claim(trace_name(key, REPLAY_HI, 0)) or parallel.submit(
+                trace_at, REPLAY_HI, True, 0
+            )
+        pair = None
+        if whole_hi is None:
+            pair = deep_pair(trace_at, stacks, profile_of, round_fn, finish_costs, key)
+        shallow = None
+        if pair is not None:
+            (lo, e_lo), (hi, e_hi), shallow = pair
+        else:
+            (lo, e_lo), repeat = _traced(
+                trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs,
+                shallow=whole_hi is None, name=key,
+            )  # fmt: skip
+            # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
+            # optimizer work the alignment does not cut per layer): not at HI either.
+            if whole_hi is not None:
+                hi, e_hi = result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
+            else:
+                (hi, e_hi), _ = _traced(
+                    trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
+                    known=repeat, shallow=repeat is not None, name=key,
+                )  # fmt: skip
+        stored = (lo, hi, timeline.without_costs(e_lo), timeline.without_costs(e_hi), shallow)
+        trace_cache.store_timelines(cache_dir, key, stored)
+    _TIMELINES[key] = stored
+    return stored
+
+
 def _replayed(
     key: str,
     batch: int,
@@ -90,46 +142,15 @@ def _replayed(
     stacks: Stacks | None = None,
     finish_costs: FinishCosts = unchanged_costs,
 ) -> MemoryProfile:
-    """``batch``'s profile replayed from recordings at REPLAY_LO/HI (traced once per key,
-    kept for this process and, with ``cache_dir``, on disk for the next);
-    ``trace_at(batch, record, removed)`` traces, ``profile_of(base, steps)`` builds the
-    profile."""
-    if key not in _TIMELINES:
-        stored = trace_cache.load_timelines(cache_dir, key)
-        if stored is None:
-            # A model too shallow to repeat is traced whole at both batches: independent
-            # traces, so HI starts in the helper process while this one traces LO.
-            whole_hi = None
-            if not starts(stacks):
-                whole_hi = parallel.claim(trace_name(key, REPLAY_HI, 0)) or parallel.submit(
-                    trace_at, REPLAY_HI, True, 0
-                )
-            pair = None
-            if whole_hi is None:
-                pair = deep_pair(trace_at, stacks, profile_of, round_fn, finish_costs, key)
-            if pair is not None:
-                (lo, e_lo), (hi, e_hi) = pair
-            else:
-                (lo, e_lo), repeat = _traced(
-                    trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs,
-                    shallow=whole_hi is None, name=key,
-                )  # fmt: skip
-                # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
-                # optimizer work the alignment does not cut per layer): not at HI either.
-                if whole_hi is not None:
-                    hi, e_hi = result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
-                else:
-                    (hi, e_hi), _ = _traced(
-                        trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
-                        known=repeat, shallow=repeat is not None, name=key,
-                    )  # fmt: skip
-            stored = (lo, hi, timeline.without_costs(e_lo), timeline.without_costs(e_hi))
-            trace_cache.store_timelines(cache_dir, key, stored)
-        _TIMELINES[key] = stored
-        if batch in (REPLAY_LO, REPLAY_HI):
-            lo, hi = stored[0], stored[1]
-            return lo if batch == REPLAY_LO else hi
-    base, hi, e_lo, e_hi = _TIMELINES[key]
+    """``batch``'s profile replayed from ``key``'s recordings at REPLAY_LO/HI
+    (``_recordings``); ``trace_at(batch, record, removed)`` traces, ``profile_of(base,
+    steps)`` builds the profile."""
+    known = key in _TIMELINES
+    base, hi, e_lo, e_hi, _ = _recordings(
+        key, trace_at, profile_of, round_fn, cache_dir, stacks, finish_costs
+    )
+    if not known and batch in (REPLAY_LO, REPLAY_HI):
+        return base if batch == REPLAY_LO else hi
     steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, batch, round_fn)
     # FLOPs, bytes moved and kernels are sums over the same ops: affine in the batch too.
     costs = interpolate_costs(costs_of(base), costs_of(hi), REPLAY_LO, REPLAY_HI, batch)
@@ -137,6 +158,33 @@ def _replayed(
         # Not exactly replayable: trace directly.
         return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0][0]
     return set_costs(profile_of(base, steps), costs)
+
+
+def _one_row(
+    batch: int,
+    key: str,
+    trace_at: TraceAt,
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    cache_dir: Path | None = None,
+    stacks: Stacks | None = None,
+    finish_costs: FinishCosts = unchanged_costs,
+) -> MemoryProfile:
+    """Batch 1 (or 0), traced (not replayed: some ops skip a copy when a dimension is 1).
+    A deep model takes one shallow trace placed by its recordings' layout
+    (``repeat.deep_one``; the recordings are made first if needed: the plans and the guide
+    ask other batch sizes too), else three (``repeat.deep``); a shallow one is traced
+    whole."""
+    if batch == 1 and starts(stacks):
+        assert stacks is not None
+        shallow = _recordings(key, trace_at, profile_of, round_fn, cache_dir, stacks, finish_costs)[
+            4
+        ]
+        if shallow is not None:
+            one = deep_one(trace_at, stacks, 1, shallow, profile_of, round_fn, finish_costs)
+            if one is not None:
+                return one[0]
+    return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0][0]
 
 
 def default_round_fn(device: str) -> RoundFn:
@@ -191,18 +239,10 @@ def reused_or_traced(
     def compute() -> MemoryProfile:
         if not replay_batches:
             return trace_at(batch, False, 0)[0]
+        recorded = (timeline_key(), trace_at, profile_of, round_fn, timelines_dir, stacks)
         if batch <= 1:
-            return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0][0]
-        return _replayed(
-            timeline_key(),
-            batch,
-            trace_at,
-            profile_of,
-            round_fn,
-            timelines_dir,
-            stacks,
-            finish_costs,
-        )
+            return _one_row(batch, *recorded, finish_costs)
+        return _replayed(recorded[0], batch, *recorded[1:], finish_costs)
 
     return _cached(key, cache_dir, use_cache, round_fn, compute)
 
