@@ -374,9 +374,10 @@ def simulate_train(
     ``replay_batches=False`` traces directly at full depth.
 
     A model whose stacks have at least ``repeat.MIN_LAYERS`` layers is traced with a few
-    layers per stack instead (T5: 2, 3 and 4; see ``models.stacks``): the difference between
-    the recordings is the event block one more layer adds, and the full-depth timeline is
-    those blocks repeated, then replayed like any other recording (``dialsum.trace.depth``).
+    layers per stack instead (T5: 2 and 3 at batch 2, 4 at batch 3; see ``trace.repeat``):
+    the difference between the recordings is the event block one more layer adds, and the
+    full-depth timeline is those blocks repeated, then replayed like any other recording
+    (``dialsum.trace.depth``).
     Nothing is extrapolated from peaks: the whole event sequence is checked to repeat
     exactly, else the full depth is traced. (Extrapolating *peaks* from 1-2 layer copies was
     tried before and was wrong on real models: 6.96 GiB against 5.77 GiB on eenzeenee at
