@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from dialsum.trace import cache as trace_cache
 from dialsum.trace import reuse
 from dialsum.trace.allocator import round_allocation_bytes
 from dialsum.trace.profile import MemoryProfile
@@ -70,3 +71,13 @@ def test_without_the_cache_nothing_is_kept_on_disk(tmp_path, traced, monkeypatch
     monkeypatch.setattr(reuse, "_TIMELINES", {})
     _profile_at(8, traced, tmp_path, use_cache=False)
     assert traced == [2, 3, 2, 3]
+
+
+def test_recordings_kept_before_the_layout_still_load(tmp_path) -> None:
+    # Older caches hold (LO, HI, events LO, events HI): read with no layout (batch 1 then
+    # takes its three traces); anything else is ignored, as a miss.
+    profile, events = _recording(2)
+    trace_cache.store_timelines(tmp_path, "old", (profile, profile, events, events))
+    assert trace_cache.load_timelines(tmp_path, "old") == (profile, profile, events, events, None)
+    trace_cache.store_timelines(tmp_path, "odd", (profile, events))
+    assert trace_cache.load_timelines(tmp_path, "odd") is None
