@@ -49,13 +49,14 @@ def unchanged_costs(costs: dict[str, dict[str, int]]) -> dict[str, dict[str, int
     return costs
 
 
-MIN_LAYERS = 8
+MIN_LAYERS = 6
 """Stacks this deep or deeper are traced shallow and repeated (``trace.depth``). A trace
-costs per op whatever the sizes: about ``c0 + c1 x layers``. Measured on T5-base's
-training step (bf16, batch 2, 512/64): one micro-batch 2.3 / 2.8 / 3.3 s at 2 / 3 / 4
-layers against 7.2-8.2 s for all 12 (about even), two micro-batches 2.5 / 3.5 / 4.4 s
-against 16-18 s, generation 0.6 / 0.8 / 1.0 s at 1 / 2 / 3 layers against 2.1-3.6 s; at
-48 layers (SOLAR) the three traces are several times cheaper than one full trace."""
+costs per op whatever the sizes: about ``c0 + c1 x layers``, ``c0`` small. Measured on
+kobart's training step (bf16, batch 2, 512/100): 0.39 / 0.69 / 1.01 s at 1 / 2 / 3 layers
+against 2.05 s for all 6, so the three traces of ``deep_pair`` (2.1 s) take half of the
+two whole recordings (4.1 s) and batch 1's one trace (``deep_one``) half of a whole one;
+on T5-base (12 layers; 2 / 3 / 4 layers traced) about a third. Below 6 layers there is
+little left to save (and ``starts`` needs two periods above the first depth)."""
 
 
 @dataclass(frozen=True)
