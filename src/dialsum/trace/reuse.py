@@ -177,9 +177,8 @@ def _one_row(
     whole."""
     if batch == 1 and starts(stacks):
         assert stacks is not None
-        shallow = _recordings(key, trace_at, profile_of, round_fn, cache_dir, stacks, finish_costs)[
-            4
-        ]
+        recorded = _recordings(key, trace_at, profile_of, round_fn, cache_dir, stacks, finish_costs)
+        shallow = recorded[4]  # None: recorded batch by batch, or read from an old cache
         if shallow is not None:
             one = deep_one(trace_at, stacks, 1, shallow, profile_of, round_fn, finish_costs)
             if one is not None:
