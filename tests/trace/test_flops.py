@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_depth import LLAMA
 from test_step_trace import small_t5, tiny_t5
-from transformers import LlamaConfig
 
 from dialsum.trace import flops as flops_mod
 from dialsum.trace.allocator import round_allocation_bytes
@@ -193,7 +193,7 @@ def test_a_recorded_training_step_carries_its_costs(options: TrainOptions) -> No
 
 @pytest.mark.parametrize("causal", [False, True], ids=["t5", "llama"])
 def test_a_recorded_generation_carries_its_costs(causal: bool) -> None:
-    config = LlamaConfig(**_TINY_LLAMA) if causal else small_t5()
+    config = LLAMA if causal else small_t5()
     trace = trace_causal_generate if causal else _trace_generate
     shape = GenerateShape(2, 16, 6, 2, label_len=4)
     profile, events = trace(config, shape, GenerateOptions("bf16"), round_allocation_bytes, True)
@@ -201,17 +201,6 @@ def test_a_recorded_generation_carries_its_costs(causal: bool) -> None:
     for cost in COSTS:
         assert summed[cost] == getattr(profile, cost)
     assert summed["flops"]["decode_short"] > 0  # traced after the step, still carried
-
-
-_TINY_LLAMA = dict(
-    vocab_size=128,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
 
 
 # -- pure parts ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ the full model is traced.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from dialsum.models.stacks import Stacks
@@ -84,106 +85,98 @@ def _traced(
     return result_or(future, lambda: trace_at(batch, record, 0)), None
 
 
-def _recordings(
-    key: str,
-    trace_at: TraceAt,
-    profile_of: ProfileOf,
-    round_fn: RoundFn,
-    cache_dir: Path | None = None,
-    stacks: Stacks | None = None,
-    finish_costs: FinishCosts = unchanged_costs,
-) -> Recorded:
-    """``key``'s recordings at REPLAY_LO/HI: traced once per key, kept for this process
-    and, with ``cache_dir``, on disk for the next."""
-    if key in _TIMELINES:
-        return _TIMELINES[key]
-    stored = trace_cache.load_timelines(cache_dir, key)
+@dataclass(frozen=True)
+class _Question:
+    """What recording, replaying and batch 1 need for one question: the timeline ``key``,
+    ``trace_at(batch, record, removed)`` to trace, ``profile_of(base, steps)`` to build a
+    profile, the rounding, the disk cache (None: this process only), the model's stacks
+    and the cost finisher (``repeat.FinishCosts``)."""
+
+    key: str
+    trace_at: TraceAt
+    profile_of: ProfileOf
+    round_fn: RoundFn
+    cache_dir: Path | None
+    stacks: Stacks | None
+    finish_costs: FinishCosts
+
+    def traced(self, batch: int) -> MemoryProfile:
+        """``batch`` traced, not replayed (``_traced``)."""
+        return _traced(
+            self.trace_at, self.stacks, batch, False, self.profile_of, self.round_fn,
+            self.finish_costs,
+        )[0][0]  # fmt: skip
+
+
+def _recordings(q: _Question) -> Recorded:
+    """``q.key``'s recordings at REPLAY_LO/HI: traced once per key, kept for this process
+    and, with ``q.cache_dir``, on disk for the next."""
+    if q.key in _TIMELINES:
+        return _TIMELINES[q.key]
+    stored = trace_cache.load_timelines(q.cache_dir, q.key)
     if stored is None:
+        trace_at, stacks = q.trace_at, q.stacks
+        shared = (q.profile_of, q.round_fn, q.finish_costs)
         # A model too shallow to repeat is traced whole at both batches: independent
         # traces, so HI starts in the helper process while this one traces LO.
         whole_hi = None
         if not starts(stacks):
-            whole_hi = parallel.claim(trace_name(key, REPLAY_HI, 0)) or parallel.submit(
+            whole_hi = parallel.claim(trace_name(q.key, REPLAY_HI, 0)) or parallel.submit(
                 trace_at, REPLAY_HI, True, 0
             )
-        pair = None
-        if whole_hi is None:
-            pair = deep_pair(trace_at, stacks, profile_of, round_fn, finish_costs, key)
+        pair = deep_pair(trace_at, stacks, *shared, q.key) if whole_hi is None else None
         shallow = None
         if pair is not None:
             (lo, e_lo), (hi, e_hi), shallow = pair
         else:
             (lo, e_lo), repeat = _traced(
-                trace_at, stacks, REPLAY_LO, True, profile_of, round_fn, finish_costs,
-                shallow=whole_hi is None, name=key,
-            )  # fmt: skip
+                trace_at, stacks, REPLAY_LO, True, *shared, shallow=whole_hi is None, name=q.key
+            )
             # Not periodic at REPLAY_LO (e.g. mT5 with Adafactor, whose per-parameter
             # optimizer work the alignment does not cut per layer): not at HI either.
             if whole_hi is not None:
                 hi, e_hi = result_or(whole_hi, lambda: trace_at(REPLAY_HI, True, 0))
             else:
                 (hi, e_hi), _ = _traced(
-                    trace_at, stacks, REPLAY_HI, True, profile_of, round_fn, finish_costs,
-                    known=repeat, shallow=repeat is not None, name=key,
+                    trace_at, stacks, REPLAY_HI, True, *shared,
+                    known=repeat, shallow=repeat is not None, name=q.key,
                 )  # fmt: skip
         stored = (lo, hi, timeline.without_costs(e_lo), timeline.without_costs(e_hi), shallow)
-        trace_cache.store_timelines(cache_dir, key, stored)
-    _TIMELINES[key] = stored
+        trace_cache.store_timelines(q.cache_dir, q.key, stored)
+    _TIMELINES[q.key] = stored
     return stored
 
 
-def _replayed(
-    key: str,
-    batch: int,
-    trace_at: TraceAt,
-    profile_of: ProfileOf,
-    round_fn: RoundFn,
-    cache_dir: Path | None = None,
-    stacks: Stacks | None = None,
-    finish_costs: FinishCosts = unchanged_costs,
-) -> MemoryProfile:
-    """``batch``'s profile replayed from ``key``'s recordings at REPLAY_LO/HI
-    (``_recordings``); ``trace_at(batch, record, removed)`` traces, ``profile_of(base,
-    steps)`` builds the profile."""
-    known = key in _TIMELINES
-    base, hi, e_lo, e_hi, _ = _recordings(
-        key, trace_at, profile_of, round_fn, cache_dir, stacks, finish_costs
-    )
+def _replayed(q: _Question, batch: int) -> MemoryProfile:
+    """``batch``'s profile replayed from ``q``'s recordings at REPLAY_LO/HI
+    (``_recordings``)."""
+    known = q.key in _TIMELINES
+    base, hi, e_lo, e_hi, _ = _recordings(q)
     if not known and batch in (REPLAY_LO, REPLAY_HI):
         return base if batch == REPLAY_LO else hi
-    steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, batch, round_fn)
+    steps = timeline.replay(e_lo, e_hi, REPLAY_LO, REPLAY_HI, batch, q.round_fn)
     # FLOPs, bytes moved and kernels are sums over the same ops: affine in the batch too.
     costs = interpolate_costs(costs_of(base), costs_of(hi), REPLAY_LO, REPLAY_HI, batch)
     if not steps or costs is None:
-        # Not exactly replayable: trace directly.
-        return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0][0]
-    return set_costs(profile_of(base, steps), costs)
+        return q.traced(batch)  # not exactly replayable: trace directly
+    return set_costs(q.profile_of(base, steps), costs)
 
 
-def _one_row(
-    batch: int,
-    key: str,
-    trace_at: TraceAt,
-    profile_of: ProfileOf,
-    round_fn: RoundFn,
-    cache_dir: Path | None = None,
-    stacks: Stacks | None = None,
-    finish_costs: FinishCosts = unchanged_costs,
-) -> MemoryProfile:
+def _one_row(q: _Question, batch: int) -> MemoryProfile:
     """Batch 1 (or 0), traced (not replayed: some ops skip a copy when a dimension is 1).
     A deep model takes one shallow trace placed by its recordings' layout
     (``repeat.deep_one``; the recordings are made first if needed: the plans and the guide
     ask other batch sizes too), else three (``repeat.deep``); a shallow one is traced
     whole."""
-    if batch == 1 and starts(stacks):
-        assert stacks is not None
-        recorded = _recordings(key, trace_at, profile_of, round_fn, cache_dir, stacks, finish_costs)
-        shallow = recorded[4]  # None: recorded batch by batch, or read from an old cache
+    if batch == 1 and q.stacks is not None and starts(q.stacks):
+        shallow = _recordings(q)[4]  # None: recorded batch by batch, or from an old cache
         if shallow is not None:
-            one = deep_one(trace_at, stacks, 1, shallow, profile_of, round_fn, finish_costs)
+            one = deep_one(
+                q.trace_at, q.stacks, 1, shallow, q.profile_of, q.round_fn, q.finish_costs
+            )
             if one is not None:
                 return one[0]
-    return _traced(trace_at, stacks, batch, False, profile_of, round_fn, finish_costs)[0][0]
+    return q.traced(batch)
 
 
 def default_round_fn(device: str) -> RoundFn:
@@ -238,10 +231,10 @@ def reused_or_traced(
     def compute() -> MemoryProfile:
         if not replay_batches:
             return trace_at(batch, False, 0)[0]
-        recorded = (timeline_key(), trace_at, profile_of, round_fn, timelines_dir, stacks)
-        if batch <= 1:
-            return _one_row(batch, *recorded, finish_costs)
-        return _replayed(recorded[0], batch, *recorded[1:], finish_costs)
+        q = _Question(
+            timeline_key(), trace_at, profile_of, round_fn, timelines_dir, stacks, finish_costs
+        )
+        return _one_row(q, batch) if batch <= 1 else _replayed(q, batch)
 
     return _cached(key, cache_dir, use_cache, round_fn, compute)
 
