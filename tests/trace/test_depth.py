@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from transformers import BartConfig, Gemma2Config, LlamaConfig, MT5Config, T5Config
 
+from dialsum.models.architectures import known_config
 from dialsum.trace import depth, repeat, reuse
 from dialsum.trace.generation_trace import simulate_generate
 from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
@@ -213,6 +214,31 @@ def test_train_profile_repeated_from_shallow_traces_equals_the_full_trace(
         repeated = simulate_train(config, shape, options, use_cache=False)
         assert repeated == full, batch
     assert shallow == [("deep_pair", True)] + [("deep_one", True)] * (1 in batches)
+
+
+def test_a_pair_whose_first_layer_aligns_unlike_the_rest_starts_one_layer_deeper(
+    shallow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # kobart in fp32: with 1 and 2 layers per stack, the fewest insertions place the first
+    # layer's backward events unlike the later layers', and 3 layers do not repeat them.
+    # The pair then starts at 2 layers (the trace at 2 kept) instead of tracing every
+    # batch size three times over (``repeat.deep``).
+    starts: list[tuple[int, bool]] = []
+    pair_from = repeat._pair_from
+
+    def spied(stacks, start, *args):
+        out = pair_from(stacks, start, *args)
+        starts.append((start, out is not None))
+        return out
+
+    monkeypatch.setattr(repeat, "_pair_from", spied)
+    config = known_config("digit82/kobart-summarization")
+    shape = TrainShape(5, 32, 8)
+    repeated = simulate_train(config, shape, TrainOptions(), use_cache=False)
+    assert starts == [(1, False), (2, True)]
+    assert shallow == [("deep_pair", True)]
+    full = simulate_train(config, shape, TrainOptions(), use_cache=False, replay_batches=False)
+    assert repeated == full
 
 
 @pytest.mark.parametrize("config", [T5, BART, LLAMA, GEMMA2], ids=["t5", "bart", "llama", "gemma2"])

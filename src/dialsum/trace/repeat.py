@@ -197,9 +197,10 @@ def deep(
     return None
 
 
-def pair_depths(stacks: Stacks) -> list[tuple[int, int]]:
-    """``(batch, layers per stack)`` of the three traces ``deep_pair`` makes."""
-    start, step = starts(stacks)[0], stacks.period
+def pair_depths(stacks: Stacks, start: int | None = None) -> list[tuple[int, int]]:
+    """``(batch, layers per stack)`` of the three traces ``deep_pair`` makes from
+    ``start`` (the first of ``starts``)."""
+    start, step = starts(stacks)[0] if start is None else start, stacks.period
     return [(REPLAY_LO, start), (REPLAY_LO, start + step), (REPLAY_HI, start + 2 * step)]
 
 
@@ -226,27 +227,57 @@ def deep_pair(
     are the timeline's cost events summed (``timeline.cost_events``): a repeated layer
     carries its own. One trace fewer per batch pair than ``deep`` twice (5 -> 3), and
     the deepest runs in the helper process while this one traces the two others.
+
+    If the check fails, a first period may still differ from the rest (BART in fp32:
+    its first layer's backward aligns unlike the others'), so it tries again one period
+    deeper, as ``deep`` does: REPLAY_LO at ``d + p`` is kept, two traces more.
     """
     if not starts(stacks):
         return None
     assert stacks is not None
-    depths = pair_depths(stacks)
-    futures: dict[tuple[int, int], Future] = {}
-    for batch, layers in depths:
-        future = parallel.claim(trace_name(name, batch, stacks.layers - layers)) if name else None
-        if future is not None:
-            futures[(batch, layers)] = future
-    if not futures:
-        batch, layers = depths[-1]
-        future = parallel.submit(trace_at, batch, True, stacks.layers - layers)
-        if future is not None:
-            futures[(batch, layers)] = future
-    (first, e_first), (second, e_second), (third, e_third) = (
-        result_or(
-            futures.pop(at, None), functools.partial(trace_at, at[0], True, stacks.layers - at[1])
-        )
-        for at in depths
-    )
+    traces: dict[tuple[int, int], Traced] = {}
+
+    def traced(depths: list[tuple[int, int]]) -> list[Traced]:
+        """``depths`` traced (once each): the ones sent ahead (``speculate``) taken from
+        the helper; if it has none, the deepest started there while this process traces
+        the others."""
+        todo = [at for at in depths if at not in traces]
+        futures: dict[tuple[int, int], Future] = {}
+        for batch, layers in todo:
+            removed = stacks.layers - layers
+            future = parallel.claim(trace_name(name, batch, removed)) if name else None
+            if future is not None:
+                futures[(batch, layers)] = future
+        if todo and not futures:
+            batch, layers = todo[-1]
+            future = parallel.submit(trace_at, batch, True, stacks.layers - layers)
+            if future is not None:
+                futures[(batch, layers)] = future
+        for at in todo:
+            here = functools.partial(trace_at, at[0], True, stacks.layers - at[1])
+            traces[at] = result_or(futures.pop(at, None), here)
+        return [traces[at] for at in depths]
+
+    for start in starts(stacks):
+        found = _pair_from(
+            stacks, start, traced(pair_depths(stacks, start)), profile_of, round_fn,
+            finish_costs,
+        )  # fmt: skip
+        if found is not None:
+            return found
+    return None
+
+
+def _pair_from(
+    stacks: Stacks,
+    start: int,
+    three: list[Traced],
+    profile_of: ProfileOf,
+    round_fn: RoundFn,
+    finish_costs: FinishCosts,
+) -> tuple[Traced, Traced, Shallow] | None:
+    """``deep_pair``'s check and recordings from its three traces at ``start``."""
+    (first, e_first), (second, e_second), (third, e_third) = three
     found = depth.repeating(e_first, e_second, e_third, view=timeline.structure)
     twice = _repeated(first, second, 2)
     if found is None or twice is None or twice[:2] != _counts(third)[:2]:
@@ -260,7 +291,7 @@ def deep_pair(
         twice[2][cost][phase] != costs_of(third)[cost][phase] for cost in COSTS for phase in unsunk
     ):
         return None
-    start, copies = depths[0][1], (stacks.layers - depths[0][1]) // stacks.period
+    copies = (stacks.layers - start) // stacks.period
     cut = depth.split(e_third, Repeat.of(start, found).layout, 2)
     if cut is None:
         return None
