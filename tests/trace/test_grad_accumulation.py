@@ -129,3 +129,18 @@ def test_autograd_grad_is_armed_too_and_the_values_are_the_engines() -> None:
         (grad,) = torch.autograd.grad(outputs=loss(), inputs=[weight])
     assert (accumulation.in_place, accumulation.out_of_place) == (1, 0)
     assert torch.equal(grad, reference)
+
+
+def test_gradients_not_kept_counts_copies_and_sums_into_an_existing_grad() -> None:
+    # [3, 4] leaf: a contiguous gradient is stolen; one arriving transposed ([4, 3].t())
+    # breaks the layout contract and is copied; a second backward adds into .grad.
+    weight = torch.zeros(3, 4, requires_grad=True)
+    accumulation = InPlaceAccumulation()
+    with Passthrough(), accumulation:
+        (weight * 2).sum().backward()
+        assert accumulation.gradients_not_kept == 0
+        weight.grad = None
+        (weight.t() * torch.ones(4, 3)).sum().backward()
+        assert accumulation.gradients_not_kept == 1
+        (weight * 2).sum().backward()
+        assert accumulation.gradients_not_kept == 2

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from fractions import Fraction
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves
 
 _aten = torch.ops.aten
@@ -124,6 +124,17 @@ def _op_cost(func, args: tuple, kwargs: dict, out) -> int | None:
     read = sum(tensor_bytes(t) for t in inputs)
     written = {id(t): t for t in outputs + mutated}
     return read + sum(tensor_bytes(t) for t in written.values())
+
+
+@functools.lru_cache(maxsize=1024)
+def in_place_add_cost(nbytes: int) -> tuple[int, int, int]:
+    """(FLOPs, bytes moved, kernels) that ``_CostMode`` books for ``a.add_(b)`` on two
+    dense tensors of ``nbytes`` each (the engine adding a gradient into ``.grad``): an
+    element-wise op without a FLOP formula, one kernel reading both and writing ``a``.
+    (Meta tensors made outside any mode: a tracer running now must not count them.)"""
+    with _disable_current_modes():
+        a, b = (torch.empty(nbytes, dtype=torch.uint8, device="meta") for _ in range(2))
+        return 0, _op_cost(_aten.add_.Tensor, (a, b), {}, a) or 0, 1
 
 
 def runs_kernel(func, args: tuple, kwargs: dict, out) -> bool:
@@ -278,6 +289,15 @@ class CostMeter:
 
     def reset(self) -> None:
         self.costs = {name: {} for name in COSTS}
+
+    def count(self, events) -> None:
+        """Add the cost events among ``events`` to the totals; they are in the sink
+        already (a micro-batch copied from the traced one: ``step_trace``)."""
+        for event in events:
+            if event[0] == "c":
+                for cost, amount in zip(COSTS, event[2:], strict=True):
+                    by_phase = self.costs[cost]
+                    by_phase[event[1]] = by_phase.get(event[1], 0) + amount
 
     def phases(self, names: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
         """``{cost: {phase: amount}}`` for ``names`` (every phase seen when None; a named

@@ -35,6 +35,11 @@ after the node; no allocation happens in between), and ``AccumulateGrad`` alread
 for that reference when it steals a gradient, so the hooks move no peak. Proven against
 ``torch.profiler`` on real tensors: the guarded trainer on the mT5 shape above has the
 same phase peaks with ``LiveBytesCap`` + this mode as with no mode at all.
+
+The post-hook of a leaf's ``AccumulateGrad`` also tells whether ``.grad`` is now the very
+gradient that arrived (the engine stole it) or not (``gradients_not_kept``): a traced
+step with every gradient stolen has a second micro-batch that differs from its first only
+in how the gradients land (``step_trace._later_micro_batch``).
 """
 
 from __future__ import annotations
@@ -106,10 +111,15 @@ def exclusive_counts(fake: bool) -> tuple[int, int]:
 
 
 class _NodeHooks:
-    """``between``: True from a node's post-hook until the next node's pre-hook."""
+    """``between``: True from a node's post-hook until the next node's pre-hook.
+
+    ``not_kept`` counts the leaves (``AccumulateGrad`` nodes) whose ``.grad`` after the
+    node is not the gradient that arrived: copied into a new tensor (one laid out unlike
+    its parameter) or added into an existing ``.grad``."""
 
     def __init__(self) -> None:
         self.between = False
+        self.not_kept = 0
 
     def _inside(self, *_) -> None:
         self.between = False
@@ -117,11 +127,25 @@ class _NodeHooks:
     def _after(self, *_) -> None:
         self.between = True
 
+    def _after_leaf(self, node, _grad_inputs, grad_outputs) -> None:
+        # grad_outputs: (the gradient that arrived for node.variable,)
+        self.between = True
+        arrived, grad = grad_outputs[0], node.variable.grad
+        if arrived is not None and (
+            grad is None or grad.untyped_storage() is not arrived.untyped_storage()
+        ):
+            self.not_kept += 1
+
     def arm(self, roots) -> list:
         handles = []
         for node in graph_nodes(roots):
             handles.append(node.register_prehook(self._inside))
-            handles.append(node.register_hook(self._after))
+            leaf = isinstance(node, torch._C._functions.AccumulateGrad)
+            handles.append(
+                node.register_hook(
+                    functools.partial(self._after_leaf, node) if leaf else self._after
+                )
+            )
         return handles
 
 
@@ -154,7 +178,9 @@ class InPlaceAccumulation(TorchDispatchMode):
     """Top dispatch mode: the engine's gradient sums in place where a real run has them so.
 
     ``with InPlaceAccumulation():`` entered after every other mode; ``in_place`` counts the
-    sums made in place, ``out_of_place`` the ones the engine would copy too.
+    sums made in place, ``out_of_place`` the ones the engine would copy too;
+    ``gradients_not_kept`` the leaves whose ``.grad`` is not the gradient the engine passed
+    them (``AccumulateGrad`` copied it, or added it into an existing one).
     """
 
     def __init__(self) -> None:
@@ -164,6 +190,10 @@ class InPlaceAccumulation(TorchDispatchMode):
         self._exclusive = {fake: exclusive_counts(fake) for fake in (False, True)}
         self.in_place = 0
         self.out_of_place = 0
+
+    @property
+    def gradients_not_kept(self) -> int:
+        return self.hooks.not_kept
 
     def __enter__(self):
         self._arming.__enter__()

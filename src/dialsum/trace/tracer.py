@@ -122,6 +122,10 @@ class LiveStorageTracker(TorchDispatchMode):
         for tensor in tensors:
             self.track(tensor, category)
 
+    def live_categories(self) -> dict[int, str]:
+        """``id(storage)`` -> category of every counted storage alive now."""
+        return {key: entry[1] for key, entry in self._live.items()}
+
     def bytes_of(self, category: str) -> int:
         return self._by_category.get(category, 0)
 
