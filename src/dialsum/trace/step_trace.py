@@ -17,7 +17,7 @@ and its peaks are replayed with the first step's forward/backward in place (abou
 a trace saved; ``tests/trace/test_step_trace.py`` checks it against tracing it whole).
 Likewise a step with gradient accumulation traces its first micro-batch only: the later
 ones are the same events but for their gradients, added into ``.grad``
-(``_MicroBatchCopier``, which checks that this holds and traces them otherwise).
+(``MicroBatchCopier``, which checks that this holds and traces them otherwise).
 
 Phases: ``forward``, ``backward``, ``optimizer``. Breakdown categories:
 ``weights`` (parameters and buffers), ``gradients`` (``.grad``), ``optimizer_state``,
@@ -33,8 +33,9 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,8 +51,14 @@ from dialsum.trace.fake_model import (
     fresh_fake_mode,
     trainable_params,
 )
-from dialsum.trace.flops import CostMeter, in_place_add_cost
+from dialsum.trace.flops import COSTS, CostMeter
 from dialsum.trace.grad_accumulation import InPlaceAccumulation
+from dialsum.trace.micro_batches import (
+    MicroBatchCopier,
+    NotCopyable,
+    accumulating_timeline,
+    zeros_like_grads,
+)
 from dialsum.trace.model_run import (
     emulation_on,
     full_breakdown,
@@ -61,9 +68,9 @@ from dialsum.trace.model_run import (
 )
 from dialsum.trace.optimizers import state_tensors
 from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.trace.repeat import TraceAt, Traced, set_costs
+from dialsum.trace.repeat import TraceAt, Traced, costs_of, set_costs
 from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
-from dialsum.trace.timeline import replay, without_costs
+from dialsum.trace.timeline import cost_events, replay, without_costs
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 from dialsum.trace.train_rig import TrainRig, build_train_rig
 
@@ -81,7 +88,7 @@ def _train_step(
     options: TrainOptions,
     micro: int,
     grads_like: Sequence[nn.Parameter] = (),
-    copier: _MicroBatchCopier | None = None,
+    copier: MicroBatchCopier | None = None,
 ) -> tuple[list[nn.Parameter], bool]:
     """One optimizer step as the guarded trainer runs it: ``step.train_step.step_forward_backward``
     over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``.
@@ -89,9 +96,9 @@ def _train_step(
     ``batch=None``: no forward/backward; ``grads_like`` get zero gradients (what a backward
     leaves: one per parameter it reached, laid out like the parameter) and only the
     optimizer phase runs. With a ``copier``, only the first micro-batch runs and the later
-    ones are copied from its events (``_MicroBatchCopier``). Returns the parameters that had
+    ones are copied from its events (``MicroBatchCopier``). Returns the parameters that had
     a gradient at the optimizer and whether zero gradients would have been allocated the
-    same (``_zeros_like_grads``)."""
+    same (``zeros_like_grads``)."""
 
     def forward_phase(_chunk: dict) -> None:
         tracker.set_phase("forward", default_category="activations")
@@ -120,7 +127,7 @@ def _train_step(
             trim=False,  # fake tensors hold no values; the simulated rows are unpadded
             causal=causal,
         )
-        if copier is None or options.micro_batches == 1:
+        if copier is None:
             run(batch)
         else:
             # The step's loss total is freed after the copies, as after the last micro-batch.
@@ -134,7 +141,7 @@ def _train_step(
     tracker.set_phase("optimizer")
     tracker.name_parameters(_parameter_names(rig.model))
     with_grads = [p for p in trainable_params(rig.model) if p.grad is not None]
-    same_as_zeros = _zeros_like_grads(with_grads)
+    same_as_zeros = zeros_like_grads(with_grads)
     grads = [p.grad for p in with_grads]
     if options.precision == "fp16" and grads:
         # GradScaler.unscale_: in-place on the grads, plus a one-element found_inf flag.
@@ -165,103 +172,6 @@ def _parameter_names(model: nn.Module) -> dict[int, str]:
     return names
 
 
-class _NotCopyable(Exception):
-    """The first micro-batch did something a later one would not: trace every one."""
-
-
-def _later_micro_batch(first: Sequence[tuple]) -> list[tuple]:
-    """The events of a later micro-batch of a step, from the first's (``first``: from its
-    ``("p", "forward")`` to the end of its backward).
-
-    Its forward is the first's, event for event: the same ops on the same sizes, with the
-    same categories (the fake cache's hits are sized as computed). Its backward is the
-    first's but where each parameter's gradient lands: the first micro-batch's
-    ``AccumulateGrad`` kept the gradient as ``.grad`` (retagged ``gradients``); a later one
-    adds it into ``.grad`` in place (``grad += new``, one kernel) and frees it.
-    (``_MicroBatchCopier`` checks what this relies on.)"""
-    out: list[tuple] = []
-    phase = None
-    for event in first:
-        if event[0] == "p":
-            phase = event[1]
-        if event[0] == "r" and event[3] == "gradients":
-            out.append(("c", phase, *in_place_add_cost(event[1])))
-            out.append(("f", event[1], event[2]))
-        else:
-            out.append(event)
-    return out
-
-
-@dataclass
-class _MicroBatchCopier:
-    """A step's later micro-batches copied from its first instead of traced: the same ops
-    at the same sizes (measured: a shallow T5-base step with two micro-batches traces in
-    0.44 s instead of 0.62 s).
-
-    Exact when the first micro-batch changed nothing a later one would see differently,
-    read off the tracker and the engine after it ran (``_repeatable``); otherwise
-    ``_NotCopyable`` is raised and the step is traced whole. ``tests/trace/
-    test_step_trace.py`` compares both on T5, BART and Llama across precisions,
-    optimizers, checkpointing, LoRA and QLoRA."""
-
-    tracker: LiveStorageTracker
-    meter: CostMeter
-    accumulation: InPlaceAccumulation
-
-    def first_then_copies(
-        self,
-        run: Callable[[dict], torch.Tensor],
-        first: dict,
-        copies: int,
-        params: Sequence[nn.Parameter],
-    ) -> torch.Tensor:
-        """``run(first)`` traced, then ``copies`` later micro-batches appended to the
-        timeline and the meter; returns what ``run`` returned (the step's loss total)."""
-        events = self.tracker.events
-        start = len(events)
-        live = self.tracker.live_categories()
-        not_kept = self.accumulation.gradients_not_kept
-        total = run(first)
-        first_events = events[events.index(("p", "forward"), start) :]
-        if not self._repeatable(live, not_kept, total, params, first_events):
-            raise _NotCopyable
-        later = _later_micro_batch(first_events)
-        for _ in range(copies):
-            events.extend(later)
-            self.meter.count(later)
-        return total
-
-    def _repeatable(
-        self,
-        live: dict[int, str],
-        not_kept: int,
-        total: torch.Tensor,
-        params: Sequence[nn.Parameter],
-        first_events: list[tuple],
-    ) -> bool:
-        """Whether a later micro-batch records ``_later_micro_batch(first_events)``:
-
-        - every storage alive before is alive after, in its category, and the only new
-          ones are the gradients and the loss total: nothing was set up once (QLoRA's
-          ``Linear4bit`` casts its bias to the compute dtype on its first call, freeing the
-          fp32 one: a later call does not);
-        - every gradient arrived and stayed as ``.grad`` (the engine stole it,
-          ``InPlaceAccumulation.gradients_not_kept``), one retag each, each in a storage of
-          its own laid out like its parameter (``_zeros_like_grads``): a later
-          ``grad += new`` then reads and writes exactly that storage's bytes."""
-        with_grads = [p for p in params if p.grad is not None]
-        grads = {id(p.grad.untyped_storage()) for p in with_grads}
-        now = self.tracker.live_categories()
-        return (
-            all(now.get(key) == category for key, category in live.items())
-            and now.keys() - live.keys() == grads | {id(total.untyped_storage())}
-            and len(grads) == len(with_grads)
-            and self.accumulation.gradients_not_kept == not_kept
-            and sum(e[0] == "r" and e[3] == "gradients" for e in first_events) == len(grads)
-            and _zeros_like_grads(with_grads)
-        )
-
-
 def _traced_step(
     config: PretrainedConfig,
     rig: TrainRig,
@@ -269,7 +179,7 @@ def _traced_step(
     emulation: CudaEmulationMode,
     options: TrainOptions,
     shape: TrainShape,
-    copier: _MicroBatchCopier | None = None,
+    copier: MicroBatchCopier | None = None,
 ) -> tuple[list[nn.Parameter], bool]:
     """A whole step on a fresh batch, ending with ``("step",)``; the batch is freed in a
     ``data`` phase of its own (after the optimizer), so a reused step can free it too."""
@@ -285,24 +195,6 @@ def _traced_step(
 
 def _last_index(events: list, event: tuple, before: int) -> int:
     return before - 1 - events[before - 1 :: -1].index(event)
-
-
-def _zeros_like_grads(params: list[nn.Parameter]) -> bool:
-    """True when ``zeros_like(p)`` allocates what the backward left in ``p.grad`` (its
-    dtype, strides and bytes), so a step's optimizer phase can run on zero gradients."""
-    for param in params:
-        grad = param.grad
-        minimal = (
-            sum((n - 1) * st for n, st in zip(param.shape, param.stride(), strict=True)) + 1
-        ) * param.element_size()
-        if (
-            grad.dtype != param.dtype
-            or grad.stride() != param.stride()
-            or grad.storage_offset() != 0
-            or grad.untyped_storage().nbytes() != minimal
-        ):
-            return False
-    return True
 
 
 def _grad_hooks(tracker: LiveStorageTracker, params: list[nn.Parameter]) -> list:
@@ -323,15 +215,75 @@ def _trace_train(
 ) -> tuple[MemoryProfile, list | None]:
     """(profile, recorded timeline or None). ``per_micro_batch=False`` keeps the step's
     summed costs (a shallow trace: the mean is taken after repeating layers, where the
-    integer division is exact to do). With ``copy_micro_batches`` a step's micro-batches
-    after the first are copied from it where that is exact (``_MicroBatchCopier``), else
-    traced like the first."""
-    if copy_micro_batches and options.micro_batches > 1:
+    integer division is exact to do).
+
+    With ``copy_micro_batches``, micro-batches after the first are not traced where that
+    is exact (``trace.micro_batches``): the step is built from this process's trace of
+    the same point with one micro-batch if there is one (no trace at all), else its first
+    micro-batch is traced and copied; otherwise every micro-batch is traced."""
+    if not copy_micro_batches:
+        return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
+    point = _point_key(config, shape, options, round_fn)
+    if options.micro_batches > 1:
+        built = _from_one_micro_batch(point, config, shape, options, round_fn, per_micro_batch)
+        if built is not None:
+            return built[0], built[1] if record else None
+        if point in _NOT_REPEATABLE:  # its first micro-batch is known not to repeat
+            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
         try:
-            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, True)
-        except _NotCopyable:
-            pass
-    return _traced_train(config, shape, options, round_fn, record, per_micro_batch, False)
+            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, point)
+        except NotCopyable:
+            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
+    return _traced_train(config, shape, options, round_fn, record, per_micro_batch, point)
+
+
+# Traces with one micro-batch per step, kept for this process by point (model, shape,
+# options): (params, trainable params, the optimizer's costs, the timeline).
+_ONE_MICRO_BATCH: OrderedDict[str, tuple[int, int, dict[str, int], list]] = OrderedDict()
+_ONE_MICRO_BATCH_KEPT = 64  # a few thousand events each; a guide section asks for ~30
+_NOT_REPEATABLE: set[str] = set()  # points whose first micro-batch does not repeat
+
+
+def _point_key(
+    config: PretrainedConfig, shape: TrainShape, options: TrainOptions, round_fn: RoundFn
+) -> str:
+    """What a trace with one micro-batch and one with several have in common."""
+    one = replace(options, micro_batches=1)
+    return trace_cache.cache_key("train-point", config, shape, one, round_fn.__name__)
+
+
+def _keep_one_micro_batch(point: str, profile: MemoryProfile, events: list) -> None:
+    optimizer = {cost: by_phase.get("optimizer", 0) for cost, by_phase in costs_of(profile).items()}
+    _ONE_MICRO_BATCH[point] = (profile.params, profile.trainable_params, optimizer, list(events))
+    while len(_ONE_MICRO_BATCH) > _ONE_MICRO_BATCH_KEPT:
+        _ONE_MICRO_BATCH.popitem(last=False)
+
+
+def _from_one_micro_batch(
+    point: str,
+    config: PretrainedConfig,
+    shape: TrainShape,
+    options: TrainOptions,
+    round_fn: RoundFn,
+    per_micro_batch: bool,
+) -> tuple[MemoryProfile, list] | None:
+    """``_traced_train``'s answer with ``options.micro_batches``, built from the kept trace
+    of ``point`` with one (``micro_batches.accumulating_timeline``); None without one."""
+    kept = _ONE_MICRO_BATCH.get(point)
+    if kept is None:
+        return None
+    params, trainable, optimizer, one = kept
+    events = accumulating_timeline(one, config, shape, options.micro_batches)
+    if events is None:
+        return None
+    profile = _train_profile(params, trainable, replay(events, events, 1, 2, 1, round_fn))
+    # The step's costs are the second step's events' (as traced: step 1's are dropped) and
+    # the optimizer's, which the timeline does not carry and accumulation does not change.
+    costs = cost_events(events[events.index(("step",)) + 1 :], _TRAIN_COST_PHASES)
+    for cost in COSTS:
+        costs[cost]["optimizer"] = optimizer[cost]
+    set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
+    return profile, events
 
 
 def _traced_train(
@@ -341,8 +293,11 @@ def _traced_train(
     round_fn: RoundFn,
     record: bool,
     per_micro_batch: bool,
-    copy_micro_batches: bool,
+    point: str | None,
 ) -> tuple[MemoryProfile, list | None]:
+    """The trace; with ``point`` (``_point_key``), a step's first micro-batch is checked
+    for being repeatable (``MicroBatchCopier``): the later ones are copied, or with one
+    micro-batch the timeline is kept for ``_from_one_micro_batch``."""
     config = copy.deepcopy(config)  # building unties heads on the config; keep the caller's
     mode = fresh_fake_mode()
     rig = build_train_rig(config, options, mode)
@@ -355,7 +310,7 @@ def _traced_train(
     # The engine's in-place gradient sums, which any dispatch mode turns off, on top. Made
     # before the modes are entered: its first construction probes the engine without them.
     accumulation = InPlaceAccumulation()
-    copier = _MicroBatchCopier(tracker, meter, accumulation) if copy_micro_batches else None
+    copier = MicroBatchCopier(tracker, meter, accumulation) if point is not None else None
     try:
         with mode, meter, tracker, emulation_on(emulation, options.device), accumulation:
             track_model(tracker, rig.model)
@@ -391,6 +346,8 @@ def _traced_train(
                     for cost, by_phase in meter.phases(_TRAIN_COST_PHASES).items()
                 }
             else:  # a gradient laid out unlike its parameter: trace step 2 whole
+                if copier is not None and options.micro_batches > 1:
+                    raise NotCopyable  # step 1's peaks were not all seen: trace it too
                 _traced_step(config, rig, tracker, emulation, options, shape)
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
                 costs = meter.phases(_TRAIN_COST_PHASES)
@@ -402,6 +359,11 @@ def _traced_train(
             hook.remove()
     profile = _train_profile(rig.params, rig.trainable, step_peaks)
     set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
+    if copier is not None and options.micro_batches == 1:
+        if copier.repeatable and same_as_zeros:
+            _keep_one_micro_batch(point, profile, tracker.events)
+        else:
+            _NOT_REPEATABLE.add(point)
     return profile, tracker.events if record else None
 
 

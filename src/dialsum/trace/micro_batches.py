@@ -1,0 +1,211 @@
+"""A step's later micro-batches, copied from its first instead of traced.
+
+With gradient accumulation a traced step runs ``micro_batches`` forward/backward passes
+over the same shapes (``step.train_step.step_forward_backward``). A later one runs the
+same ops at the same sizes as the first, so its timeline is the first's, event for event,
+but where each parameter's gradient lands: the first micro-batch's ``AccumulateGrad``
+keeps the arriving gradient as ``.grad`` (the tracer retags it ``gradients``); a later one
+adds it into ``.grad`` in place (``grad += new``, one kernel) and frees it
+(``later_micro_batch``).
+
+Two savings rest on that:
+
+- ``MicroBatchCopier``: an accumulating trace runs its first micro-batch only and appends
+  the later ones (measured: a shallow T5-base step with two micro-batches, 0.44 s instead
+  of 0.62 s);
+- ``accumulating_timeline``: when the same point (model, shape, options) was traced
+  without accumulation in this process, the accumulating timeline is built from that one
+  with no trace at all, its batch (``rows = micro x micro_batches``) re-made alone
+  (``batch_events``).
+
+Both hold only when the first micro-batch changed nothing a later one would see
+differently; ``MicroBatchCopier.repeatable`` reads that off the tracker and the engine
+after it ran. Where it does not hold the step is traced whole. ``tests/trace/
+test_micro_batches.py`` compares both with tracing every micro-batch on T5, BART and
+Llama across precisions, optimizers, checkpointing, LoRA and QLoRA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig
+
+from dialsum.trace.fake_model import fresh_fake_mode
+from dialsum.trace.flops import CostMeter, in_place_add_cost
+from dialsum.trace.grad_accumulation import InPlaceAccumulation
+from dialsum.trace.model_run import labelled_batch
+from dialsum.trace.profile import TrainShape
+from dialsum.trace.timeline import without_costs
+from dialsum.trace.tracer import LiveStorageTracker
+
+Event = tuple
+
+
+class NotCopyable(Exception):
+    """The first micro-batch did something a later one would not: trace every one."""
+
+
+def zeros_like_grads(params: list[nn.Parameter]) -> bool:
+    """True when ``zeros_like(p)`` allocates what the backward left in ``p.grad`` (its
+    dtype, strides and bytes): a step's optimizer phase can run on zero gradients, and
+    ``grad += new`` reads and writes exactly the gradient's storage."""
+    for param in params:
+        grad = param.grad
+        minimal = (
+            sum((n - 1) * st for n, st in zip(param.shape, param.stride(), strict=True)) + 1
+        ) * param.element_size()
+        if (
+            grad.dtype != param.dtype
+            or grad.stride() != param.stride()
+            or grad.storage_offset() != 0
+            or grad.untyped_storage().nbytes() != minimal
+        ):
+            return False
+    return True
+
+
+def later_micro_batch(first: Sequence[Event]) -> list[Event]:
+    """A later micro-batch's events from the first's (``first``: from its
+    ``("p", "forward")`` to the end of its backward): each retag of an arriving gradient to
+    ``gradients`` becomes the in-place sum's cost and the gradient's free."""
+    out: list[Event] = []
+    phase = None
+    for event in first:
+        if event[0] == "p":
+            phase = event[1]
+        if event[0] == "r" and event[3] == "gradients":
+            out.append(("c", phase, *in_place_add_cost(event[1])))
+            out.append(("f", event[1], event[2]))
+        else:
+            out.append(event)
+    return out
+
+
+@dataclass
+class MicroBatchCopier:
+    """Traces a step's first micro-batch and appends ``copies`` later ones to the timeline
+    and the meter (``first_then_copies``). ``repeatable`` says, after it ran, whether a
+    later micro-batch would record ``later_micro_batch`` of the first's events."""
+
+    tracker: LiveStorageTracker
+    meter: CostMeter
+    accumulation: InPlaceAccumulation
+    repeatable: bool = False
+
+    def first_then_copies(
+        self,
+        run: Callable[[dict], torch.Tensor],
+        first: dict,
+        copies: int,
+        params: Sequence[nn.Parameter],
+    ) -> torch.Tensor:
+        """``run(first)`` traced, then the copies (``NotCopyable`` if they would not be
+        exact); returns what ``run`` returned (the step's loss total), for the caller to
+        free after the copies as it is freed after the last micro-batch."""
+        events = self.tracker.events
+        start = len(events)
+        live = self.tracker.live_categories()
+        not_kept = self.accumulation.gradients_not_kept
+        total = run(first)
+        first_events = events[events.index(("p", "forward"), start) :]
+        self.repeatable = self._repeatable(live, not_kept, total, params, first_events)
+        if copies:
+            if not self.repeatable:
+                raise NotCopyable
+            later = later_micro_batch(first_events)
+            for _ in range(copies):
+                events.extend(later)
+                self.meter.count(later)
+        return total
+
+    def _repeatable(
+        self,
+        live: dict[int, str],
+        not_kept: int,
+        total: torch.Tensor,
+        params: Sequence[nn.Parameter],
+        first_events: list[Event],
+    ) -> bool:
+        """- every storage alive before is alive after, in its category, and the only new
+          ones are the gradients and the loss total: nothing was set up once (QLoRA's
+          ``Linear4bit`` casts its bias to the compute dtype on its first call, freeing the
+          fp32 one: a later call does not);
+        - every gradient arrived and stayed as ``.grad`` (the engine stole it,
+          ``InPlaceAccumulation.gradients_not_kept``), one retag each, each in a storage of
+          its own laid out like its parameter (``zeros_like_grads``)."""
+        with_grads = [p for p in params if p.grad is not None]
+        grads = {id(p.grad.untyped_storage()) for p in with_grads}
+        now = self.tracker.live_categories()
+        return (
+            all(now.get(key) == category for key, category in live.items())
+            and now.keys() - live.keys() == grads | {id(total.untyped_storage())}
+            and len(grads) == len(with_grads)
+            and self.accumulation.gradients_not_kept == not_kept
+            and sum(e[0] == "r" and e[3] == "gradients" for e in first_events) == len(grads)
+            and zeros_like_grads(with_grads)
+        )
+
+
+def batch_events(
+    config: PretrainedConfig, rows: int, shape: TrainShape
+) -> tuple[list[Event], list[Event]]:
+    """(events making, events freeing) a traced step's batch of ``rows`` rows
+    (``model_run.labelled_batch``), with their costs, as the step's ``data`` phases record
+    them: the batch alone, on fake tensors."""
+    tracker = LiveStorageTracker(record=True)
+    meter = CostMeter(lambda: "data", sink=tracker.events)
+    with fresh_fake_mode(), meter, tracker:
+        batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
+        made = len(tracker.events)
+        del batch
+    return tracker.events[:made], tracker.events[made:]
+
+
+def accumulating_timeline(
+    events: Sequence[Event], config: PretrainedConfig, shape: TrainShape, micro_batches: int
+) -> list[Event] | None:
+    """The timeline of a step with ``micro_batches`` micro-batches of ``shape.batch`` rows,
+    from ``events``: the same point traced with one (its micro-batch ``repeatable``, its
+    second step reused from its first: every step region is whole). None when ``events``
+    does not have the layout expected (then trace).
+
+    Per step: the batch is made with ``micro_batches`` times the rows (``batch_events``;
+    those of one micro-batch must be exactly what ``events`` has), the micro-batch is
+    followed by ``later_micro_batch`` copies before the loss total is freed, and the batch
+    is freed with its rows. A step region without cost events (the warm-up step's) stays
+    without."""
+    made_one, freed_one = batch_events(config, shape.batch, shape)
+    made_all, freed_all = batch_events(config, shape.batch * micro_batches, shape)
+    out: list[Event] = []
+    done, steps = 0, 0
+    try:
+        while ("step",) in events[done:]:
+            start = events.index(("p", "data"), done)
+            forward = events.index(("p", "forward"), start)
+            optimizer = events.index(("p", "optimizer"), forward)
+            data = events.index(("p", "data"), optimizer)
+            end = events.index(("step",), data)
+            costed = any(e[0] == "c" for e in events[start:optimizer])
+            strip = (lambda es: list(es)) if costed else without_costs
+            made = strip(made_one)
+            if list(events[start + 1 : start + 1 + len(made)]) != made:
+                return None
+            total = events[start + 1 + len(made) : forward]  # the loss total: made, ...
+            micro = events[forward:optimizer]  # ... then freed last
+            allocated = [e for e in total if e[0] == "a"]
+            if len(allocated) != 1 or micro[-1] != ("f", *allocated[0][1:]):
+                return None
+            if list(events[data + 1 : end]) != freed_one:
+                return None
+            later = strip(later_micro_batch(micro[:-1]))
+            out += [*events[done:start], ("p", "data"), *strip(made_all), *total]
+            out += [*micro[:-1], *later * (micro_batches - 1), micro[-1]]
+            out += [*events[optimizer:data], ("p", "data"), *freed_all, ("step",)]
+            done, steps = end + 1, steps + 1
+    except ValueError:  # a marker missing
+        return None
+    return [*out, *events[done:]] if steps == 2 else None
