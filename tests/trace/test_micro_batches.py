@@ -1,14 +1,16 @@
-"""Later micro-batches copied, or a whole accumulating step built from a trace with one
-micro-batch: every field of the answer and every event equal tracing each micro-batch."""
+"""An accumulating step built from the same step traced with one micro-batch: every
+field of the answer and every event equal tracing each micro-batch."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 from transformers import BartConfig, LlamaConfig, PretrainedConfig, T5Config
 
 import dialsum.trace.step_trace as step_trace
 from dialsum.trace.allocator import round_allocation_bytes
-from dialsum.trace.micro_batches import MicroBatchCopier, NotCopyable, accumulating_timeline
+from dialsum.trace.micro_batches import accumulating_timeline
 from dialsum.trace.profile import TrainOptions, TrainShape
 
 _T5 = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
@@ -40,72 +42,55 @@ def _through_last_step(timeline: list) -> list:
     return timeline[: len(timeline) - timeline[::-1].index(("step",))]
 
 
-def _every_micro_batch_traced(config: PretrainedConfig, options: TrainOptions):
+def _every_micro_batch_traced(config: PretrainedConfig, options: TrainOptions, record=True):
     return step_trace._trace_train(
-        config, _SHAPE, options, round_allocation_bytes, True, copy_micro_batches=False
+        config, _SHAPE, options, round_allocation_bytes, record, build_micro_batches=False
     )
 
 
 @pytest.fixture(autouse=True)
-def _no_kept_traces(monkeypatch) -> None:
+def _no_kept_steps(monkeypatch) -> None:
     monkeypatch.setattr(step_trace, "_ONE_MICRO_BATCH", type(step_trace._ONE_MICRO_BATCH)())
-    monkeypatch.setattr(step_trace, "_NOT_REPEATABLE", set())
-
-
-@pytest.mark.parametrize(("config", "options", "copied"), CASES, ids=IDS)
-def test_later_micro_batches_copied_equal_them_traced(
-    monkeypatch, config: PretrainedConfig, options: TrainOptions, copied: bool
-) -> None:
-    outcomes: list[bool] = []
-    first_then_copies = MicroBatchCopier.first_then_copies
-
-    def spy(self, *args, **kwargs):
-        try:
-            total = first_then_copies(self, *args, **kwargs)
-        except NotCopyable:
-            outcomes.append(False)
-            raise
-        outcomes.append(True)
-        return total
-
-    monkeypatch.setattr(MicroBatchCopier, "first_then_copies", spy)
-    fast, fast_events = step_trace._trace_train(
-        config, _SHAPE, options, round_allocation_bytes, True
-    )
-    assert outcomes == [copied]
-    whole, whole_events = _every_micro_batch_traced(config, options)
-    assert outcomes == [copied]  # tracing every micro-batch uses no copier
-    assert fast == whole  # peaks, breakdowns, FLOPs, bytes moved, kernels: every field
-    assert _through_last_step(fast_events) == _through_last_step(whole_events)
 
 
 @pytest.mark.parametrize(("config", "options", "built"), CASES, ids=IDS)
 def test_an_accumulating_step_built_from_one_micro_batch_equals_it_traced(
     monkeypatch, config: PretrainedConfig, options: TrainOptions, built: bool
 ) -> None:
-    from dataclasses import replace
-
-    single = replace(options, micro_batches=1)
-    step_trace._trace_train(config, _SHAPE, single, round_allocation_bytes, True)
-    assert len(step_trace._ONE_MICRO_BATCH) == (1 if built else 0)
-    traced: list[int] = []
+    traced: list[int] = []  # micro-batches of each step traced
     traced_train = step_trace._traced_train
-    monkeypatch.setattr(
-        step_trace, "_traced_train", lambda *a: traced.append(1) or traced_train(*a)
-    )
+
+    def spy(*args):
+        traced.append(args[2].micro_batches)
+        return traced_train(*args)
+
+    monkeypatch.setattr(step_trace, "_traced_train", spy)
     fast, fast_events = step_trace._trace_train(
         config, _SHAPE, options, round_allocation_bytes, True
     )
-    assert traced == ([] if built else [1])  # built: no trace; else known not to repeat
+    # Built: only the step with one micro-batch is traced. Else the step is traced too.
+    assert traced == ([1] if built else [1, options.micro_batches])
     whole, whole_events = _every_micro_batch_traced(config, options)
-    assert fast == whole
+    assert fast == whole  # peaks, breakdowns, FLOPs, bytes moved, kernels: every field
     assert _through_last_step(fast_events) == _through_last_step(whole_events)
-    # Costs as a shallow trace reports them (summed over micro-batches) are built too.
+
+    # Costs as a shallow trace reports them (summed over the micro-batches) are built too.
     summed = step_trace._trace_train(config, _SHAPE, options, round_allocation_bytes, False, False)
     whole_summed = step_trace._trace_train(
-        config, _SHAPE, options, round_allocation_bytes, False, False, copy_micro_batches=False
+        config, _SHAPE, options, round_allocation_bytes, False, False, build_micro_batches=False
     )
     assert summed == whole_summed
+
+    # The step with one micro-batch, asked next, is the kept one: no trace.
+    traced.clear()
+    single = replace(options, micro_batches=1)
+    kept, kept_events = step_trace._trace_train(
+        config, _SHAPE, single, round_allocation_bytes, True
+    )
+    assert traced == []
+    whole, whole_events = _every_micro_batch_traced(config, single)
+    assert kept == whole
+    assert kept_events == _through_last_step(whole_events)  # kept: the step, no later frees
 
 
 def test_a_timeline_without_the_step_layout_is_not_built() -> None:

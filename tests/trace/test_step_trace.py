@@ -311,10 +311,13 @@ def test_step_two_reused_equals_step_two_traced(monkeypatch, options: TrainOptio
     config = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
                       decoder_start_token_id=0)  # fmt: skip
     shape = TrainShape(3, 24, 8)
-    reused, events = step_trace._trace_train(config, shape, options, round_allocation_bytes, True)
+    # Every micro-batch traced (not built from a kept step: ``test_micro_batches``).
+    reused, events = step_trace._trace_train(
+        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
+    )
     monkeypatch.setattr(step_trace, "zeros_like_grads", lambda _params: False)
     traced, traced_events = step_trace._trace_train(
-        config, shape, options, round_allocation_bytes, True
+        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
     )
     assert reused == traced  # peaks, breakdowns, costs: every field
 

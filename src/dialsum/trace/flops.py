@@ -290,15 +290,6 @@ class CostMeter:
     def reset(self) -> None:
         self.costs = {name: {} for name in COSTS}
 
-    def count(self, events) -> None:
-        """Add the cost events among ``events`` to the totals; they are in the sink
-        already (a micro-batch copied from the traced one: ``step_trace``)."""
-        for event in events:
-            if event[0] == "c":
-                for cost, amount in zip(COSTS, event[2:], strict=True):
-                    by_phase = self.costs[cost]
-                    by_phase[event[1]] = by_phase.get(event[1], 0) + amount
-
     def phases(self, names: tuple[str, ...] | None = None) -> dict[str, dict[str, int]]:
         """``{cost: {phase: amount}}`` for ``names`` (every phase seen when None; a named
         phase without ops counts 0)."""

@@ -1,4 +1,4 @@
-"""A step's later micro-batches, copied from its first instead of traced.
+"""An accumulating step built from the trace of the same step with one micro-batch.
 
 With gradient accumulation a traced step runs ``micro_batches`` forward/backward passes
 over the same shapes (``step.train_step.step_forward_backward``). A later one runs the
@@ -6,23 +6,17 @@ same ops at the same sizes as the first, so its timeline is the first's, event f
 but where each parameter's gradient lands: the first micro-batch's ``AccumulateGrad``
 keeps the arriving gradient as ``.grad`` (the tracer retags it ``gradients``); a later one
 adds it into ``.grad`` in place (``grad += new``, one kernel) and frees it
-(``later_micro_batch``).
+(``later_micro_batch``). And the first micro-batch of an accumulating step is the whole
+micro-batch of a step without accumulation, whose batch has ``micro_batches`` times fewer
+rows. So the accumulating timeline is built from the other one with no trace
+(``accumulating_timeline``): the batch re-made alone at its rows (``batch_events``), the
+micro-batch followed by its copies.
 
-Two savings rest on that:
-
-- ``MicroBatchCopier``: an accumulating trace runs its first micro-batch only and appends
-  the later ones (measured: a shallow T5-base step with two micro-batches, 0.44 s instead
-  of 0.62 s);
-- ``accumulating_timeline``: when the same point (model, shape, options) was traced
-  without accumulation in this process, the accumulating timeline is built from that one
-  with no trace at all, its batch (``rows = micro x micro_batches``) re-made alone
-  (``batch_events``).
-
-Both hold only when the first micro-batch changed nothing a later one would see
-differently; ``MicroBatchCopier.repeatable`` reads that off the tracker and the engine
-after it ran. Where it does not hold the step is traced whole. ``tests/trace/
-test_micro_batches.py`` compares both with tracing every micro-batch on T5, BART and
-Llama across precisions, optimizers, checkpointing, LoRA and QLoRA.
+That holds only when the first micro-batch changed nothing a later one would see
+differently; ``FirstMicroBatch.repeatable`` reads that off the tracker and the engine
+after the micro-batch ran, and the step is traced whole otherwise. ``tests/trace/
+test_micro_batches.py`` compares built with traced steps on T5, BART and Llama across
+precisions, optimizers, checkpointing, LoRA and QLoRA.
 """
 
 from __future__ import annotations
@@ -43,10 +37,6 @@ from dialsum.trace.timeline import without_costs
 from dialsum.trace.tracer import LiveStorageTracker
 
 Event = tuple
-
-
-class NotCopyable(Exception):
-    """The first micro-batch did something a later one would not: trace every one."""
 
 
 def zeros_like_grads(params: list[nn.Parameter]) -> bool:
@@ -86,26 +76,18 @@ def later_micro_batch(first: Sequence[Event]) -> list[Event]:
 
 
 @dataclass
-class MicroBatchCopier:
-    """Traces a step's first micro-batch and appends ``copies`` later ones to the timeline
-    and the meter (``first_then_copies``). ``repeatable`` says, after it ran, whether a
-    later micro-batch would record ``later_micro_batch`` of the first's events."""
+class FirstMicroBatch:
+    """Runs a step's first micro-batch (``run``) and tells, after it ran, whether a later
+    micro-batch would record ``later_micro_batch`` of its events (``repeatable``)."""
 
     tracker: LiveStorageTracker
-    meter: CostMeter
     accumulation: InPlaceAccumulation
     repeatable: bool = False
 
-    def first_then_copies(
-        self,
-        run: Callable[[dict], torch.Tensor],
-        first: dict,
-        copies: int,
-        params: Sequence[nn.Parameter],
+    def run(
+        self, run: Callable[[dict], torch.Tensor], first: dict, params: Sequence[nn.Parameter]
     ) -> torch.Tensor:
-        """``run(first)`` traced, then the copies (``NotCopyable`` if they would not be
-        exact); returns what ``run`` returned (the step's loss total), for the caller to
-        free after the copies as it is freed after the last micro-batch."""
+        """``run(first)``, checked; returns what ``run`` returned (the step's loss total)."""
         events = self.tracker.events
         start = len(events)
         live = self.tracker.live_categories()
@@ -113,13 +95,6 @@ class MicroBatchCopier:
         total = run(first)
         first_events = events[events.index(("p", "forward"), start) :]
         self.repeatable = self._repeatable(live, not_kept, total, params, first_events)
-        if copies:
-            if not self.repeatable:
-                raise NotCopyable
-            later = later_micro_batch(first_events)
-            for _ in range(copies):
-                events.extend(later)
-                self.meter.count(later)
         return total
 
     def _repeatable(

@@ -15,9 +15,9 @@ fake-cache hit allocates what the kernel did: ``fake_model.SizedCacheFakeTensorM
 only its optimizer phase is traced, on zero gradients laid out as the backward left them,
 and its peaks are replayed with the first step's forward/backward in place (about 45 % of
 a trace saved; ``tests/trace/test_step_trace.py`` checks it against tracing it whole).
-Likewise a step with gradient accumulation traces its first micro-batch only: the later
-ones are the same events but for their gradients, added into ``.grad``
-(``MicroBatchCopier``, which checks that this holds and traces them otherwise).
+A step with gradient accumulation is not traced at all where the same step with one
+micro-batch was: its later micro-batches are the same events but for their gradients,
+added into ``.grad`` (``trace.micro_batches``, which checks that this holds).
 
 Phases: ``forward``, ``backward``, ``optimizer``. Breakdown categories:
 ``weights`` (parameters and buffers), ``gradients`` (``.grad``), ``optimizer_state``,
@@ -44,21 +44,16 @@ from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal
 from dialsum.models.stacks import stacks_of, without_layers
-from dialsum.step.train_step import slice_rows, step_forward_backward
+from dialsum.step.train_step import step_forward_backward
 from dialsum.trace import cache as trace_cache
 from dialsum.trace.cuda_emulation import CudaEmulationMode
 from dialsum.trace.fake_model import (
     fresh_fake_mode,
     trainable_params,
 )
-from dialsum.trace.flops import COSTS, CostMeter
+from dialsum.trace.flops import CostMeter
 from dialsum.trace.grad_accumulation import InPlaceAccumulation
-from dialsum.trace.micro_batches import (
-    MicroBatchCopier,
-    NotCopyable,
-    accumulating_timeline,
-    zeros_like_grads,
-)
+from dialsum.trace.micro_batches import FirstMicroBatch, accumulating_timeline, zeros_like_grads
 from dialsum.trace.model_run import (
     emulation_on,
     full_breakdown,
@@ -88,17 +83,16 @@ def _train_step(
     options: TrainOptions,
     micro: int,
     grads_like: Sequence[nn.Parameter] = (),
-    copier: MicroBatchCopier | None = None,
+    check: FirstMicroBatch | None = None,
 ) -> tuple[list[nn.Parameter], bool]:
     """One optimizer step as the guarded trainer runs it: ``step.train_step.step_forward_backward``
     over the micro-batches of ``batch``, then ``optimizer.step()`` and ``zero_grad``.
 
     ``batch=None``: no forward/backward; ``grads_like`` get zero gradients (what a backward
     leaves: one per parameter it reached, laid out like the parameter) and only the
-    optimizer phase runs. With a ``copier``, only the first micro-batch runs and the later
-    ones are copied from its events (``MicroBatchCopier``). Returns the parameters that had
-    a gradient at the optimizer and whether zero gradients would have been allocated the
-    same (``zeros_like_grads``)."""
+    optimizer phase runs. A ``check`` runs a step of one micro-batch (``FirstMicroBatch``).
+    Returns the parameters that had a gradient at the optimizer and whether zero gradients
+    would have been allocated the same (``zeros_like_grads``)."""
 
     def forward_phase(_chunk: dict) -> None:
         tracker.set_phase("forward", default_category="activations")
@@ -127,16 +121,10 @@ def _train_step(
             trim=False,  # fake tensors hold no values; the simulated rows are unpadded
             causal=causal,
         )
-        if copier is None:
+        if check is None:
             run(batch)
         else:
-            # The step's loss total is freed after the copies, as after the last micro-batch.
-            copier.first_then_copies(
-                run,
-                slice_rows(batch, 0, micro, trim=False, causal=causal),
-                options.micro_batches - 1,
-                trainable_params(rig.model),
-            )
+            check.run(run, batch, trainable_params(rig.model))
 
     tracker.set_phase("optimizer")
     tracker.name_parameters(_parameter_names(rig.model))
@@ -179,14 +167,14 @@ def _traced_step(
     emulation: CudaEmulationMode,
     options: TrainOptions,
     shape: TrainShape,
-    copier: MicroBatchCopier | None = None,
+    check: FirstMicroBatch | None = None,
 ) -> tuple[list[nn.Parameter], bool]:
     """A whole step on a fresh batch, ending with ``("step",)``; the batch is freed in a
     ``data`` phase of its own (after the optimizer), so a reused step can free it too."""
     tracker.set_phase("data")
     rows = shape.batch * options.micro_batches
     batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
-    result = _train_step(rig, batch, tracker, emulation, options, shape.batch, copier=copier)
+    result = _train_step(rig, batch, tracker, emulation, options, shape.batch, check=check)
     tracker.set_phase("data")
     del batch
     tracker.events.append(("step",))
@@ -211,79 +199,69 @@ def _trace_train(
     round_fn: RoundFn,
     record: bool = False,
     per_micro_batch: bool = True,
-    copy_micro_batches: bool = True,
+    build_micro_batches: bool = True,
 ) -> tuple[MemoryProfile, list | None]:
     """(profile, recorded timeline or None). ``per_micro_batch=False`` keeps the step's
     summed costs (a shallow trace: the mean is taken after repeating layers, where the
     integer division is exact to do).
 
-    With ``copy_micro_batches``, micro-batches after the first are not traced where that
-    is exact (``trace.micro_batches``): the step is built from this process's trace of
-    the same point with one micro-batch if there is one (no trace at all), else its first
-    micro-batch is traced and copied; otherwise every micro-batch is traced."""
-    if not copy_micro_batches:
+    With ``build_micro_batches`` a step with several micro-batches is built from the same
+    step with one (``trace.micro_batches``), traced first if this process has not, where
+    that is exact; else, or without it, every micro-batch is traced."""
+    if not build_micro_batches:
         return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
     point = _point_key(config, shape, options, round_fn)
-    if options.micro_batches > 1:
-        built = _from_one_micro_batch(point, config, shape, options, round_fn, per_micro_batch)
-        if built is not None:
-            return built[0], built[1] if record else None
-        if point in _NOT_REPEATABLE:  # its first micro-batch is known not to repeat
-            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
-        try:
-            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, point)
-        except NotCopyable:
-            return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
-    return _traced_train(config, shape, options, round_fn, record, per_micro_batch, point)
+    if point not in _ONE_MICRO_BATCH:
+        one = replace(options, micro_batches=1)
+        _traced_train(config, shape, one, round_fn, False, per_micro_batch, point)
+    profile, events, repeatable = _ONE_MICRO_BATCH[point]
+    _ONE_MICRO_BATCH.move_to_end(point)
+    if options.micro_batches == 1:  # its costs per micro-batch are its sums
+        return copy.deepcopy(profile), list(events) if record else None
+    built = _built(events, profile, config, shape, options, round_fn, per_micro_batch)
+    if repeatable and built is not None:
+        return built[0], built[1] if record else None
+    return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
 
 
-# Traces with one micro-batch per step, kept for this process by point (model, shape,
-# options): (params, trainable params, the optimizer's costs, the timeline).
-_ONE_MICRO_BATCH: OrderedDict[str, tuple[int, int, dict[str, int], list]] = OrderedDict()
+# Steps with one micro-batch traced in this process, by point (model, shape, options
+# without accumulation): (profile, timeline, whether its micro-batch repeats).
+_ONE_MICRO_BATCH: OrderedDict[str, tuple[MemoryProfile, list, bool]] = OrderedDict()
 _ONE_MICRO_BATCH_KEPT = 64  # a few thousand events each; a guide section asks for ~30
-_NOT_REPEATABLE: set[str] = set()  # points whose first micro-batch does not repeat
 
 
 def _point_key(
     config: PretrainedConfig, shape: TrainShape, options: TrainOptions, round_fn: RoundFn
 ) -> str:
-    """What a trace with one micro-batch and one with several have in common."""
+    """What a step with one micro-batch and one with several have in common."""
     one = replace(options, micro_batches=1)
     return trace_cache.cache_key("train-point", config, shape, one, round_fn.__name__)
 
 
-def _keep_one_micro_batch(point: str, profile: MemoryProfile, events: list) -> None:
-    optimizer = {cost: by_phase.get("optimizer", 0) for cost, by_phase in costs_of(profile).items()}
-    _ONE_MICRO_BATCH[point] = (profile.params, profile.trainable_params, optimizer, list(events))
-    while len(_ONE_MICRO_BATCH) > _ONE_MICRO_BATCH_KEPT:
-        _ONE_MICRO_BATCH.popitem(last=False)
-
-
-def _from_one_micro_batch(
-    point: str,
+def _built(
+    one: list,
+    profile: MemoryProfile,
     config: PretrainedConfig,
     shape: TrainShape,
     options: TrainOptions,
     round_fn: RoundFn,
     per_micro_batch: bool,
 ) -> tuple[MemoryProfile, list] | None:
-    """``_traced_train``'s answer with ``options.micro_batches``, built from the kept trace
-    of ``point`` with one (``micro_batches.accumulating_timeline``); None without one."""
-    kept = _ONE_MICRO_BATCH.get(point)
-    if kept is None:
-        return None
-    params, trainable, optimizer, one = kept
+    """``_traced_train``'s answer with ``options.micro_batches``, built from the step with
+    one traced at the same point (``one``, ``profile``); None if its layout is not the
+    one expected (``micro_batches.accumulating_timeline``)."""
     events = accumulating_timeline(one, config, shape, options.micro_batches)
     if events is None:
         return None
-    profile = _train_profile(params, trainable, replay(events, events, 1, 2, 1, round_fn))
+    steps = replay(events, events, 1, 2, 1, round_fn)
+    built = _train_profile(profile.params, profile.trainable_params, steps)
     # The step's costs are the second step's events' (as traced: step 1's are dropped) and
     # the optimizer's, which the timeline does not carry and accumulation does not change.
     costs = cost_events(events[events.index(("step",)) + 1 :], _TRAIN_COST_PHASES)
-    for cost in COSTS:
-        costs[cost]["optimizer"] = optimizer[cost]
-    set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
-    return profile, events
+    for cost, by_phase in costs_of(profile).items():
+        costs[cost]["optimizer"] = by_phase.get("optimizer", 0)
+    set_costs(built, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
+    return built, events
 
 
 def _traced_train(
@@ -295,9 +273,8 @@ def _traced_train(
     per_micro_batch: bool,
     point: str | None,
 ) -> tuple[MemoryProfile, list | None]:
-    """The trace; with ``point`` (``_point_key``), a step's first micro-batch is checked
-    for being repeatable (``MicroBatchCopier``): the later ones are copied, or with one
-    micro-batch the timeline is kept for ``_from_one_micro_batch``."""
+    """The trace; with ``point`` (``_point_key``; one micro-batch) its micro-batch is
+    checked (``FirstMicroBatch``) and the step kept in ``_ONE_MICRO_BATCH``."""
     config = copy.deepcopy(config)  # building unties heads on the config; keep the caller's
     mode = fresh_fake_mode()
     rig = build_train_rig(config, options, mode)
@@ -310,7 +287,7 @@ def _traced_train(
     # The engine's in-place gradient sums, which any dispatch mode turns off, on top. Made
     # before the modes are entered: its first construction probes the engine without them.
     accumulation = InPlaceAccumulation()
-    copier = MicroBatchCopier(tracker, meter, accumulation) if point is not None else None
+    check = FirstMicroBatch(tracker, accumulation) if point is not None else None
     try:
         with mode, meter, tracker, emulation_on(emulation, options.device), accumulation:
             track_model(tracker, rig.model)
@@ -320,7 +297,7 @@ def _traced_train(
             tracker.reset_peaks()
             first = len(events)
             with_grads, same_as_zeros = _traced_step(
-                config, rig, tracker, emulation, options, shape, copier
+                config, rig, tracker, emulation, options, shape, check
             )
             step_peaks.append((tracker.peak, dict(tracker.phase_records)))
             first_costs = meter.phases(_TRAIN_COST_PHASES)
@@ -346,8 +323,6 @@ def _traced_train(
                     for cost, by_phase in meter.phases(_TRAIN_COST_PHASES).items()
                 }
             else:  # a gradient laid out unlike its parameter: trace step 2 whole
-                if copier is not None and options.micro_batches > 1:
-                    raise NotCopyable  # step 1's peaks were not all seen: trace it too
                 _traced_step(config, rig, tracker, emulation, options, shape)
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
                 costs = meter.phases(_TRAIN_COST_PHASES)
@@ -359,11 +334,13 @@ def _traced_train(
             hook.remove()
     profile = _train_profile(rig.params, rig.trainable, step_peaks)
     set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
-    if copier is not None and options.micro_batches == 1:
-        if copier.repeatable and same_as_zeros:
-            _keep_one_micro_batch(point, profile, tracker.events)
-        else:
-            _NOT_REPEATABLE.add(point)
+    if check is not None:
+        repeatable = check.repeatable and same_as_zeros
+        # Through its last ("step",): the frees after it (the rig dying) replay nothing.
+        events = tracker.events[: _last_index(tracker.events, ("step",), len(tracker.events)) + 1]
+        _ONE_MICRO_BATCH[point] = (copy.deepcopy(profile), events, repeatable)
+        while len(_ONE_MICRO_BATCH) > _ONE_MICRO_BATCH_KEPT:
+            _ONE_MICRO_BATCH.popitem(last=False)
     return profile, tracker.events if record else None
 
 
