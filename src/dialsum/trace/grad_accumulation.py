@@ -39,7 +39,7 @@ same phase peaks with ``LiveBytesCap`` + this mode as with no mode at all.
 The post-hook of a leaf's ``AccumulateGrad`` also tells whether ``.grad`` is now the very
 gradient that arrived (the engine stole it) or not (``gradients_not_kept``): a traced
 step with every gradient stolen has a second micro-batch that differs from its first only
-in how the gradients land (``step_trace._later_micro_batch``).
+in how the gradients land (``micro_batches.later_micro_batch``).
 """
 
 from __future__ import annotations

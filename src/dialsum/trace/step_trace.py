@@ -110,7 +110,6 @@ def _train_step(
             tracker.track(param.grad, "gradients")  # as the accumulate-grad hook retags
     else:
         model = prepared_model(rig.model, emulation, options.precision, options.device)
-        causal = is_causal(rig.model.config)
         run = functools.partial(
             step_forward_backward,
             model,
@@ -119,7 +118,7 @@ def _train_step(
             backward=backward,
             before_micro_batch=forward_phase,
             trim=False,  # fake tensors hold no values; the simulated rows are unpadded
-            causal=causal,
+            causal=is_causal(rig.model.config),
         )
         if check is None:
             run(batch)
@@ -218,8 +217,10 @@ def _trace_train(
     _ONE_MICRO_BATCH.move_to_end(point)
     if options.micro_batches == 1:  # its costs per micro-batch are its sums
         return copy.deepcopy(profile), list(events) if record else None
-    built = _built(events, profile, config, shape, options, round_fn, per_micro_batch)
-    if repeatable and built is not None:
+    built = repeatable and _built(
+        events, profile, config, shape, options, round_fn, per_micro_batch
+    )
+    if built:
         return built[0], built[1] if record else None
     return _traced_train(config, shape, options, round_fn, record, per_micro_batch, None)
 
