@@ -42,9 +42,9 @@ def _through_last_step(timeline: list) -> list:
     return timeline[: len(timeline) - timeline[::-1].index(("step",))]
 
 
-def _every_micro_batch_traced(config: PretrainedConfig, options: TrainOptions, record=True):
+def _every_micro_batch_traced(config: PretrainedConfig, options: TrainOptions):
     return step_trace._trace_train(
-        config, _SHAPE, options, round_allocation_bytes, record, build_micro_batches=False
+        config, _SHAPE, options, round_allocation_bytes, True, build_micro_batches=False
     )
 
 
