@@ -32,9 +32,11 @@ from dialsum.trace.fake_model import fresh_fake_mode
 from dialsum.trace.flops import CostMeter, in_place_add_cost
 from dialsum.trace.grad_accumulation import InPlaceAccumulation
 from dialsum.trace.model_run import labelled_batch
-from dialsum.trace.profile import TrainShape
-from dialsum.trace.timeline import without_costs
-from dialsum.trace.tracer import LiveStorageTracker
+from dialsum.trace.profile import MemoryProfile, TrainShape
+from dialsum.trace.repeat import costs_of, set_costs
+from dialsum.trace.timeline import cost_events, replay, without_costs
+from dialsum.trace.tracer import LiveStorageTracker, RoundFn
+from dialsum.trace.train_profile import TRAIN_COST_PHASES, per_micro_batch_costs, train_profile
 
 Event = tuple
 
@@ -184,3 +186,29 @@ def accumulating_timeline(
     except ValueError:  # a marker missing
         return None
     return [*out, *events[done:]] if steps == 2 else None
+
+
+def built_step(
+    one: list,
+    profile: MemoryProfile,
+    config: PretrainedConfig,
+    shape: TrainShape,
+    micro_batches: int,
+    round_fn: RoundFn,
+    per_micro_batch: bool,
+) -> tuple[MemoryProfile, list] | None:
+    """``step_trace``'s answer with ``micro_batches``, built from the step with
+    one traced at the same point (``one``, ``profile``); None if its layout is not the
+    one expected (``accumulating_timeline``)."""
+    events = accumulating_timeline(one, config, shape, micro_batches)
+    if events is None:
+        return None
+    steps = replay(events, events, 1, 2, 1, round_fn)
+    built = train_profile(profile.params, profile.trainable_params, steps)
+    # The step's costs are the second step's events' (as traced: step 1's are dropped) and
+    # the optimizer's, which the timeline does not carry and accumulation does not change.
+    costs = cost_events(events[events.index(("step",)) + 1 :], TRAIN_COST_PHASES)
+    for cost, by_phase in costs_of(profile).items():
+        costs[cost]["optimizer"] = by_phase.get("optimizer", 0)
+    set_costs(built, per_micro_batch_costs(costs, micro_batches) if per_micro_batch else costs)
+    return built, events

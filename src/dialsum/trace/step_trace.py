@@ -53,23 +53,25 @@ from dialsum.trace.fake_model import (
 )
 from dialsum.trace.flops import CostMeter
 from dialsum.trace.grad_accumulation import InPlaceAccumulation
-from dialsum.trace.micro_batches import FirstMicroBatch, accumulating_timeline, zeros_like_grads
+from dialsum.trace.micro_batches import FirstMicroBatch, built_step, zeros_like_grads
 from dialsum.trace.model_run import (
     emulation_on,
-    full_breakdown,
     labelled_batch,
     prepared_model,
     track_model,
 )
 from dialsum.trace.optimizers import state_tensors
 from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
-from dialsum.trace.repeat import TraceAt, Traced, costs_of, set_costs
+from dialsum.trace.repeat import TraceAt, Traced, set_costs
 from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
-from dialsum.trace.timeline import cost_events, replay, without_costs
+from dialsum.trace.timeline import replay, without_costs
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
+from dialsum.trace.train_profile import (
+    TRAIN_COST_PHASES,
+    per_micro_batch_costs,
+    train_profile,
+)
 from dialsum.trace.train_rig import TrainRig, build_train_rig
-
-TRAIN_CATEGORIES = ("weights", "gradients", "optimizer_state", "activations", "temporaries")
 
 # fp16 AMP: the loss is scaled by GradScaler's initial scale, grads unscaled in place.
 GRAD_SCALER_INIT_SCALE = 2.0**16
@@ -217,8 +219,8 @@ def _trace_train(
     _ONE_MICRO_BATCH.move_to_end(point)
     if options.micro_batches == 1:  # its costs per micro-batch are its sums
         return copy.deepcopy(profile), list(events) if record else None
-    built = repeatable and _built(
-        events, profile, config, shape, options, round_fn, per_micro_batch
+    built = repeatable and built_step(
+        events, profile, config, shape, options.micro_batches, round_fn, per_micro_batch
     )
     if built:
         return built[0], built[1] if record else None
@@ -237,32 +239,6 @@ def _point_key(
     """What a step with one micro-batch and one with several have in common."""
     one = replace(options, micro_batches=1)
     return trace_cache.cache_key("train-point", config, shape, one, round_fn.__name__)
-
-
-def _built(
-    one: list,
-    profile: MemoryProfile,
-    config: PretrainedConfig,
-    shape: TrainShape,
-    options: TrainOptions,
-    round_fn: RoundFn,
-    per_micro_batch: bool,
-) -> tuple[MemoryProfile, list] | None:
-    """``_traced_train``'s answer with ``options.micro_batches``, built from the step with
-    one traced at the same point (``one``, ``profile``); None if its layout is not the
-    one expected (``micro_batches.accumulating_timeline``)."""
-    events = accumulating_timeline(one, config, shape, options.micro_batches)
-    if events is None:
-        return None
-    steps = replay(events, events, 1, 2, 1, round_fn)
-    built = _train_profile(profile.params, profile.trainable_params, steps)
-    # The step's costs are the second step's events' (as traced: step 1's are dropped) and
-    # the optimizer's, which the timeline does not carry and accumulation does not change.
-    costs = cost_events(events[events.index(("step",)) + 1 :], _TRAIN_COST_PHASES)
-    for cost, by_phase in costs_of(profile).items():
-        costs[cost]["optimizer"] = by_phase.get("optimizer", 0)
-    set_costs(built, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
-    return built, events
 
 
 def _traced_train(
@@ -301,7 +277,7 @@ def _traced_train(
                 config, rig, tracker, emulation, options, shape, check
             )
             step_peaks.append((tracker.peak, dict(tracker.phase_records)))
-            first_costs = meter.phases(_TRAIN_COST_PHASES)
+            first_costs = meter.phases(TRAIN_COST_PHASES)
             first_end = len(events) - 1  # its ("step",)
             # Step 2 (steady: the state exists). Its forward/backward records exactly the
             # events of step 1's (same ops, cache hits sized as computed), so only its
@@ -321,20 +297,22 @@ def _traced_train(
                 step_peaks[:] = replay(events, events, 1, 2, 1, round_fn)
                 costs = {
                     cost: {**first_costs[cost], "optimizer": by_phase.get("optimizer", 0)}
-                    for cost, by_phase in meter.phases(_TRAIN_COST_PHASES).items()
+                    for cost, by_phase in meter.phases(TRAIN_COST_PHASES).items()
                 }
             else:  # a gradient laid out unlike its parameter: trace step 2 whole
                 _traced_step(config, rig, tracker, emulation, options, shape)
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
-                costs = meter.phases(_TRAIN_COST_PHASES)
+                costs = meter.phases(TRAIN_COST_PHASES)
             # The timeline's cost events are the step's costs (the optimizer's aside): step
             # 2's (its forward and backward are step 1's, as above); step 1's are dropped.
             events[:second] = without_costs(events[:second])
     finally:
         for hook in hooks:
             hook.remove()
-    profile = _train_profile(rig.params, rig.trainable, step_peaks)
-    set_costs(profile, _per_micro_batch(costs, options.micro_batches) if per_micro_batch else costs)
+    profile = train_profile(rig.params, rig.trainable, step_peaks)
+    set_costs(
+        profile, per_micro_batch_costs(costs, options.micro_batches) if per_micro_batch else costs
+    )
     if check is not None:
         repeatable = check.repeatable and same_as_zeros
         # Through its last ("step",): the frees after it (the rig dying) replay nothing.
@@ -345,7 +323,6 @@ def _traced_train(
     return profile, tracker.events if record else None
 
 
-_TRAIN_COST_PHASES = ("forward", "backward", "optimizer")
 _UNSUNK = frozenset({"optimizer"})  # see flops.CostMeter
 
 
@@ -362,47 +339,6 @@ def _train_at(
     shallow = without_layers(config, removed) if removed else config
     at = replace(shape, batch=batch)
     return _trace_train(shallow, at, options, round_fn, record, per_micro_batch=not removed)
-
-
-def _per_micro_batch(costs: dict[str, dict[str, int]], micro_batches: int) -> dict:
-    """Forward/backward per micro-batch (the step ran ``micro_batches`` of them; a second
-    one adds into existing gradients, so this is their mean); the optimizer once."""
-    return {
-        cost: {
-            phase: value // micro_batches if phase != "optimizer" else value
-            for phase, value in by_phase.items()
-        }
-        for cost, by_phase in costs.items()
-    }
-
-
-def _train_profile(
-    params: int, trainable: int, step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]]
-) -> MemoryProfile:
-    # The second (steady-state) step decides unless the first was strictly higher.
-    best = step_peaks[-1][0]
-    for record, _ in step_peaks[:-1]:
-        if record.total_bytes > best.total_bytes:
-            best = record
-    phase_records: dict[str, PeakRecord] = {}
-    for _, records in step_peaks:
-        for phase, record in records.items():
-            # Ties go to the later (steady-state) step, as for the overall peak.
-            seen = phase_records.get(phase)
-            if phase != "data" and (seen is None or record.total_bytes >= seen.total_bytes):
-                phase_records[phase] = record
-    phase_peaks = {phase: r.total_bytes for phase, r in phase_records.items()}
-    return MemoryProfile(
-        params=params,
-        trainable_params=trainable,
-        peak_bytes=best.total_bytes,
-        peak_phase=best.phase,
-        breakdown=full_breakdown(best, TRAIN_CATEGORIES),
-        phase_peaks=phase_peaks,
-        phase_breakdowns={
-            phase: full_breakdown(r, TRAIN_CATEGORIES) for phase, r in phase_records.items()
-        },
-    )
 
 
 def _train_work(
@@ -467,11 +403,11 @@ def simulate_train(
         timeline_key,
         shape.batch,
         trace_at,
-        lambda base, steps: _train_profile(base.params, base.trainable_params, steps),
+        lambda base, steps: train_profile(base.params, base.trainable_params, steps),
         round_fn,
         cache_dir=cache_dir,
         use_cache=use_cache,
         replay_batches=replay_batches,
         stacks=stacks_of(config),
-        finish_costs=lambda costs: _per_micro_batch(costs, options.micro_batches),
+        finish_costs=lambda costs: per_micro_batch_costs(costs, options.micro_batches),
     )
