@@ -82,25 +82,33 @@ def replay(
         return None
     tracker = LiveStorageTracker(round_fn)
     by_cat = tracker._by_category
+    add = tracker._add
+    # (size at lo, size at hi) -> rounded size at ``batch``: a step has few distinct sizes
+    # (every layer repeats its own), and each event would otherwise interpolate and round.
+    sizes: dict[tuple[int, int], int] = {}
     steps: StepPeaks = []
     for ev_lo, ev_hi in zip(events_lo, events_hi, strict=True):
         kind = ev_lo[0]
+        # ``ev_lo is ev_hi``: one timeline replayed at its own batch needs no comparing.
         if kind in "afr":
-            if ev_lo[2:] != ev_hi[2:] or ev_hi[0] != kind:
+            if ev_lo is not ev_hi and (ev_lo[2:] != ev_hi[2:] or ev_hi[0] != kind):
                 return None  # different structure
-            size = _size_at(ev_lo[1], ev_hi[1], lo, hi, batch)
-            if size is None:
-                return None
-            nbytes = round_fn(size)
+            key = (ev_lo[1], ev_hi[1])
+            nbytes = sizes.get(key, -1)
+            if nbytes < 0:
+                size = _size_at(ev_lo[1], ev_hi[1], lo, hi, batch)
+                if size is None:
+                    return None
+                nbytes = sizes[key] = round_fn(size)
             if kind == "a":
-                tracker._add(ev_lo[2], nbytes)
+                add(ev_lo[2], nbytes)
             elif kind == "f":
                 by_cat[ev_lo[2]] -= nbytes
                 tracker.current_bytes -= nbytes
             else:
                 by_cat[ev_lo[2]] -= nbytes
                 by_cat[ev_lo[3]] = by_cat.get(ev_lo[3], 0) + nbytes
-        elif ev_lo != ev_hi:
+        elif ev_lo is not ev_hi and ev_lo != ev_hi:
             return None
         elif kind == "p":
             tracker.phase = ev_lo[1]
