@@ -46,6 +46,7 @@ from dialsum.trace.model_run import (
 )
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile
 from dialsum.trace.repeat import set_costs
+from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 # Cost phases: the prompt pass is charged as the seq2seq encoder pass (``flops``).
@@ -168,7 +169,7 @@ def trace_causal_generate(
     prompt, new = shape.source_len, shape.max_new_tokens
     amp_precision = options.precision if options.amp else "fp32"
     meter = CostMeter(lambda: _COST_PHASE.get(tracker.phase, tracker.phase), sink=tracker.events)
-    with mode, meter, tracker, emulation_on(emulation, options.device), torch.no_grad():
+    with mode, emulation_on(emulation, options.device), TraceMode(tracker, meter), torch.no_grad():
         track_model(tracker, model)
         decoder = prepared_model(model, emulation, amp_precision, options.device)
         # generate() keeps the expanded prompt ids and mask [rows, prompt] to the end.

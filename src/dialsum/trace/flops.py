@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from fractions import Fraction
 
 import torch
@@ -197,6 +198,10 @@ class _CostMode(TorchDispatchMode):
     stacked above it did, with the same counts: the traffic is the op's as issued, its
     FLOPs those of what ran. One layer instead of two, per-op schema facts cached and a
     plain argument walk halve the meter's share of a trace.
+
+    ``run`` is the whole of it, for this mode and for a mode that hosts the meter in its
+    own dispatch (``trace_mode.TraceMode``: one Python layer per op instead of one per
+    tool); ``decomposing`` tells that host an op is a part of a decomposed one.
     """
 
     def __init__(self, meter: CostMeter) -> None:
@@ -205,7 +210,7 @@ class _CostMode(TorchDispatchMode):
         from torch.utils.flop_counter import flop_registry
 
         self._registry = dict(flop_registry)
-        self._decomposing = 0
+        self.decomposing = 0
 
     def _count_flops(self, packet, out, args: tuple, kwargs: dict) -> None:
         formula = self._registry.get(packet)
@@ -215,7 +220,11 @@ class _CostMode(TorchDispatchMode):
                 self._meter.add("flops", flops)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+        return self.run(func, args, kwargs or {}, self)
+
+    def run(self, func, args: tuple, kwargs: dict, host: AbstractContextManager):
+        """Run ``func`` and book its costs; entering ``host`` makes the dispatch mode that
+        runs it active again (the parts of a decomposed op run through it)."""
         if func in _METADATA_OPS:
             return func(*args, **kwargs)
         packet = func._overloadpacket
@@ -225,16 +234,16 @@ class _CostMode(TorchDispatchMode):
             and func is not torch.ops.prim.device.default
             and _decomposable(func)
         ):
-            self._decomposing += 1
+            self.decomposing += 1
             try:
-                with self:  # the parts run through this mode: their FLOPs count
+                with host:  # the parts run through this mode: their FLOPs count
                     out = func.decompose(*args, **kwargs)
             finally:
-                self._decomposing -= 1
+                self.decomposing -= 1
         if out is NotImplemented:
             out = func(*args, **kwargs)
             self._count_flops(packet, out, args, kwargs)
-        if self._decomposing:
+        if self.decomposing:
             return out  # a part of a decomposed op: its traffic is the op's
         moved = _op_cost(func, args, kwargs, out)
         if moved is not None:
@@ -272,6 +281,11 @@ class CostMeter:
         self._unsunk = unsunk
         self._pending: dict[str, list[int]] = {}
         self._mode = _CostMode(self)
+
+    @property
+    def op_runner(self) -> _CostMode:
+        """What runs an op and books it (``_CostMode.run``), for a hosting dispatch mode."""
+        return self._mode
 
     def add(self, cost: str, amount: int) -> None:
         by_phase = self.costs[cost]

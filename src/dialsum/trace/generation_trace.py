@@ -45,6 +45,7 @@ from dialsum.trace.model_run import (
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile, Precision
 from dialsum.trace.repeat import TraceAt, Traced, set_costs
 from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
+from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
 
@@ -108,7 +109,7 @@ def _trace_generate(
     amp_precision = options.precision if options.amp else "fp32"
     # Below the tracker (see trace.step_trace); its cost events go into the timeline.
     meter = CostMeter(lambda: tracker.phase, sink=tracker.events)
-    with mode, meter, tracker, emulation_on(emulation, options.device), torch.no_grad():
+    with mode, emulation_on(emulation, options.device), TraceMode(tracker, meter), torch.no_grad():
         track_model(tracker, model)
         decoder = prepared_model(model, emulation, amp_precision, options.device)
 

@@ -214,18 +214,34 @@ class InPlaceAccumulation(TorchDispatchMode):
             and not torch.is_grad_enabled()
         )
 
+    @property
+    def arming(self) -> TorchFunctionMode:
+        """The torch-function mode that hooks every backward's graph, for a mode that hosts
+        ``in_place_sum`` in its own dispatch (``trace_mode.TraceMode``) and enters this
+        instead of the whole mode."""
+        return self._arming
+
+    def in_place_sum(self, func, args: tuple, kwargs: dict | None) -> bool:
+        """Whether the op is an engine sum a real run makes in place (``old.add_(new)``),
+        counting it in ``in_place`` or ``out_of_place``. Must be asked first in the top
+        mode's dispatch: the reference counts are those the probe measured there."""
+        if func is not _ADD or not self._engine_sum(args, kwargs):
+            return False
+        old, new = args
+        # [*shape] + [*shape] of one dtype; the result takes old's place in the buffer.
+        if (
+            old is not new
+            and old.shape == new.shape
+            and old.dtype == new.dtype
+            and is_non_overlapping_and_dense_or_false(old)
+            and _counts(old) == self._exclusive[isinstance(old, FakeTensor)]
+        ):
+            self.in_place += 1
+            return True
+        self.out_of_place += 1
+        return False
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is _ADD and self._engine_sum(args, kwargs):
-            old, new = args
-            # [*shape] + [*shape] of one dtype; the result takes old's place in the buffer.
-            if (
-                old is not new
-                and old.shape == new.shape
-                and old.dtype == new.dtype
-                and is_non_overlapping_and_dense_or_false(old)
-                and _counts(old) == self._exclusive[isinstance(old, FakeTensor)]
-            ):
-                self.in_place += 1
-                return _ADD_(old, new)
-            self.out_of_place += 1
+        if self.in_place_sum(func, args, kwargs):
+            return _ADD_(*args)
         return func(*args, **(kwargs or {}))

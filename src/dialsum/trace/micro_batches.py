@@ -35,6 +35,7 @@ from dialsum.trace.model_run import labelled_batch
 from dialsum.trace.profile import MemoryProfile, TrainShape
 from dialsum.trace.repeat import costs_of, set_costs
 from dialsum.trace.timeline import cost_events, replay, without_costs
+from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 from dialsum.trace.train_profile import TRAIN_COST_PHASES, per_micro_batch_costs, train_profile
 
@@ -135,7 +136,7 @@ def batch_events(
     them: the batch alone, on fake tensors."""
     tracker = LiveStorageTracker(record=True)
     meter = CostMeter(lambda: "data", sink=tracker.events)
-    with fresh_fake_mode(), meter, tracker:
+    with fresh_fake_mode(), TraceMode(tracker, meter):
         batch = labelled_batch(config, rows, shape.source_len, shape.target_len)
         made = len(tracker.events)
         del batch

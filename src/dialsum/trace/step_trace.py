@@ -65,6 +65,7 @@ from dialsum.trace.profile import MemoryProfile, TrainOptions, TrainShape
 from dialsum.trace.repeat import TraceAt, Traced, set_costs
 from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
 from dialsum.trace.timeline import replay, without_costs
+from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
 from dialsum.trace.train_profile import (
     TRAIN_COST_PHASES,
@@ -258,15 +259,15 @@ def _traced_train(
     tracker = LiveStorageTracker(round_fn, record=True)  # step 2 is built from the events
     emulation = CudaEmulationMode()
     hooks = _grad_hooks(tracker, trainable_params(rig.model))
-    # Below the tracker on the dispatch stack: FLOPs, bytes moved and kernels of the step.
+    # FLOPs, bytes moved and kernels of the step (counted before the tracker sees an op).
     meter = CostMeter(lambda: tracker.phase, sink=tracker.events, unsunk=_UNSUNK)
     step_peaks: list[tuple[PeakRecord, dict[str, PeakRecord]]] = []
-    # The engine's in-place gradient sums, which any dispatch mode turns off, on top. Made
+    # The engine's in-place gradient sums, which any dispatch mode turns off, first. Made
     # before the modes are entered: its first construction probes the engine without them.
     accumulation = InPlaceAccumulation()
     check = FirstMicroBatch(tracker, accumulation) if point is not None else None
     try:
-        with mode, meter, tracker, emulation_on(emulation, options.device), accumulation:
+        with mode, emulation_on(emulation, options.device), TraceMode(tracker, meter, accumulation):
             track_model(tracker, rig.model)
             events = tracker.events
             # Step 1: forward/backward, and the optimizer step that creates its state.

@@ -169,12 +169,21 @@ class LiveStorageTracker(TorchDispatchMode):
     # -- dispatch ----------------------------------------------------------------------
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.before_op(args)
+        out = func(*args, **(kwargs or {}))
+        self.after_op(func, out)
+        return out
+
+    def before_op(self, args: tuple) -> None:
+        """What the tracker does before an op runs (this mode's, or a host's:
+        ``trace_mode.TraceMode``)."""
         if self._param_names is not None and self.events is not None:
             self._mark_parameter(args)
-        out = func(*args, **(kwargs or {}))
+
+    def after_op(self, func, out) -> None:
+        """Count the op's new outputs."""
         # QLoRA: a 4-bit weight dequantized for a matmul is its own category.
         category = _DEQUANTIZED if getattr(func, "namespace", "") == "bitsandbytes" else None
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self.track(leaf, category)
-        return out
