@@ -13,13 +13,13 @@ import dataclasses
 
 import torch
 from torch import nn
+from torch._prims_common import are_strides_like_channels_last_or_false
 from torch._subclasses.fake_tensor import (
     FakeTensor,
     FakeTensorMode,
-    extract_tensor_metadata,
+    TensorMetadata,
     in_kernel_invocation_manager,
 )
-from torch._subclasses.meta_utils import is_sparse_any
 from transformers import PretrainedConfig
 
 from dialsum.models.architectures import is_causal, model_from_config
@@ -38,10 +38,15 @@ LORA_TARGETS: dict[str, list[str]] = {
 # Argument types ``FakeTensorMode._prep_args_for_hash`` keys as (type, value), its last
 # branch: nothing before it matches them.
 _PLAIN_ARGS = frozenset({int, float, bool, str, type(None), torch.dtype, torch.memory_format})
-_METADATA_FIELDS = tuple(
-    f.name for f in dataclasses.fields(torch._subclasses.fake_tensor.TensorMetadata)
-)
 _SEQUENCES = (tuple, list, torch.Size)
+# ``TensorMetadata``'s fields, in the order ``_flatten_into`` appends them; the fast key
+# below appends the same values in this order, and is off for any other torch.
+_METADATA_FIELDS = (
+    "dtype", "shape", "stride", "device", "layout", "memory_format", "storage_offset",
+    "storage_bytes", "requires_grad", "is_quantized", "is_conj", "is_neg", "is_inference",
+    "is_sparse", "is_coalesced", "dense_dim", "sparse_dim",
+)  # fmt: skip
+_FAST_KEYS = tuple(f.name for f in dataclasses.fields(TensorMetadata)) == _METADATA_FIELDS
 
 
 class SizedCacheFakeTensorMode(FakeTensorMode):
@@ -63,7 +68,7 @@ class SizedCacheFakeTensorMode(FakeTensorMode):
     and a generic walk over the metadata's fields: about a quarter of a training trace.
     ``_prep_args_for_hash`` here appends the very same values for the common arguments
     (our dense fake tensors, integer shapes, plain scalars) and hands anything else to
-    FakeTensor's own (``tests/trace/test_fake_model.py`` compares the keys).
+    FakeTensor's own (``tests/trace/test_trace_mode.py`` compares the keys).
     """
 
     def _get_output_tensor_from_cache_entry(self, state, entry, key, args):
@@ -78,7 +83,7 @@ class SizedCacheFakeTensorMode(FakeTensorMode):
         return out
 
     def _prep_args_for_hash(self, result, args, state, id_hashed_objects) -> None:
-        if isinstance(args, dict):
+        if isinstance(args, dict) or not _FAST_KEYS:
             super()._prep_args_for_hash(result, args, state, id_hashed_objects)
             return
         if isinstance(args, (list, tuple)):
@@ -89,43 +94,64 @@ class SizedCacheFakeTensorMode(FakeTensorMode):
             if kind in _PLAIN_ARGS:
                 result.append(kind)
                 result.append(arg)
-            elif kind is FakeTensor and not (
-                arg.fake_mode is not self
-                or arg.constant is not None
-                or is_sparse_any(arg)
-                or arg.is_mkldnn
-                or not self._flatten_metadata(result, extract_tensor_metadata(arg))
-            ):
+            elif kind is FakeTensor and self._append_dense(result, arg):
                 pass
             elif kind in _SEQUENCES and all(type(v) is int for v in arg):
-                self._append_ints(result, arg)
+                _append_ints(result, arg)
             else:  # one argument, no container marks: FakeTensor's own walk
                 super()._prep_args_for_hash(result, iter((arg,)), state, id_hashed_objects)
 
-    @staticmethod
-    def _append_ints(result: list, values) -> None:
-        result.append(type(values))
-        result.append(f"length_{len(values)}")
-        for value in values:
-            result.append(int)
-            result.append(value)
-
-    def _flatten_metadata(self, result: list, metadata) -> bool:
-        """``TensorMetadata._flatten_into`` for integer shapes and strides (False, with
-        ``result`` untouched, for anything else: the caller then walks it generically)."""
-        values = [getattr(metadata, name) for name in _METADATA_FIELDS]
-        for value in values:
-            if isinstance(value, _SEQUENCES):
-                if not all(type(v) is int for v in value):
-                    return False
-            elif isinstance(value, torch.SymInt):
-                return False
-        for value in values:
-            if isinstance(value, _SEQUENCES):
-                self._append_ints(result, value)
-            else:
-                result.append(value)
+    def _append_dense(self, result: list, t: FakeTensor) -> bool:
+        """``extract_tensor_metadata(t)._flatten_into(result)`` for a dense strided fake
+        tensor of this mode with integer sizes; False (nothing appended) for any other,
+        which FakeTensor's walk then keys or bypasses (another mode's tensor, a constant,
+        sparse, mkldnn, symbolic sizes). One ``layout`` read instead of five: on a fake
+        tensor each is a dispatch of ``prim.layout``."""
+        if (
+            t.fake_mode is not self
+            or t.constant is not None
+            or t.layout is not torch.strided  # not sparse, not mkldnn
+            or t._has_symbolic_sizes_strides
+        ):
+            return False
+        shape, stride = t.shape, t.stride()
+        # ``suggest_memory_format``, then kept only if the tensor is contiguous in it.
+        memory_format: torch.memory_format | None = torch.contiguous_format
+        if are_strides_like_channels_last_or_false(shape, stride):
+            memory_format = torch.channels_last if t.ndim == 4 else torch.channels_last_3d
+        if not t.is_contiguous(memory_format=memory_format):
+            memory_format = None
+        result.append(t.dtype)
+        _append_ints(result, shape)
+        _append_ints(result, stride)
+        result.extend(
+            (
+                t.device,
+                torch.strided,
+                memory_format,
+                t.storage_offset(),
+                t.untyped_storage().nbytes(),
+                t.requires_grad,
+                t.is_quantized,
+                t.is_conj(),
+                t.is_neg(),
+                t.is_inference(),
+                t.is_sparse,
+                None,  # is_coalesced, dense_dim, sparse_dim: sparse tensors only
+                None,
+                None,
+            )
+        )
         return True
+
+
+def _append_ints(result: list, values) -> None:
+    """A shape, stride or int list as ``_prep_args_for_hash`` keys it."""
+    result.append(type(values))
+    result.append(f"length_{len(values)}")
+    for value in values:
+        result.append(int)
+        result.append(value)
 
 
 def fresh_fake_mode() -> FakeTensorMode:
