@@ -62,8 +62,8 @@ def insertions(a: Sequence[Event], b: Sequence[Event]) -> Insertions | None:
     if extra < 0:
         return None
     ids: dict[Event, int] = {}
-    a_ids = np.fromiter((ids.setdefault(e, len(ids)) for e in a), np.int64, len(a))
-    b_ids = np.fromiter((ids.setdefault(e, len(ids)) for e in b), np.int64, len(b))
+    a_ids = np.fromiter((ids.setdefault(e, len(ids)) for e in a), np.int32, len(a))
+    b_ids = np.fromiter((ids.setdefault(e, len(ids)) for e in b), np.int32, len(b))
     n, width = len(a), extra + 1
     dtype, far = _table_dtype(width)
     matched = np.empty((n + 1, width), dtype)
@@ -71,15 +71,15 @@ def insertions(a: Sequence[Event], b: Sequence[Event]) -> Insertions | None:
     matched[0] = far
     matched[0, 0] = 0
     _opened(matched[0], inserting[0], far)
-    before = np.empty(width, dtype)
-    equal = np.empty(width, bool)
+    unequal = np.empty(width, bool)
     for i in range(1, n + 1):
-        # a[i-1] against b[i-1+k] for every k: a match keeps k, from either state.
-        np.equal(b_ids[i - 1 : i - 1 + width], a_ids[i - 1], out=equal)
-        np.minimum(matched[i - 1], inserting[i - 1], out=before)
-        matched[i] = far
-        np.copyto(matched[i], before, where=equal)
-        _opened(matched[i], inserting[i], far)
+        # a[i-1] against b[i-1+k] for every k: a match keeps k, from either state; no
+        # match, no way to end there in a match (``far``).
+        np.not_equal(b_ids[i - 1 : i - 1 + width], a_ids[i - 1], out=unequal)
+        row = matched[i]
+        np.minimum(matched[i - 1], inserting[i - 1], out=row)
+        np.copyto(row, far, where=unequal)
+        _opened(row, inserting[i], far)
     if min(matched[n, extra], inserting[n, extra]) >= far:
         return None
     return _runs(b, _inserted(matched, inserting, n, extra))

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from dialsum.trace.flops import COSTS
-from dialsum.trace.tracer import LiveStorageTracker, PeakRecord, RoundFn
+from dialsum.trace.tracer import PeakRecord, RoundFn
 
 Event = tuple
 StepPeaks = list[tuple[PeakRecord, dict[str, PeakRecord]]]
@@ -80,9 +80,15 @@ def replay(
     replays the same way."""
     if len(events_lo) != len(events_hi):
         return None
-    tracker = LiveStorageTracker(round_fn)
-    by_cat = tracker._by_category
-    add = tracker._add
+    # ``LiveStorageTracker``'s bookkeeping (``_add``, ``_update_peaks``, ``reset_peaks``),
+    # in local variables: a replay is a loop over ~10^4-10^5 events.
+    by_cat: dict[str, int] = {}
+    current = 0
+    phase = "setup"
+    phase_peaks: dict[str, int] = {}
+    phase_peak = 0  # phase_peaks.get(phase, 0)
+    phase_records: dict[str, PeakRecord] = {}
+    peak = PeakRecord()
     # (size at lo, size at hi) -> rounded size at ``batch``: a step has few distinct sizes
     # (every layer repeats its own), and each event would otherwise interpolate and round.
     sizes: dict[tuple[int, int], int] = {}
@@ -101,19 +107,26 @@ def replay(
                     return None
                 nbytes = sizes[key] = round_fn(size)
             if kind == "a":
-                add(ev_lo[2], nbytes)
+                by_cat[ev_lo[2]] = by_cat.get(ev_lo[2], 0) + nbytes
+                current += nbytes
+                if nbytes > 0 and current > phase_peak:
+                    phase_peaks[phase] = phase_peak = current
+                    phase_records[phase] = PeakRecord(current, phase, dict(by_cat))
+                    if current > peak.total_bytes:
+                        peak = PeakRecord(current, phase, dict(by_cat))
             elif kind == "f":
                 by_cat[ev_lo[2]] -= nbytes
-                tracker.current_bytes -= nbytes
+                current -= nbytes
             else:
                 by_cat[ev_lo[2]] -= nbytes
                 by_cat[ev_lo[3]] = by_cat.get(ev_lo[3], 0) + nbytes
         elif ev_lo is not ev_hi and ev_lo != ev_hi:
             return None
         elif kind == "p":
-            tracker.phase = ev_lo[1]
+            phase = ev_lo[1]
+            phase_peak = phase_peaks.get(phase, 0)
         elif kind == "reset":
-            tracker.reset_peaks()
+            phase_peaks, phase_records, peak, phase_peak = {}, {}, PeakRecord(), 0
         elif kind == "step":
-            steps.append((tracker.peak, dict(tracker.phase_records)))
+            steps.append((peak, dict(phase_records)))
     return steps
