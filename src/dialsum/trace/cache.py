@@ -131,7 +131,12 @@ def fill_in_processes(
     from dialsum.trace.parallel import mark_worker
 
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(
+    pool = futures.ProcessPoolExecutor(
         min(workers, len(calls)), mp_context=context, initializer=mark_worker
-    ) as pool:
+    )
+    try:
         yield from futures.as_completed([pool.submit(worker, *call) for call in calls])
+    finally:
+        # Every call is done (or the caller gave up): the workers' exits (seconds of
+        # interpreter teardown with torch loaded) need not hold up the caller.
+        pool.shutdown(wait=False, cancel_futures=True)
