@@ -1,8 +1,9 @@
 """What a traced step costs in compute: FLOPs, bytes moved and kernels, per phase.
 
 The memory trace already runs every aten op of the real step on fake tensors; a
-``CostMeter`` rides along on the same ops (it sits below ``LiveStorageTracker`` on the
-dispatch stack, so the tracker sees exactly the ops it saw before):
+``CostMeter`` rides along on the same ops (run by the trace's one dispatch layer,
+``trace_mode.TraceMode``, before the tracker counts an op's outputs; the tracker sees
+exactly the ops it saw without it):
 
 - **FLOPs** are counted with the formulas of ``torch.utils.flop_counter`` (as its
   ``FlopCounterMode`` counts them, in one dispatch mode with the traffic below: 2·m·n·k per
@@ -256,8 +257,9 @@ class _CostMode(TorchDispatchMode):
 class CostMeter:
     """FLOPs, bytes moved and kernels of the ops run inside it, split by phase.
 
-    ``phase_of()`` names the phase of the op being run (the tracer's phase); enter the
-    meter *before* the ``LiveStorageTracker`` so the tracker stays on top of the stack.
+    ``phase_of()`` names the phase of the op being run (the tracer's phase). A trace
+    hands the meter to ``trace_mode.TraceMode`` with its tracker; entered on its own (a
+    cost probe) the meter is a dispatch mode of its own.
 
     With a ``sink`` (the tracker's recorded timeline) each op's costs are also appended to
     it as one event ``("c", phase, flops, bytes moved, kernels)``, in order with the

@@ -16,7 +16,8 @@ the backward peak (tracker 2,782.9 MiB vs the allocator's 2,538.9 MiB, measured 
 ``torch.profiler``).
 
 ``InPlaceAccumulation`` puts the engine's choice back. It must be the top dispatch mode
-(entered last) and does two things:
+(entered last; a trace's ``trace_mode.TraceMode`` asks it first instead) and does two
+things:
 
 - around every ``Tensor.backward`` / ``torch.autograd.backward`` / ``torch.autograd.grad``
   (seen by a torch-function mode) it hooks every node of the graph: a pre-hook marks
