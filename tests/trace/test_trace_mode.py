@@ -125,8 +125,9 @@ def test_fast_cache_keys_are_fake_tensors_own_in_generation(checked_keys) -> Non
 
 
 def test_fast_cache_keys_fall_back_for_what_they_do_not_cover() -> None:
-    """A tensor of another mode, a symbolic or nested argument: FakeTensor's own walk
-    (which bypasses the cache where it must)."""
+    """List, Size, tuple and dtype arguments, a list of tensors, strided views: the same
+    keys; a constant tensor goes to FakeTensor's own walk, which bypasses the cache."""
+    _CheckedKeys.compared = 0
     mode = _CheckedKeys()
     with mode:
         a = torch.empty(4, 6)
@@ -135,3 +136,5 @@ def test_fast_cache_keys_fall_back_for_what_they_do_not_cover() -> None:
         torch.cat([a, a], dim=0)  # a list of tensors
         a.to(torch.float16).transpose(0, 1).contiguous()  # strides, dtype argument
         a.new_empty_strided((2, 3), (3, 1))  # tuple arguments
+        a[0, :2] + torch.tensor([1.0, 2.0])  # a constant
+    assert mode.compared >= 6
