@@ -107,7 +107,7 @@ def _trace_generate(
         # Under autocast the K/V projections run in the low dtype: the cache is in ``dtype``.
         cache = _prefilled_cache(config, rows, shape.max_new_tokens - 1, shape.source_len, dtype)
     amp_precision = options.precision if options.amp else "fp32"
-    # Below the tracker (see trace.step_trace); its cost events go into the timeline.
+    # Costs counted in the trace's one dispatch layer (``trace_mode``), into the timeline.
     meter = CostMeter(lambda: tracker.phase, sink=tracker.events)
     with mode, emulation_on(emulation, options.device), TraceMode(tracker, meter), torch.no_grad():
         track_model(tracker, model)
