@@ -329,3 +329,29 @@ def test_step_two_reused_equals_step_two_traced(monkeypatch, options: TrainOptio
     # Step 1's cost events are dropped (the timeline carries the step's costs once).
     first, second = _segments(without_costs(traced_events))
     assert first == second  # what makes the reuse exact: a cache hit sized as computed
+
+
+def test_a_step_that_sets_something_up_once_is_not_copied_into_step_two(monkeypatch) -> None:
+    """bitsandbytes' ``Linear4bit`` casts its bias to the compute dtype on its first call
+    only: step 2's forward/backward is traced (QLoRA on a model with biases), not copied
+    from step 1's, whose cast step 2 does not make."""
+    import dialsum.trace.step_trace as step_trace
+
+    config = BartConfig(vocab_size=320, d_model=32, encoder_layers=2, decoder_layers=2,
+                        encoder_attention_heads=4, decoder_attention_heads=4,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64,
+                        max_position_embeddings=64)  # fmt: skip
+    options = TrainOptions(precision="bf16", lora=True, quantization="nf4")
+    shape = TrainShape(2, 16, 8)
+    default, events = step_trace._trace_train(
+        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
+    )
+    monkeypatch.setattr(step_trace, "zeros_like_grads", lambda _params: False)
+    traced, traced_events = step_trace._trace_train(
+        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
+    )
+    assert default == traced
+    last = len(events) - events[::-1].index(("step",))
+    assert events[:last] == traced_events[:last]
+    first, second = _segments(without_costs(traced_events))
+    assert first != second  # the cast: in step 1 only

@@ -28,7 +28,7 @@ from dialsum.trace.profile import MemoryProfile
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
-SIMULATOR_VERSION = "9"
+SIMULATOR_VERSION = "10"
 CACHE_DIR_ENV = "DIALSUM_CACHE_DIR"
 
 

@@ -80,11 +80,14 @@ def later_micro_batch(first: Sequence[Event]) -> list[Event]:
 
 @dataclass
 class FirstMicroBatch:
-    """Runs a step's first micro-batch (``run``) and tells, after it ran, whether a later
-    micro-batch would record ``later_micro_batch`` of its events (``repeatable``)."""
+    """Runs a step's forward/backward (``run``) and tells, after it ran, whether it set
+    nothing up once (``set_up_nothing``: the next step's forward/backward then records its
+    events again) and, for one micro-batch, whether a later micro-batch would record
+    ``later_micro_batch`` of its events (``repeatable``)."""
 
     tracker: LiveStorageTracker
     accumulation: InPlaceAccumulation
+    set_up_nothing: bool = False
     repeatable: bool = False
 
     def run(
@@ -97,33 +100,37 @@ class FirstMicroBatch:
         not_kept = self.accumulation.gradients_not_kept
         total = run(first)
         first_events = events[events.index(("p", "forward"), start) :]
-        self.repeatable = self._repeatable(live, not_kept, total, params, first_events)
+        with_grads = [p for p in params if p.grad is not None]
+        self.set_up_nothing = self._set_up_nothing(live, total, with_grads)
+        self.repeatable = self.set_up_nothing and self._gradients_kept(
+            not_kept, with_grads, first_events
+        )
         return total
 
-    def _repeatable(
-        self,
-        live: dict[int, str],
-        not_kept: int,
-        total: torch.Tensor,
-        params: Sequence[nn.Parameter],
-        first_events: list[Event],
+    def _set_up_nothing(
+        self, live: dict[int, str], total: torch.Tensor, with_grads: list[nn.Parameter]
     ) -> bool:
-        """- every storage alive before is alive after, in its category, and the only new
-          ones are the gradients and the loss total: nothing was set up once (QLoRA's
-          ``Linear4bit`` casts its bias to the compute dtype on its first call, freeing the
-          fp32 one: a later call does not);
-        - every gradient arrived and stayed as ``.grad`` (the engine stole it,
-          ``InPlaceAccumulation.gradients_not_kept``), one retag each, each in a storage of
-          its own laid out like its parameter (``zeros_like_grads``)."""
-        with_grads = [p for p in params if p.grad is not None]
+        """Every storage alive before is alive after, in its category, and the only new
+        ones are the gradients and the loss total: nothing was set up once (QLoRA's
+        ``Linear4bit`` casts its bias to the compute dtype on its first call, freeing the
+        fp32 one: a later call does not)."""
         grads = {id(p.grad.untyped_storage()) for p in with_grads}
         now = self.tracker.live_categories()
         return (
             all(now.get(key) == category for key, category in live.items())
             and now.keys() - live.keys() == grads | {id(total.untyped_storage())}
             and len(grads) == len(with_grads)
-            and self.accumulation.gradients_not_kept == not_kept
-            and sum(e[0] == "r" and e[3] == "gradients" for e in first_events) == len(grads)
+        )
+
+    def _gradients_kept(
+        self, not_kept: int, with_grads: list[nn.Parameter], first_events: list[Event]
+    ) -> bool:
+        """Every gradient arrived and stayed as ``.grad`` (the engine stole it,
+        ``InPlaceAccumulation.gradients_not_kept``), one retag each, each in a storage of
+        its own laid out like its parameter (``zeros_like_grads``)."""
+        return (
+            self.accumulation.gradients_not_kept == not_kept
+            and sum(e[0] == "r" and e[3] == "gradients" for e in first_events) == len(with_grads)
             and zeros_like_grads(with_grads)
         )
 

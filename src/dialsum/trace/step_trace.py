@@ -265,7 +265,7 @@ def _traced_train(
     # The engine's in-place gradient sums, which any dispatch mode turns off, first. Made
     # before the modes are entered: its first construction probes the engine without them.
     accumulation = InPlaceAccumulation()
-    check = FirstMicroBatch(tracker, accumulation) if point is not None else None
+    check = FirstMicroBatch(tracker, accumulation)
     try:
         with mode, emulation_on(emulation, options.device), TraceMode(tracker, meter, accumulation):
             track_model(tracker, rig.model)
@@ -281,13 +281,14 @@ def _traced_train(
             first_costs = meter.phases(TRAIN_COST_PHASES)
             first_end = len(events) - 1  # its ("step",)
             # Step 2 (steady: the state exists). Its forward/backward records exactly the
-            # events of step 1's (same ops, cache hits sized as computed), so only its
-            # optimizer phase is traced, on zero gradients shaped as the backward left
-            # them; its peaks come from replaying step 1's forward/backward in its place.
+            # events of step 1's (same ops, cache hits sized as computed) when step 1's set
+            # nothing up once, so only its optimizer phase is traced, on zero gradients
+            # shaped as the backward left them; its peaks come from replaying step 1's
+            # forward/backward in its place.
             meter.reset()
             tracker.reset_peaks()
             second = len(events)
-            if same_as_zeros:
+            if same_as_zeros and check.set_up_nothing:
                 batch_freed = events[_last_index(events, ("p", "data"), first_end) : first_end]
                 _train_step(rig, None, tracker, emulation, options, shape.batch, with_grads)
                 events.extend([*batch_freed, ("step",)])
@@ -300,7 +301,7 @@ def _traced_train(
                     cost: {**first_costs[cost], "optimizer": by_phase.get("optimizer", 0)}
                     for cost, by_phase in meter.phases(TRAIN_COST_PHASES).items()
                 }
-            else:  # a gradient laid out unlike its parameter: trace step 2 whole
+            else:  # a gradient laid out unlike its parameter, a one-time cast: whole
                 _traced_step(config, rig, tracker, emulation, options, shape)
                 step_peaks.append((tracker.peak, dict(tracker.phase_records)))
                 costs = meter.phases(TRAIN_COST_PHASES)
@@ -314,7 +315,7 @@ def _traced_train(
     set_costs(
         profile, per_micro_batch_costs(costs, options.micro_batches) if per_micro_batch else costs
     )
-    if check is not None:
+    if point is not None:
         repeatable = check.repeatable and same_as_zeros
         # Through its last ("step",): the frees after it (the rig dying) replay nothing.
         events = tracker.events[: _last_index(tracker.events, ("step",), len(tracker.events)) + 1]
