@@ -12,6 +12,7 @@ no-op, so single-process code pays nothing.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -69,7 +70,17 @@ def ensure_process_group(*, cpu: bool, timeout_s: int = DEFAULT_TIMEOUT_S) -> bo
         # Each rank owns one GPU; NCCL collectives run on the current device.
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend_for(cpu), timeout=timedelta(seconds=timeout_s))
+    atexit.register(_destroy_process_group)
     return True
+
+
+def _destroy_process_group() -> None:
+    """At exit, while the interpreter is still whole: a process that exits with its group
+    alive can abort in the interpreter's teardown (gloo's worker threads still hold work:
+    ``terminate called without an active exception``, SIGABRT, after a run that finished;
+    pytorch/pytorch#190489). A group something else destroyed first is left alone."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
