@@ -50,3 +50,17 @@ def micro_t5_and_batch() -> tuple[transformers.T5ForConditionalGeneration, dict]
     model = micro_t5()
     batch = {"input_ids": torch.randint(2, 64, (2, 8)), "labels": torch.randint(2, 64, (2, 5))}
     return model, batch
+
+
+# Two-layer configs of the three families, small enough to trace a step in a second (the
+# tracers deep-copy a config before building from it: sharing these is safe).
+TRACE_T5 = transformers.T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4,
+                                 num_layers=2, decoder_start_token_id=0)  # fmt: skip
+TRACE_BART = transformers.BartConfig(vocab_size=320, d_model=32, encoder_layers=2,
+                                     decoder_layers=2, encoder_attention_heads=4,
+                                     decoder_attention_heads=4, encoder_ffn_dim=64,
+                                     decoder_ffn_dim=64, max_position_embeddings=64)  # fmt: skip
+TRACE_LLAMA = transformers.LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64,
+                                       num_hidden_layers=2, num_attention_heads=4,
+                                       num_key_value_heads=2,
+                                       max_position_embeddings=128)  # fmt: skip

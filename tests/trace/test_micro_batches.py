@@ -6,21 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from transformers import BartConfig, LlamaConfig, PretrainedConfig, T5Config
+from transformers import PretrainedConfig
 
 import dialsum.trace.step_trace as step_trace
 from dialsum.trace.allocator import round_allocation_bytes
 from dialsum.trace.micro_batches import accumulating_timeline
 from dialsum.trace.profile import TrainOptions, TrainShape
+from helpers import TRACE_BART, TRACE_LLAMA, TRACE_T5
 
-_T5 = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
-               decoder_start_token_id=0)  # fmt: skip
-_BART = BartConfig(vocab_size=320, d_model=32, encoder_layers=2, decoder_layers=2,
-                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                   decoder_ffn_dim=64, max_position_embeddings=64)  # fmt: skip
-_LLAMA = LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2,
-                     max_position_embeddings=128)  # fmt: skip
+_T5, _BART, _LLAMA = TRACE_T5, TRACE_BART, TRACE_LLAMA
 _SHAPE = TrainShape(3, 16, 8)
 
 CASES = [

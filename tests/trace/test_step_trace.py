@@ -17,6 +17,7 @@ from dialsum.trace.generation_trace import simulate_generate
 from dialsum.trace.profile import GenerateShape, TrainOptions, TrainShape
 from dialsum.trace.step_trace import simulate_train
 from dialsum.trace.timeline import without_costs
+from helpers import TRACE_BART, TRACE_T5
 
 MIB = 1 << 20
 
@@ -295,6 +296,29 @@ def _segments(events: list) -> list[list]:
     return steps
 
 
+def _through_last_step(timeline: list) -> list:
+    # Frees after it (the rig dying whenever the garbage collector runs) replay nothing.
+    return timeline[: len(timeline) - timeline[::-1].index(("step",))]
+
+
+def _by_default_and_step_two_traced(
+    monkeypatch, config: PretrainedConfig, shape: TrainShape, options: TrainOptions
+) -> tuple:
+    """(profile, timeline) as ``_trace_train`` makes them, then with step 2 traced whole
+    (a gradient "laid out unlike its parameter"); every micro-batch traced, not built from
+    a kept step (``test_micro_batches``)."""
+    import dialsum.trace.step_trace as step_trace
+
+    def trace():
+        return step_trace._trace_train(
+            config, shape, options, round_allocation_bytes, True, build_micro_batches=False
+        )
+
+    default = trace()
+    monkeypatch.setattr(step_trace, "zeros_like_grads", lambda _params: False)
+    return default, trace()
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -306,26 +330,11 @@ def _segments(events: list) -> list[list]:
     ids=["bf16-ckpt-mb2", "fp16-adafactor"],
 )
 def test_step_two_reused_equals_step_two_traced(monkeypatch, options: TrainOptions) -> None:
-    import dialsum.trace.step_trace as step_trace
-
-    config = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
-                      decoder_start_token_id=0)  # fmt: skip
-    shape = TrainShape(3, 24, 8)
-    # Every micro-batch traced (not built from a kept step: ``test_micro_batches``).
-    reused, events = step_trace._trace_train(
-        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
-    )
-    monkeypatch.setattr(step_trace, "zeros_like_grads", lambda _params: False)
-    traced, traced_events = step_trace._trace_train(
-        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
+    (reused, events), (traced, traced_events) = _by_default_and_step_two_traced(
+        monkeypatch, TRACE_T5, TrainShape(3, 24, 8), options
     )
     assert reused == traced  # peaks, breakdowns, costs: every field
-
-    def through_last_step(timeline: list) -> list:
-        # Frees after it (the rig dying whenever the garbage collector runs) replay nothing.
-        return timeline[: len(timeline) - timeline[::-1].index(("step",))]
-
-    assert through_last_step(events) == through_last_step(traced_events)
+    assert _through_last_step(events) == _through_last_step(traced_events)
     # Step 1's cost events are dropped (the timeline carries the step's costs once).
     first, second = _segments(without_costs(traced_events))
     assert first == second  # what makes the reuse exact: a cache hit sized as computed
@@ -335,23 +344,11 @@ def test_a_step_that_sets_something_up_once_is_not_copied_into_step_two(monkeypa
     """bitsandbytes' ``Linear4bit`` casts its bias to the compute dtype on its first call
     only: step 2's forward/backward is traced (QLoRA on a model with biases), not copied
     from step 1's, whose cast step 2 does not make."""
-    import dialsum.trace.step_trace as step_trace
-
-    config = BartConfig(vocab_size=320, d_model=32, encoder_layers=2, decoder_layers=2,
-                        encoder_attention_heads=4, decoder_attention_heads=4,
-                        encoder_ffn_dim=64, decoder_ffn_dim=64,
-                        max_position_embeddings=64)  # fmt: skip
     options = TrainOptions(precision="bf16", lora=True, quantization="nf4")
-    shape = TrainShape(2, 16, 8)
-    default, events = step_trace._trace_train(
-        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
-    )
-    monkeypatch.setattr(step_trace, "zeros_like_grads", lambda _params: False)
-    traced, traced_events = step_trace._trace_train(
-        config, shape, options, round_allocation_bytes, True, build_micro_batches=False
+    (default, events), (traced, traced_events) = _by_default_and_step_two_traced(
+        monkeypatch, TRACE_BART, TrainShape(2, 16, 8), options
     )
     assert default == traced
-    last = len(events) - events[::-1].index(("step",))
-    assert events[:last] == traced_events[:last]
+    assert _through_last_step(events) == _through_last_step(traced_events)
     first, second = _segments(without_costs(traced_events))
     assert first != second  # the cast: in step 1 only

@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
-from transformers import BartConfig, LlamaConfig, PretrainedConfig, T5Config
+from transformers import PretrainedConfig
 
 import dialsum.trace.generation_trace as generation_trace
 import dialsum.trace.step_trace as step_trace
@@ -22,15 +22,9 @@ from dialsum.trace.model_run import labelled_batch, track_model
 from dialsum.trace.profile import GenerateOptions, GenerateShape, TrainOptions, TrainShape
 from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker
+from helpers import TRACE_BART, TRACE_LLAMA, TRACE_T5
 
-_T5 = T5Config(vocab_size=320, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
-               decoder_start_token_id=0)  # fmt: skip
-_BART = BartConfig(vocab_size=320, d_model=32, encoder_layers=2, decoder_layers=2,
-                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
-                   decoder_ffn_dim=64, max_position_embeddings=64)  # fmt: skip
-_LLAMA = LlamaConfig(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2,
-                     max_position_embeddings=128)  # fmt: skip
+_T5, _BART, _LLAMA = TRACE_T5, TRACE_BART, TRACE_LLAMA
 
 
 def _forward_backward(config: PretrainedConfig, hosted: bool) -> tuple:

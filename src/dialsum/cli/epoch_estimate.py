@@ -46,7 +46,7 @@ def epoch_for_plan(
     ``world_size``-th row); None when the plan has no step time."""
     from dialsum.speed.device_specs import spec_for
     from dialsum.speed.step_time import matmul_precision
-    from dialsum.trace.flops import linear_flops_per_token
+    from dialsum.trace.token_costs import linear_flops_per_token
 
     timing = plan.timing
     spec = spec_for(plan.gpu)

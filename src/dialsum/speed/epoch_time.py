@@ -91,7 +91,7 @@ def length_scale(
     source: int, target: int, planned: tuple[int, int], weights: tuple[float, float]
 ) -> float:
     """Cost of a row at (source, target) tokens relative to one at the planned lengths:
-    linear-layer FLOPs per source and per target token (``flops.linear_flops_per_token``)
+    linear-layer FLOPs per source and per target token (``token_costs.linear_flops_per_token``)
     weigh the two sides. Attention grows faster than linearly, so shorter rows are a bit
     cheaper than this says (an upper bound)."""
     w_source, w_target = weights

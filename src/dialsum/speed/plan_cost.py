@@ -2,7 +2,7 @@
 
 ``plan_timing`` sums the planned step's traced costs (``accumulation`` micro-batches and
 one optimizer update) and times the step with ``speed.step_time``; the generation FLOPs
-are those of one prediction batch over all its new tokens (``flops.generation_totals``).
+are those of one prediction batch over all its new tokens (``token_costs.generation_totals``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def plan_timing(
     calibrated: bool = False,
 ) -> PlanTiming | None:
     """The plan's ``PlanTiming`` (None when the profiles carry no costs)."""
-    from dialsum.trace.flops import generation_totals
+    from dialsum.trace.token_costs import generation_totals
 
     if not has_costs(train):
         return None

@@ -33,7 +33,7 @@ from transformers.cache_utils import DynamicCache
 
 from dialsum.trace.cuda_emulation import CudaEmulationMode
 from dialsum.trace.fake_model import fake_model_from_config, fresh_fake_mode, unique_params
-from dialsum.trace.flops import CostMeter, short_cache_len
+from dialsum.trace.flops import CostMeter
 from dialsum.trace.generation_parts import GENERATE_COST_PHASES, generate_profile, process_logits
 from dialsum.trace.model_run import (
     dtype_of,
@@ -46,6 +46,7 @@ from dialsum.trace.model_run import (
 )
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile
 from dialsum.trace.repeat import set_costs
+from dialsum.trace.token_costs import short_cache_len
 from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
@@ -202,7 +203,7 @@ def trace_causal_generate(
     short = short_cache_len(new)
     if 1 < short < new:
         # One more decode step at a shorter cache, outside the memory tracker: the slope of
-        # a token's cost with the cache length (``flops.decode_total``).
+        # a token's cost with the cache length (``token_costs.decode_total``).
         with mode:
             cache = _prefilled_cache(config, rows, prompt + short - 1, dtype)
             step_mask = torch.ones(rows, prompt + short, dtype=torch.long)

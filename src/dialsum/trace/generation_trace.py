@@ -28,7 +28,7 @@ from dialsum.trace import cache as trace_cache
 from dialsum.trace.causal_generation import trace_causal_generate
 from dialsum.trace.cuda_emulation import CudaEmulationMode
 from dialsum.trace.fake_model import fake_model_from_config, fresh_fake_mode, unique_params
-from dialsum.trace.flops import CostMeter, short_cache_len
+from dialsum.trace.flops import CostMeter
 from dialsum.trace.generation_parts import (
     GENERATE_COST_PHASES,
     generate_profile,
@@ -45,6 +45,7 @@ from dialsum.trace.model_run import (
 from dialsum.trace.profile import GenerateOptions, GenerateShape, MemoryProfile, Precision
 from dialsum.trace.repeat import TraceAt, Traced, set_costs
 from dialsum.trace.reuse import default_round_fn, reused_or_traced, speculate
+from dialsum.trace.token_costs import short_cache_len
 from dialsum.trace.trace_mode import TraceMode
 from dialsum.trace.tracer import LiveStorageTracker, RoundFn
 
@@ -128,7 +129,7 @@ def _trace_generate(
     short = short_cache_len(shape.max_new_tokens)
     if short < shape.max_new_tokens:
         # The cost of a token grows with the cache: one more token at a shorter cache,
-        # outside the memory tracker, gives the slope (``flops.decode_total``).
+        # outside the memory tracker, gives the slope (``token_costs.decode_total``).
         with mode:
             hidden = torch.zeros(hidden_like[0], dtype=hidden_like[1])
             mask = torch.ones(rows, shape.source_len, dtype=torch.long)

@@ -175,7 +175,24 @@ class _ArmOnBackward(TorchFunctionMode):
             self.hooks.between = False
 
 
-class InPlaceAccumulation(TorchDispatchMode):
+class ArmingDispatchMode(TorchDispatchMode):
+    """A dispatch mode entered together with the torch-function mode in ``_arming`` (which
+    hooks every backward's graph): that one entered first and left last."""
+
+    _arming: contextlib.AbstractContextManager
+
+    def __enter__(self):
+        self._arming.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc_info):
+        try:
+            return super().__exit__(*exc_info)
+        finally:
+            self._arming.__exit__(*exc_info)
+
+
+class InPlaceAccumulation(ArmingDispatchMode):
     """Top dispatch mode: the engine's gradient sums in place where a real run has them so.
 
     ``with InPlaceAccumulation():`` entered after every other mode; ``in_place`` counts the
@@ -195,16 +212,6 @@ class InPlaceAccumulation(TorchDispatchMode):
     @property
     def gradients_not_kept(self) -> int:
         return self.hooks.not_kept
-
-    def __enter__(self):
-        self._arming.__enter__()
-        return super().__enter__()
-
-    def __exit__(self, *exc_info):
-        try:
-            return super().__exit__(*exc_info)
-        finally:
-            self._arming.__exit__(*exc_info)
 
     def _engine_sum(self, args, kwargs) -> bool:
         return (

@@ -28,13 +28,13 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dialsum.trace.flops import CostMeter
-from dialsum.trace.grad_accumulation import InPlaceAccumulation
+from dialsum.trace.grad_accumulation import ArmingDispatchMode, InPlaceAccumulation
 from dialsum.trace.tracer import LiveStorageTracker
 
 _ADD_ = torch.ops.aten.add_.Tensor  # what an in-place engine sum becomes
 
 
-class TraceMode(TorchDispatchMode):
+class TraceMode(ArmingDispatchMode):
     """``with fake_mode, TraceMode(tracker, meter, accumulation):`` in place of
     ``with fake_mode, meter, tracker, accumulation:`` (``meter`` and ``accumulation``
     optional); function modes (CUDA emulation) go anywhere around it."""
@@ -49,23 +49,11 @@ class TraceMode(TorchDispatchMode):
         self._tracker = tracker
         self._runner = meter.op_runner if meter is not None else None
         self._accumulation = accumulation
-        self._arming: contextlib.AbstractContextManager = (
-            accumulation.arming if accumulation is not None else contextlib.nullcontext()
-        )
+        self._arming = accumulation.arming if accumulation is not None else contextlib.nullcontext()
         # The parts of a decomposed op come back through this dispatch mode alone: entering
         # the whole of it again would push the arming torch-function mode a second time,
         # and a decomposition's inner call would then go through it back to the full op.
         self._reentry = _DispatchOnly(self)
-
-    def __enter__(self):
-        self._arming.__enter__()
-        return super().__enter__()
-
-    def __exit__(self, *exc_info):
-        try:
-            return super().__exit__(*exc_info)
-        finally:
-            self._arming.__exit__(*exc_info)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         runner = self._runner
